@@ -1,0 +1,47 @@
+// Internal error and logging helpers shared by every translation unit.
+//
+// A failing call records (status, reason) in thread-local storage and returns the status, so the C API
+// never throws across the boundary: `return dg::fail(DIFFGEMMA_ERR_IO, "cannot open %s: %s", ...)`.
+#pragma once
+
+#include "diffgemma.h"
+
+#include <string>
+
+namespace dg {
+
+// Records the reason of a failure on this thread and returns `status` for a tail call.
+int32_t fail(int32_t status, const char * fmt, ...) __attribute__((format(printf, 2, 3)));
+
+// Clears the thread's last error (called at the start of API calls that succeed partially).
+void clear_error();
+
+// printf-style logging through the user's callback (default: stderr at WARN and above).
+void log(int32_t level, const char * fmt, ...) __attribute__((format(printf, 2, 3)));
+
+// printf into a std::string.
+std::string format(const char * fmt, ...) __attribute__((format(printf, 1, 2)));
+
+// Exception used inside the C++ core; converted to a status at the API boundary by `guard`.
+struct Error {
+    int32_t status;
+    std::string message;
+};
+
+[[noreturn]] void raise(int32_t status, const char * fmt, ...) __attribute__((format(printf, 2, 3)));
+
+// Runs `fn` and turns any escaping exception into a recorded status, so no C++ exception crosses the C API.
+template <typename Fn>
+int32_t guard(Fn && fn) {
+    try {
+        return fn();
+    } catch (const Error & e) {
+        return fail(e.status, "%s", e.message.c_str());
+    } catch (const std::bad_alloc &) {
+        return fail(DIFFGEMMA_ERR_OUT_OF_MEMORY, "out of memory (a host allocation failed)");
+    } catch (const std::exception & e) {
+        return fail(DIFFGEMMA_ERR_INTERNAL, "internal error: %s", e.what());
+    }
+}
+
+}  // namespace dg

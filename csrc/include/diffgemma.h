@@ -1,0 +1,133 @@
+/*
+ * diffgemma.h - the one public header of diffgemma_cpp.
+ *
+ * Runs Google's DiffusionGemma (a block-diffusion Gemma-4 MoE) from a GGUF file on ggml.
+ *
+ * Usage sketch:
+ *
+ *     diffgemma_model_params mp;
+ *     diffgemma_model_default_params(&mp);
+ *     diffgemma_model * model = NULL;
+ *     if (diffgemma_model_load("model.gguf", &mp, &model) != DIFFGEMMA_OK) {
+ *         fprintf(stderr, "%s\n", diffgemma_last_error());
+ *     }
+ *     ... diffgemma_context_new(model, &cp, &ctx); diffgemma_generate(ctx, ...); ...
+ *     diffgemma_context_free(ctx);
+ *     diffgemma_model_free(model);
+ *
+ * Conventions:
+ *   - Every fallible call returns an int32_t status (DIFFGEMMA_OK or a negative DIFFGEMMA_ERR_*); the
+ *     reason, with a hint, is in diffgemma_last_error() (thread-local, valid until the next failing call
+ *     on the same thread). Nothing in this library exits or aborts on bad input.
+ *   - Handles are opaque. Every *_new and *_load has a matching *_free; frees accept NULL.
+ *   - Parameter structs are filled by *_default_params() and passed by pointer.
+ *
+ * Thread contract:
+ *   - A diffgemma_model holds read-only weights and may be shared by several threads.
+ *   - A diffgemma_context (KV cache, canvas, scratch) is used by one thread at a time. A second thread
+ *     entering a busy context gets DIFFGEMMA_ERR_BUSY instead of undefined behaviour.
+ *   - diffgemma_cancel() is the one call that may be made from any thread at any time.
+ *
+ * The part between cffi-begin and cffi-end is also fed verbatim (minus DIFFGEMMA_API) to cffi to build the
+ * Python bindings: keep it to plain declarations, enums and integer #defines.
+ */
+#ifndef DIFFGEMMA_H
+#define DIFFGEMMA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(_WIN32) && !defined(__MINGW32__)
+#  ifdef DIFFGEMMA_BUILD
+#    define DIFFGEMMA_API __declspec(dllexport)
+#  else
+#    define DIFFGEMMA_API __declspec(dllimport)
+#  endif
+#else
+#  define DIFFGEMMA_API __attribute__((visibility("default")))
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// cffi-begin
+
+/* Bumped on every incompatible change of this header. */
+#define DIFFGEMMA_API_VERSION 1
+
+/* ---- status codes ---- */
+enum diffgemma_status {
+    DIFFGEMMA_OK                    =   0,
+    DIFFGEMMA_ERR_INVALID_ARGUMENT  =  -1,  /* a NULL handle, a value out of range */
+    DIFFGEMMA_ERR_IO                =  -2,  /* file missing, unreadable, unwritable, disk full */
+    DIFFGEMMA_ERR_BAD_FORMAT        =  -3,  /* corrupt or truncated file, not a GGUF */
+    DIFFGEMMA_ERR_UNSUPPORTED_MODEL =  -4,  /* a valid GGUF of another architecture, or bad hparams / tensors */
+    DIFFGEMMA_ERR_UNSUPPORTED_TYPE  =  -5,  /* a tensor or quantization type we cannot run */
+    DIFFGEMMA_ERR_OUT_OF_MEMORY     =  -6,  /* an allocation failed */
+    DIFFGEMMA_ERR_CONTEXT_OVERFLOW  =  -7,  /* prompt + canvases do not fit n_ctx */
+    DIFFGEMMA_ERR_CANCELLED         =  -8,  /* diffgemma_cancel() stopped the call */
+    DIFFGEMMA_ERR_BACKEND           =  -9,  /* a compute backend failed or is missing */
+    DIFFGEMMA_ERR_BUSY              = -10,  /* the context is in use by another thread */
+    DIFFGEMMA_ERR_BUFFER_TOO_SMALL  = -11,  /* an output buffer is too small; the needed size is reported */
+    DIFFGEMMA_ERR_INTERNAL          = -12   /* a bug: please report it */
+};
+
+/* ---- log levels (same order as ggml's) ---- */
+enum diffgemma_log_level {
+    DIFFGEMMA_LOG_DEBUG = 1,
+    DIFFGEMMA_LOG_INFO  = 2,
+    DIFFGEMMA_LOG_WARN  = 3,
+    DIFFGEMMA_LOG_ERROR = 4
+};
+
+/* Receives every log line of this library and of ggml. `text` ends with a newline. */
+typedef void (*diffgemma_log_callback)(int32_t level, const char * text, void * user_data);
+
+/* ---- library ---- */
+
+/* Version of this library, e.g. "0.1.0". */
+DIFFGEMMA_API const char * diffgemma_version(void);
+
+/* DIFFGEMMA_API_VERSION the library was built with (compare with the header's to detect a mismatch). */
+DIFFGEMMA_API int32_t diffgemma_api_version(void);
+
+/* One line: our version, ggml version and commit, backends compiled in, CPU features. Static storage. */
+DIFFGEMMA_API const char * diffgemma_system_info(void);
+
+/* Reason of the last failure on this thread ("" if none). */
+DIFFGEMMA_API const char * diffgemma_last_error(void);
+
+/* Status code of the last failure on this thread (DIFFGEMMA_OK if none). */
+DIFFGEMMA_API int32_t diffgemma_last_status(void);
+
+/* Human-readable name of a status code, e.g. "DIFFGEMMA_ERR_IO". Static storage. */
+DIFFGEMMA_API const char * diffgemma_status_name(int32_t status);
+
+/* Route log output (ours and ggml's) to `callback`; NULL restores the default (stderr, WARN and above). */
+DIFFGEMMA_API void diffgemma_log_set(diffgemma_log_callback callback, void * user_data);
+
+/* ---- tensor types and quantization (used by the converter) ---- */
+
+/* Name of a ggml tensor type ("q4_K", ...), or NULL if the id is not a known type. */
+DIFFGEMMA_API const char * diffgemma_type_name(int32_t ggml_type);
+
+/* Bytes of one row of `n_per_row` elements of `ggml_type`; 0 if the type is unknown or the row length is
+ * not a multiple of the type's block size. */
+DIFFGEMMA_API size_t diffgemma_type_row_size(int32_t ggml_type, int64_t n_per_row);
+
+/* Quantize `n_rows` rows of `n_per_row` float32 values with ggml's own quantizer for `ggml_type` (any type
+ * ggml can quantize without an importance matrix, plus F32/F16/BF16). `dst` must hold
+ * n_rows * diffgemma_type_row_size(type, n_per_row) bytes (`dst_capacity`). Writes the byte count to
+ * *out_bytes. Thread-safe. */
+DIFFGEMMA_API int32_t diffgemma_quantize_rows(int32_t ggml_type, const float * src, void * dst,
+                                              int64_t n_rows, int64_t n_per_row,
+                                              size_t dst_capacity, size_t * out_bytes);
+
+// cffi-end
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* DIFFGEMMA_H */

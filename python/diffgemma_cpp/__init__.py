@@ -1,0 +1,42 @@
+"""diffgemma_cpp: run Google's DiffusionGemma locally, on a C library built on ggml.
+
+    import diffgemma_cpp
+    print(diffgemma_cpp.system_info())
+"""
+from importlib.metadata import PackageNotFoundError, version as _dist_version
+from pathlib import Path
+
+from . import errors
+from ._native import ffi as _ffi, lib as _lib
+from .errors import DiffGemmaError
+
+try:
+    __version__ = _dist_version("diffgemma-cpp")
+except PackageNotFoundError:  # pragma: no cover - only when imported from an unusual layout
+    __version__ = _ffi.string(_lib.diffgemma_version()).decode()
+
+API_VERSION = _lib.DIFFGEMMA_API_VERSION
+
+
+def system_info() -> str:
+    """One line: library and ggml versions, backends compiled in, CPU features."""
+    return _ffi.string(_lib.diffgemma_system_info()).decode()
+
+
+def library_version() -> str:
+    """Version of the loaded C library (equals __version__ unless the install is broken)."""
+    return _ffi.string(_lib.diffgemma_version()).decode()
+
+
+def get_include() -> str:
+    """Directory holding diffgemma.h, for C/C++ programs that embed the library."""
+    return str(Path(__file__).parent / "include")
+
+
+def get_library_dir() -> str:
+    """Directory holding libdiffgemma.so (link with -L<dir> -ldiffgemma -Wl,-rpath,<dir>)."""
+    return str(Path(__file__).parent)
+
+
+__all__ = ["__version__", "API_VERSION", "system_info", "library_version", "get_include", "get_library_dir",
+           "errors", "DiffGemmaError"]
