@@ -1,0 +1,355 @@
+"""Tiny random DiffusionGemma checkpoints in the Hugging Face layout, for tests.
+
+Builds a `DiffusionGemmaForBlockDiffusion` (transformers 5.23.0) with a handful of named geometries, fills every
+weight with non-trivial random values (norms around 1, distinct encoder/decoder layer scalars, random router
+scales and per-expert scales) and saves it with `save_pretrained`, next to a real Gemma-style tokenizer
+(`tokenizer.json`, `tokenizer_config.json`, `chat_template.jinja`) and a `generation_config.json`.
+
+    from tiny_hf import CONFIGS, build_model, save_checkpoint, train_tiny_gemma_tokenizer
+    path = save_checkpoint("small", tmp_path / "small")          # -> directory usable as HF_DIR
+
+The tokenizer is a byte-fallback BPE trained here on a small built-in corpus to exactly `vocab_size` tokens,
+laid out like Gemma 4's: ids 0..4 are <pad> <eos> <bos> <unk> <mask>, the chat/tool markers sit at their Gemma 4
+ids (<|tool_call>=48, <|tool_response>=50, <|"|>=52, <|think|>=98, <|channel>=100, <|turn>=105, <turn|>=106 ...),
+id 107 is "\\n", then the 256 byte tokens <0x00>..<0xFF>, then characters and merges. Because of that fixed
+prefix a vocabulary needs at least MIN_VOCAB tokens.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model geometries
+# ---------------------------------------------------------------------------------------------------------------
+
+S, F = "sliding_attention", "full_attention"
+
+# Each entry: text_config kwargs (transformers names; `global_head_dim` / `num_global_key_value_heads` are the
+# released config's spelling) plus `canvas_length`. Widths are chosen so the quantizers have work to do:
+# "small" rows of 64 (q8_0/q4_0 blocks of 32, not K-quant blocks of 256, some rows of 40 that fit no block),
+# "wide" rows of 256 (every K-quant applies).
+CONFIGS: dict[str, dict] = {
+    "small": dict(
+        vocab_size=512, hidden_size=64, intermediate_size=40, layer_types=[S, F, S, S, F],
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        global_head_dim=32, num_global_key_value_heads=1,
+        sliding_window=8, num_experts=6, top_k_experts=2, moe_intermediate_size=12,
+        canvas_length=12, max_position_embeddings=512,
+    ),
+    "gqa4": dict(
+        vocab_size=640, hidden_size=96, intermediate_size=64, layer_types=[S, S, S, F, S, F],
+        num_attention_heads=8, num_key_value_heads=2, head_dim=16,
+        global_head_dim=32, num_global_key_value_heads=1,
+        sliding_window=6, num_experts=8, top_k_experts=4, moe_intermediate_size=32,
+        canvas_length=16, max_position_embeddings=1024,
+    ),
+    "wide": dict(
+        vocab_size=768, hidden_size=256, intermediate_size=512, layer_types=[S, F, F],
+        num_attention_heads=2, num_key_value_heads=2, head_dim=32,
+        global_head_dim=128, num_global_key_value_heads=1,
+        sliding_window=16, num_experts=8, top_k_experts=3, moe_intermediate_size=256,
+        canvas_length=8, max_position_embeddings=2048,
+    ),
+}
+
+ROPE_PARAMETERS = {
+    F: {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1e6},
+    S: {"rope_type": "default", "rope_theta": 1e4},
+}
+
+# The release's generation_config.json (nested sampler layout, model-spec §2.4).
+DEFAULT_GENERATION_CONFIG = {
+    "max_new_tokens": 256,
+    "max_denoising_steps": 48,
+    "sampler_config": {"_cls_name": "EntropyBoundSamplerConfig", "entropy_bound": 0.1},
+    "t_min": 0.4,
+    "t_max": 0.8,
+    "stability_threshold": 1,
+    "confidence_threshold": 0.005,
+    "eos_token_id": [1, 106, 50],
+    "pad_token_id": 0,
+}
+
+
+def _text_config_kwargs(name: str) -> dict:
+    spec = dict(CONFIGS[name])
+    spec.pop("canvas_length")
+    spec.update(num_hidden_layers=len(spec["layer_types"]), final_logit_softcapping=30.0,
+                use_bidirectional_attention="vision", rope_parameters=copy.deepcopy(ROPE_PARAMETERS),
+                rms_norm_eps=1e-6)
+    return spec
+
+
+def build_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32):
+    """A random `DiffusionGemmaForBlockDiffusion` with geometry CONFIGS[name] (text + a 1-layer vision tower)."""
+    from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion, DiffusionGemmaTextConfig
+    from transformers.models.gemma4.configuration_gemma4 import Gemma4VisionConfig
+
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    vision = Gemma4VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                num_key_value_heads=2, head_dim=16, patch_size=8, pooling_kernel_size=2,
+                                position_embedding_size=64)
+    cfg = DiffusionGemmaConfig(text_config=DiffusionGemmaTextConfig(**_text_config_kwargs(name)),
+                               vision_config=vision, canvas_length=CONFIGS[name]["canvas_length"])
+    model = DiffusionGemmaForBlockDiffusion(cfg).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for pname, p in model.model.decoder.named_parameters():
+            noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
+            # Norm weights / scales around 1 (so a dropped or swapped one shows), matrices small and centred.
+            p.copy_(1.0 + 0.3 * noise if (p.ndim == 1 or "norm" in pname) else 0.3 * noise)
+        dec = model.model.decoder.layers
+        enc = model.model.encoder.language_model.layers
+        for i, layer in enumerate(dec):
+            layer.layer_scalar.fill_(0.6 + 0.1 * i)
+        for i, layer in enumerate(enc):
+            layer.layer_scalar.fill_(0.9 - 0.05 * i)  # != decoder's, so a swapped pair is detectable
+    return model.to(dtype)
+
+
+def save_checkpoint(name: str, out_dir, seed: int = 0, generation_config: dict | None = None,
+                    dtype: torch.dtype = torch.float32, released_config_layout: bool = True,
+                    max_shard_size: str | None = None) -> Path:
+    """Build model `name` and write a complete HF checkpoint directory; returns its path.
+
+    generation_config: the dict written as generation_config.json (default: the release's nested layout);
+    pass {} to write none. released_config_layout: rewrite text_config the way the released config.json spells
+    it (`global_head_dim` / `num_global_key_value_heads`, no `per_layer_config`); False keeps what
+    transformers' `save_pretrained` writes. max_shard_size (e.g. "20KB") forces sharded safetensors + index.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = build_model(name, seed=seed, dtype=dtype)
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(out, **kwargs)
+    if released_config_layout:
+        _rewrite_config_released_layout(out / "config.json", name)
+    gc = DEFAULT_GENERATION_CONFIG if generation_config is None else generation_config
+    if gc:
+        (out / "generation_config.json").write_text(json.dumps(dict(gc, transformers_version="5.23.0"), indent=2))
+    elif (out / "generation_config.json").exists():
+        (out / "generation_config.json").unlink()
+    save_tokenizer(train_tiny_gemma_tokenizer(CONFIGS[name]["vocab_size"], seed=seed), out)
+    return out
+
+
+def _rewrite_config_released_layout(path: Path, name: str) -> None:
+    cfg = json.loads(path.read_text())
+    tc = cfg["text_config"]
+    tc.pop("per_layer_config", None)
+    tc["global_head_dim"] = CONFIGS[name]["global_head_dim"]
+    tc["num_global_key_value_heads"] = CONFIGS[name]["num_global_key_value_heads"]
+    cfg["eos_token_id"] = [1, 106, 50]
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tokenizer
+# ---------------------------------------------------------------------------------------------------------------
+
+# Gemma 4 ids of the tokens the chat template and the tool/thinking parser rely on.
+GEMMA4_SPECIAL_IDS = {
+    0: "<pad>", 1: "<eos>", 2: "<bos>", 3: "<unk>", 4: "<mask>", 5: "[multimodal]",
+    46: "<|tool>", 47: "<tool|>", 48: "<|tool_call>", 49: "<tool_call|>",
+    50: "<|tool_response>", 51: "<tool_response|>", 52: '<|"|>',
+    98: "<|think|>", 100: "<|channel>", 101: "<channel|>", 105: "<|turn>", 106: "<turn|>",
+}
+# Markers llama.cpp's Gemma 4 converter re-types USER_DEFINED (rendered in output, parsed by the chat parser).
+GEMMA4_VISIBLE_MARKERS = ["<|channel>", "<channel|>", "<|tool_call>", "<tool_call|>", "<|tool_response>",
+                          "<tool_response|>", '<|"|>']
+NEWLINE_ID = 107
+FIRST_BYTE_ID = 108
+SPACE = "\u2581"  # "▁", SentencePiece's visible space
+MIN_VOCAB = FIRST_BYTE_ID + 256 + 1  # specials, "\n", bytes, and at least "▁"
+
+
+def special_tokens() -> list[str]:
+    """Contents of ids 0..106: the Gemma 4 specials, `<unusedN>` placeholders elsewhere."""
+    out, unused = [], 0
+    for i in range(NEWLINE_ID):
+        if i in GEMMA4_SPECIAL_IDS:
+            out.append(GEMMA4_SPECIAL_IDS[i])
+        else:
+            out.append(f"<unused{unused}>")
+            unused += 1
+    return out
+
+
+DEFAULT_CORPUS = """\
+The quick brown fox jumps over the lazy dog. A diffusion model starts from noise and refines a whole block of
+text at once; every step it keeps the tokens it is sure about and draws the others again.
+Hello world! How are you today? I am fine, thank you. The weather is sunny, with a light breeze from the west.
+def add(a, b):
+    return a + b
+
+for i in range(10):
+    print(i * i)
+Numbers: 0 1 2 3 4 5 6 7 8 9 10 42 100 256 1024 3.14159 2.71828 -7 +12 1e-6
+Question: what is the capital of France? Answer: Paris is the capital of France.
+The model reads the prompt, writes a canvas of tokens, and repeats until the answer is complete.
+Small models are useful for tests because they load quickly and their results are easy to check by hand.
+{"name": "get_weather", "arguments": {"city": "Tokyo", "unit": "celsius"}}
+Mixture of experts: a router picks a few experts for each token and mixes their outputs with learned weights.
+Attention lets every position look at the others; sliding windows keep only the recent neighbours in view.
+Café, naïve, résumé, Straße, 東京, こんにちは, 안녕하세요, Привет, مرحبا, 😀 👍 🚀 — punctuation… “quotes” ‘single’.
+She sells sea shells by the sea shore. Peter Piper picked a peck of pickled peppers.
+In the beginning the canvas is random; after a few steps it reads like a sentence, then like an answer.
+The converter writes every tensor once, in order, and renames the file only when everything has been written.
+Tabs\tand\tnewlines\nare whitespace too, and so are    runs of spaces.
+"""
+
+
+def train_tiny_gemma_tokenizer(vocab_size: int, seed: int = 0, corpus: str | None = None):
+    """A Gemma-4-style byte-fallback BPE `tokenizers.Tokenizer` with exactly `vocab_size` tokens.
+
+    Layout: see module docstring. The merges are learned greedily (most frequent adjacent pair, ties broken by
+    a seeded shuffle) on `corpus` split into SentencePiece-style words (each starting at a "▁"); characters
+    the vocabulary has no room for are left to byte fallback. Raises ValueError if vocab_size < MIN_VOCAB or
+    the corpus is too small to learn enough merges.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers.models import BPE
+
+    if vocab_size < MIN_VOCAB:
+        raise ValueError(f"vocab_size {vocab_size} < {MIN_VOCAB}: the Gemma 4 layout needs 107 specials, "
+                         f"'\\n', 256 byte tokens and '{SPACE}'")
+    rng = random.Random(seed)
+    text = (DEFAULT_CORPUS if corpus is None else corpus).replace(" ", SPACE)
+    words = Counter(_sentencepiece_words(text))
+
+    vocab: dict[str, int] = {tok: i for i, tok in enumerate(special_tokens())}
+    vocab["\n"] = NEWLINE_ID
+    for b in range(256):
+        vocab[f"<0x{b:02X}>"] = FIRST_BYTE_ID + b
+    budget = vocab_size - len(vocab)
+
+    chars = Counter()
+    for w, n in words.items():
+        for c in w:
+            chars[c] += n
+    order = [c for c in sorted(chars, key=lambda c: (-chars[c], c)) if c not in (SPACE, "\n")]
+    # Give characters at most half of what is left; rare ones go to byte fallback, the rest is for merges.
+    alphabet = [SPACE] + order[: max(0, budget // 2 - 1)]
+    for c in alphabet:
+        vocab[c] = len(vocab)
+
+    known = set(alphabet) | {"\n"}
+    seqs = {w: [c if c in known else None for c in w] for w in words}  # None = byte-fallback gap, never merged
+    merges: list[tuple[str, str]] = []
+    tie = {}  # seeded tie-break rank per pair, fixed on first sight
+    while len(vocab) < vocab_size:
+        pairs = Counter()
+        for w, seq in seqs.items():
+            for a, b in zip(seq, seq[1:]):
+                if a is not None and b is not None:
+                    pairs[(a, b)] += words[w]
+        fresh = [p for p in pairs if a_b_join(p) not in vocab]
+        if not fresh:
+            # Out of pairs: promote another character, or give up.
+            spare = [c for c in order if c not in vocab]
+            if not spare:
+                raise ValueError(f"corpus too small to reach vocab_size {vocab_size} (stopped at {len(vocab)})")
+            vocab[spare[0]] = len(vocab)
+            known.add(spare[0])
+            seqs = {w: [c if c in known else None for c in w] for w in words}
+            seqs = _apply_merges(seqs, merges)
+            continue
+        for p in fresh:
+            tie.setdefault(p, rng.random())
+        best = max(fresh, key=lambda p: (pairs[p], tie[p]))
+        merges.append(best)
+        vocab[a_b_join(best)] = len(vocab)
+        seqs = _apply_merges(seqs, [best])
+
+    model = BPE(vocab=vocab, merges=merges, unk_token="<unk>", fuse_unk=True, byte_fallback=True, dropout=None)
+    tok = Tokenizer(model)
+    tok.normalizer = normalizers.Replace(" ", SPACE)
+    tok.pre_tokenizer = pre_tokenizers.Split(" ", behavior="merged_with_previous", invert=False)
+    tok.decoder = decoders.Sequence([decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse()])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special_tokens()])
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A $B:1",
+                                                       special_tokens=[("<bos>", 2)])
+    assert tok.get_vocab_size() == vocab_size, (tok.get_vocab_size(), vocab_size)
+    return tok
+
+
+def a_b_join(pair: tuple[str, str]) -> str:
+    return pair[0] + pair[1]
+
+
+def _sentencepiece_words(text: str):
+    """Split at each "▁" (kept at the start of the following word) and around newlines."""
+    word = ""
+    for c in text:
+        if c == SPACE or c == "\n":
+            if word:
+                yield word
+            word = "" if c == "\n" else c
+            if c == "\n":
+                yield "\n"
+        else:
+            word += c
+    if word:
+        yield word
+
+
+def _apply_merges(seqs: dict, merges: list[tuple[str, str]]) -> dict:
+    out = {}
+    for w, seq in seqs.items():
+        for a, b in merges:
+            i, merged = 0, []
+            while i < len(seq):
+                if i + 1 < len(seq) and seq[i] == a and seq[i + 1] == b:
+                    merged.append(a + b)
+                    i += 2
+                else:
+                    merged.append(seq[i])
+                    i += 1
+            seq = merged
+        out[w] = seq
+    return out
+
+
+# A small Gemma-4-shaped chat template (turn markers, optional thinking flag); our own, not Google's.
+CHAT_TEMPLATE = """\
+{{- bos_token -}}
+{%- if enable_thinking is defined and enable_thinking -%}
+{{- '<|turn>system\\n<|think|><turn|>\\n' -}}
+{%- endif -%}
+{%- for message in messages -%}
+{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}
+{{- '<|turn>' + role + '\\n' + message['content'] | trim + '<turn|>\\n' -}}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+{{- '<|turn>model\\n' -}}
+{%- endif -%}
+"""
+
+
+def save_tokenizer(tok, out_dir) -> None:
+    """Write tokenizer.json, tokenizer_config.json and chat_template.jinja the way transformers does."""
+    from transformers import PreTrainedTokenizerFast
+
+    markers = [t for i, t in sorted(GEMMA4_SPECIAL_IDS.items()) if i > 4]
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>",
+                                 pad_token="<pad>", mask_token="<mask>", extra_special_tokens=markers,
+                                 add_bos_token=True, add_eos_token=False, padding_side="left")
+    hf.chat_template = CHAT_TEMPLATE
+    hf.save_pretrained(str(out_dir))
+    cfg_path = Path(out_dir) / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["tokenizer_class"] = "GemmaTokenizer"
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+
+
+if __name__ == "__main__":  # python tests/tiny_hf.py NAME OUT_DIR
+    import sys
+
+    print(save_checkpoint(sys.argv[1], sys.argv[2]))
