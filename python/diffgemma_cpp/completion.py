@@ -1,0 +1,314 @@
+"""OpenAI-shaped completions on top of the block-diffusion engine (the llama-cpp-python surface).
+
+``CompletionMixin`` is mixed into ``Model``. It needs these engine members (see ``Model``):
+``tokenize``, ``detokenize``, ``eos_ids``, ``metadata``, ``chat_template``, ``generate_blocks`` and
+``cancel``. It adds ``create_completion`` (also ``__call__``) and ``create_chat_completion``.
+
+Block diffusion commits a whole canvas (``canvas_length`` tokens, 256 for DiffusionGemma) at a time, so:
+
+- ``max_tokens`` is rounded up to whole canvases (``finish_reason == "length"`` when no EOS came);
+- ``stream=True`` yields one chunk per committed canvas, then a final chunk carrying
+  ``finish_reason`` (and ``usage``);
+- ``on_step(step, total, canvas_text)`` previews the canvas being denoised after every step.
+
+Thread contract
+---------------
+One generation at a time per ``Model``. A second call made while one is running (from another
+thread, or by starting a new call while iterating a stream) raises ``ModelBusyError`` at once; it
+never blocks, corrupts state or crashes. A non-streaming call holds the model for its whole run; a
+stream holds it from its first ``next()`` until it is exhausted, closed (``.close()``, ``break`` out of
+a ``for`` loop then dropping it) or garbage-collected. ``Model.cancel()`` may be called from any
+thread (or a signal handler): the running generation stops within one denoising step and returns with
+``finish_reason == "cancelled"`` and the text of the canvases committed before it. Several models
+may run in parallel threads. Servers that want queueing put their own lock in front (``server.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .chat import ChatTemplate
+from .errors import Cancelled, InvalidArgumentError, ModelBusyError
+from .textstream import StopTextStream, decode_preview, normalise_stop
+
+__all__ = ["CompletionMixin", "SAMPLER_OVERRIDES"]
+
+# Sampler settings a call may override; None keeps the model's (GGUF / built-in) default.
+SAMPLER_OVERRIDES = ("t_min", "t_max", "entropy_bound", "stability_threshold", "confidence_threshold")
+
+# Markers of Gemma-4's thinking channel. The answer's reasoning is split off into reasoning_content.
+THOUGHT_OPEN = "<|channel>thought"
+THOUGHT_CLOSE = "<channel|>"
+
+_lock_guard = threading.Lock()  # creates each model's busy lock exactly once
+
+
+class CompletionMixin:
+    """Text in, text out. See the module docstring for the thread contract."""
+
+    # ---- thread contract ------------------------------------------------------------------
+
+    def _busy_lock(self) -> threading.Lock:
+        lock = self.__dict__.get("_dg_busy_lock")
+        if lock is None:
+            with _lock_guard:
+                lock = self.__dict__.setdefault("_dg_busy_lock", threading.Lock())
+        return lock
+
+    def _claim(self) -> None:
+        if not self._busy_lock().acquire(blocking=False):
+            raise ModelBusyError(
+                "this Model is already generating (one generation at a time per Model); "
+                "wait for the other call, cancel() it, or load a second Model for parallel work")
+
+    def _release(self) -> None:
+        self._busy_lock().release()
+
+    # ---- small helpers --------------------------------------------------------------------
+
+    def _model_name(self) -> str:
+        name = getattr(self, "model_name", None)
+        if name:
+            return str(name)
+        path = getattr(self, "model_path", None)
+        return Path(path).name if path else "diffgemma"
+
+    def _special_token_text(self, token_id: Any) -> str | None:
+        if not isinstance(token_id, int) or token_id < 0:
+            return None
+        try:
+            return self.detokenize([token_id]).decode("utf-8", errors="replace")
+        except Exception:  # noqa: BLE001 - a missing token only means the template cannot name it
+            return None
+
+    def _template_special_tokens(self) -> dict:
+        from .names import key
+
+        meta = getattr(self, "metadata", None) or {}
+        tokens = {}
+        for var, ident in (("bos_token", "TOKENIZER_BOS_ID"), ("eos_token", "TOKENIZER_EOS_ID"),
+                           ("unk_token", "TOKENIZER_UNK_ID"), ("pad_token", "TOKENIZER_PAD_ID")):
+            text = self._special_token_text(meta.get(key(ident)))
+            if text is not None:
+                tokens[var] = text
+        return tokens
+
+    def _bos_id(self) -> int | None:
+        from .names import key
+
+        value = (getattr(self, "metadata", None) or {}).get(key("TOKENIZER_BOS_ID"))
+        return value if isinstance(value, int) else None
+
+    def _prompt_ids(self, prompt: Any, add_bos: bool) -> list[int]:
+        if isinstance(prompt, str):
+            ids = list(self.tokenize(prompt, add_bos=add_bos, special=True))
+        elif isinstance(prompt, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            ids = list(prompt)
+        else:
+            raise InvalidArgumentError("prompt must be a string or a list of token ids")
+        bos = self._bos_id()
+        if bos is not None and len(ids) >= 2 and ids[0] == bos and ids[1] == bos:
+            ids = ids[1:]  # a template or prompt that already starts with <bos>: don't double it
+        if not ids:
+            raise InvalidArgumentError("prompt is empty: give at least one token of text")
+        n_vocab = getattr(self, "n_vocab", None)
+        if isinstance(n_vocab, int) and any(t < 0 or t >= n_vocab for t in ids):
+            raise InvalidArgumentError(f"prompt token ids must be in [0, {n_vocab})")
+        return ids
+
+    @staticmethod
+    def _check_max_tokens(max_tokens: Any) -> int:
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise InvalidArgumentError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+        return max_tokens
+
+    def _blocks(self, prompt_ids: list[int], max_tokens: int, steps: Any, seed: Any, sampler: dict,
+                on_step: Callable[[int, int, str], None] | None) -> Iterator[Any]:
+        step_cb = None
+        if on_step is not None:
+            eos_ids = list(getattr(self, "eos_ids", []) or [])
+
+            def step_cb(step: int, total: int, canvas_ids: list[int]) -> None:
+                on_step(step, total, decode_preview(self.detokenize, canvas_ids, eos_ids))
+
+        return self.generate_blocks(prompt_ids, max_new_tokens=max_tokens, steps=steps, seed=seed,
+                                    on_step=step_cb, **sampler)
+
+    # ---- the generation core --------------------------------------------------------------
+
+    def _run(self, prompt_ids: list[int], *, max_tokens: int, stop: tuple[str, ...], steps: Any, seed: Any,
+             sampler: dict, on_step: Any) -> Iterator[tuple[str, dict | None]]:
+        """Yield ``(text, None)`` per committed canvas, then ``(tail_text, summary)`` once.
+
+        Must be called with the model claimed.
+        """
+        stream = StopTextStream(stop)
+        n_completion, n_steps, n_canvases = 0, 0, 0
+        finish = "length"
+        blocks = self._blocks(prompt_ids, max_tokens, steps, seed, sampler, on_step)
+        try:
+            for block in blocks:
+                n_canvases += 1
+                n_completion += len(block.ids)
+                n_steps += int(getattr(block, "steps", 0) or 0)
+                text = stream.push(self.detokenize(list(block.ids)))
+                if stream.stopped or block.eos:
+                    finish = "stop"
+                    yield text, None
+                    break
+                yield text, None
+        except Cancelled:
+            finish = "cancelled"
+        finally:
+            close = getattr(blocks, "close", None)
+            if close is not None:
+                close()  # stop the engine at this canvas when the consumer stops early
+        tail = stream.finish()
+        usage = {"prompt_tokens": len(prompt_ids), "completion_tokens": n_completion,
+                 "total_tokens": len(prompt_ids) + n_completion,
+                 "canvases": n_canvases, "denoising_steps": n_steps}
+        yield tail, {"finish_reason": finish, "usage": usage, "text": stream.text}
+
+    @staticmethod
+    def _sampler(kwargs: dict) -> dict:
+        unknown = set(kwargs) - set(SAMPLER_OVERRIDES)
+        if unknown:
+            raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}; "
+                            f"sampler overrides are {', '.join(SAMPLER_OVERRIDES)}")
+        return {k: kwargs.get(k) for k in SAMPLER_OVERRIDES}
+
+    # ---- create_completion ----------------------------------------------------------------
+
+    def create_completion(self, prompt: str | list[int], max_tokens: int = 256, *, stream: bool = False,
+                          seed: int | None = None, stop: str | list[str] | None = None, steps: int | None = None,
+                          on_step: Callable[[int, int, str], None] | None = None, **sampler: Any) -> Any:
+        """Complete ``prompt`` (text, or token ids). Returns an OpenAI ``text_completion`` dict,
+        or with ``stream=True`` an iterator of ``text_completion`` chunks (one per committed canvas).
+
+        ``max_tokens`` is rounded up to whole canvases. ``seed`` fixes the random draws (same seed,
+        same prompt, same settings -> same text). ``stop`` ends the text before the first stop string.
+        ``steps`` caps denoising steps per canvas. Sampler overrides: ``t_min``, ``t_max``,
+        ``entropy_bound``, ``stability_threshold``, ``confidence_threshold``.
+        """
+        settings = self._settings(prompt, max_tokens, stop, steps, seed, sampler, on_step, add_bos=True)
+        meta = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self._model_name()}
+        if stream:
+            return self._stream_completion(settings, meta)
+        self._claim()
+        try:
+            parts = list(self._run(**settings))
+        finally:
+            self._release()
+        summary = parts[-1][1]
+        return {**meta, "object": "text_completion",
+                "choices": [{"text": summary["text"], "index": 0, "logprobs": None,
+                             "finish_reason": summary["finish_reason"]}],
+                "usage": summary["usage"]}
+
+    __call__ = create_completion
+
+    def _settings(self, prompt, max_tokens, stop, steps, seed, sampler, on_step, add_bos) -> dict:
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+            raise InvalidArgumentError(f"steps must be a positive integer, got {steps!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise InvalidArgumentError(f"seed must be a non-negative integer, got {seed!r}")
+        if on_step is not None and not callable(on_step):
+            raise InvalidArgumentError("on_step must be callable as on_step(step, total, canvas_text)")
+        return dict(prompt_ids=self._prompt_ids(prompt, add_bos), max_tokens=self._check_max_tokens(max_tokens),
+                    stop=normalise_stop(stop), steps=steps, seed=seed, sampler=self._sampler(sampler),
+                    on_step=on_step)
+
+    def _stream_completion(self, settings: dict, meta: dict) -> Iterator[dict]:
+        self._claim()
+        try:
+            with contextlib.closing(self._run(**settings)) as parts:
+                for text, summary in parts:
+                    chunk = {**meta, "object": "text_completion",
+                             "choices": [{"text": text, "index": 0, "logprobs": None,
+                                          "finish_reason": summary and summary["finish_reason"]}]}
+                    if summary:
+                        chunk["usage"] = summary["usage"]
+                    yield chunk
+        finally:
+            self._release()
+
+    # ---- create_chat_completion -----------------------------------------------------------
+
+    def apply_chat_template(self, messages: list[dict], *, chat_template: str | None = None,
+                            tools: list[dict] | None = None, add_generation_prompt: bool = True,
+                            enable_thinking: bool | None = None, **template_kwargs: Any) -> str:
+        """Render ``messages`` with ``chat_template`` or, by default, the GGUF's ``tokenizer.chat_template``."""
+        source = chat_template if chat_template is not None else getattr(self, "chat_template", None)
+        if not source:
+            raise InvalidArgumentError("this model has no chat template (tokenizer.chat_template); "
+                                       "pass chat_template=... or use create_completion with your own prompt")
+        template = ChatTemplate(source, special_tokens=self._template_special_tokens())
+        return template.render(messages, tools=tools, add_generation_prompt=add_generation_prompt,
+                               enable_thinking=enable_thinking, **template_kwargs)
+
+    def create_chat_completion(self, messages: list[dict], max_tokens: int = 256, *, stream: bool = False,
+                               seed: int | None = None, stop: str | list[str] | None = None,
+                               steps: int | None = None, on_step: Callable[[int, int, str], None] | None = None,
+                               chat_template: str | None = None, tools: list[dict] | None = None,
+                               enable_thinking: bool | None = None, template_kwargs: dict | None = None,
+                               **sampler: Any) -> Any:
+        """Answer a conversation. Returns an OpenAI ``chat.completion`` dict, or with ``stream=True``
+        an iterator of ``chat.completion.chunk`` dicts (one per committed canvas).
+
+        The prompt is ``messages`` rendered by the chat template (``chat_template`` overrides the
+        GGUF's) with the assistant's generation prompt. ``enable_thinking`` switches Gemma-4's thinking
+        channel; a thought block in the answer goes to ``message.reasoning_content`` (non-streaming).
+        Consecutive turns share the rendered prefix, so the engine reuses its KV cache for the history.
+        Other arguments are as for ``create_completion``.
+        """
+        prompt = self.apply_chat_template(messages, chat_template=chat_template, tools=tools,
+                                          enable_thinking=enable_thinking, **(template_kwargs or {}))
+        # The template writes <bos> itself when it wants one; _prompt_ids drops a doubled one.
+        settings = self._settings(prompt, max_tokens, stop, steps, seed, sampler, on_step, add_bos=True)
+        meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self._model_name()}
+        if stream:
+            return self._stream_chat(settings, meta)
+        self._claim()
+        try:
+            parts = list(self._run(**settings))
+        finally:
+            self._release()
+        summary = parts[-1][1]
+        message = {"role": "assistant", **split_reasoning(summary["text"])}
+        return {**meta, "object": "chat.completion",
+                "choices": [{"index": 0, "message": message, "logprobs": None,
+                             "finish_reason": summary["finish_reason"]}],
+                "usage": summary["usage"]}
+
+    def _stream_chat(self, settings: dict, meta: dict) -> Iterator[dict]:
+        self._claim()
+        try:
+            first = True
+            with contextlib.closing(self._run(**settings)) as parts:
+                for text, summary in parts:
+                    delta = {"role": "assistant", "content": text} if first else {"content": text}
+                    first = False
+                    chunk = {**meta, "object": "chat.completion.chunk",
+                             "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                          "finish_reason": summary and summary["finish_reason"]}]}
+                    if summary:
+                        chunk["usage"] = summary["usage"]
+                    yield chunk
+        finally:
+            self._release()
+
+
+def split_reasoning(text: str) -> dict:
+    """``{"content": ...}``, plus ``reasoning_content`` when the text opens with a thought block."""
+    stripped = text.lstrip()
+    if stripped.startswith(THOUGHT_OPEN):
+        end = stripped.find(THOUGHT_CLOSE)
+        if end >= 0:
+            reasoning = stripped[len(THOUGHT_OPEN):end].strip()
+            return {"content": stripped[end + len(THOUGHT_CLOSE):].lstrip(), "reasoning_content": reasoning}
+    return {"content": text}

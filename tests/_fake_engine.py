@@ -1,0 +1,133 @@
+"""A tiny stand-in for the block-diffusion engine, for testing the text layer without a model.
+
+It speaks the engine API that ``Model`` implements (tokenize / detokenize / generate_blocks / cancel,
+eos_ids, metadata, chat_template, canvas_length, n_vocab) and "generates" a scripted answer:
+each canvas is revealed over ``steps`` denoising steps (the preview shows noise being replaced),
+then committed. It records every call and flags any overlapping generations.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass
+
+from diffgemma_cpp.completion import CompletionMixin
+from diffgemma_cpp.errors import Cancelled
+from diffgemma_cpp.names import key
+
+SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<turn|>", "<|turn>", "<|channel>", "<channel|>", "<|think|>",
+            "<|\"|>", "<|tool>", "<tool|>", "<|tool_call>", "<tool_call|>", "<|tool_response>", "<tool_response|>"]
+BYTE_BASE = len(SPECIALS)  # token BYTE_BASE + b is the byte b
+PAD, EOS, BOS, UNK, END_TURN = 0, 1, 2, 3, 4
+
+
+@dataclass
+class Block:
+    ids: list
+    eos: bool
+    steps: int
+
+
+class FakeModel(CompletionMixin):
+    def __init__(self, answer: str | bytes | list | None = "", *, eos: bool = True, canvas_length: int = 8,
+                 steps: int = 3, step_delay: float = 0.0, chat_template: str | None = None,
+                 model_path: str = "/models/fake-diffgemma.gguf") -> None:
+        self.canvas_length = canvas_length
+        self.n_vocab = BYTE_BASE + 256
+        self.eos_ids = [EOS, END_TURN]
+        self.metadata = {key("TOKENIZER_BOS_ID"): BOS, key("TOKENIZER_EOS_ID"): EOS,
+                         key("TOKENIZER_PAD_ID"): PAD, key("TOKENIZER_UNK_ID"): UNK}
+        self.chat_template = chat_template
+        self.model_path = model_path
+        self.steps = steps
+        self.step_delay = step_delay
+        self.set_answer(answer, eos=eos)
+        self.calls: list[dict] = []
+        self.overlaps = 0
+        self._running = 0
+        self._running_lock = threading.Lock()
+        self._cancel = threading.Event()
+        self.step_started = threading.Event()
+
+    def set_answer(self, answer, *, eos: bool = True) -> None:
+        """The scripted output: text (tokenized with specials), bytes, or ids; EOS appended if ``eos``."""
+        if isinstance(answer, str):
+            ids = self.tokenize(answer, add_bos=False)
+        elif isinstance(answer, bytes):
+            ids = [BYTE_BASE + b for b in answer]
+        else:
+            ids = list(answer or [])
+        self.answer_ids = ids + ([END_TURN] if eos else [])
+
+    # ---- tokenizer ---------------------------------------------------------------------------
+
+    def tokenize(self, text: str, add_bos: bool = True, special: bool = True) -> list[int]:
+        ids = [BOS] if add_bos else []
+        i = 0
+        while i < len(text):
+            if special:
+                match = next((s for s in SPECIALS if text.startswith(s, i)), None)
+                if match:
+                    ids.append(SPECIALS.index(match))
+                    i += len(match)
+                    continue
+            ids.extend(BYTE_BASE + b for b in text[i].encode("utf-8"))
+            i += 1
+        return ids
+
+    def detokenize(self, ids) -> bytes:
+        out = bytearray()
+        for t in ids:
+            if not 0 <= t < self.n_vocab:
+                raise ValueError(f"token id {t} out of range")
+            out += bytes([t - BYTE_BASE]) if t >= BYTE_BASE else SPECIALS[t].encode()
+        return bytes(out)
+
+    # ---- engine ------------------------------------------------------------------------------
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def generate_blocks(self, prompt_ids, max_new_tokens=256, steps=None, seed=None, t_min=None, t_max=None,
+                        entropy_bound=None, stability_threshold=None, confidence_threshold=None, on_step=None):
+        self.calls.append(dict(prompt_ids=list(prompt_ids), max_new_tokens=max_new_tokens, steps=steps, seed=seed,
+                               t_min=t_min, t_max=t_max, entropy_bound=entropy_bound,
+                               stability_threshold=stability_threshold, confidence_threshold=confidence_threshold))
+        return self._generate(max_new_tokens, steps or self.steps, seed, on_step)
+
+    def _generate(self, max_new_tokens, steps, seed, on_step):
+        with self._running_lock:
+            self._running += 1
+            if self._running > 1:
+                self.overlaps += 1
+        self._cancel.clear()
+        try:
+            rng = random.Random(seed)
+            C = self.canvas_length
+            n_canvases = -(-max_new_tokens // C)
+            for b in range(n_canvases):
+                truth = (self.answer_ids[b * C:(b + 1) * C] + [PAD] * C)[:C]
+                canvas = [rng.randrange(BYTE_BASE, self.n_vocab) for _ in range(C)]
+                for step in range(1, steps + 1):
+                    self.step_started.set()
+                    if self._cancel.is_set():
+                        raise Cancelled("generation cancelled")
+                    if self.step_delay:
+                        time.sleep(self.step_delay)
+                    shown = C * step // steps
+                    canvas = truth[:shown] + canvas[shown:]
+                    if on_step is not None:
+                        on_step(step, steps, list(canvas))
+                ids = truth
+                eos_at = next((i for i, t in enumerate(ids) if t in self.eos_ids), None)
+                if eos_at is not None:
+                    yield Block(ids=ids[:eos_at], eos=True, steps=steps)
+                    return
+                if b * C + C >= len(self.answer_ids):  # ran out of script: pad like a real model would not
+                    ids = [t for t in ids if t != PAD]
+                yield Block(ids=ids, eos=False, steps=steps)
+        finally:
+            with self._running_lock:
+                self._running -= 1
