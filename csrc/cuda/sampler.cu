@@ -1,0 +1,275 @@
+// Fused denoising-sampler kernels: per-row argmax / log-sum-exp / entropy / inverse-CDF sample, and the
+// softmax probabilities for the self-conditioning product. Semantics in sampler_cuda.h; the CPU twin is
+// csrc/sampler_math.cpp and the two must stay in step.
+//
+// Numerics, shared with the CPU version:
+//   * a partial reduction keeps (m, s_rest, t, idx): m the running max of x, idx its first index,
+//     s_rest = sum of exp(x_j - m) over every element EXCEPT the max itself (whose term is exactly 1), and
+//     t = sum of exp(x_j - m) * (x_j - m) (all terms <= 0). Keeping "1 + s_rest" split means a very peaked
+//     row (s_rest ~ 1e-30) still gives log Z - m = log1p(s_rest) and an entropy with full relative precision.
+//   * entropy H = log1p(s_rest) - t / (1 + s_rest): two non-negative terms, no cancellation.
+//   * x is rounded to float before use (__fmul_rn), so the max element has x - m == 0 exactly in both passes.
+#include "sampler_cuda.h"
+
+#include <cub/block/block_scan.cuh>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <climits>
+#include <cmath>
+
+namespace {
+
+constexpr int kStatsThreads = 512;       // one block per row; 256 rows x 512 threads stay resident on an H100
+constexpr int kWalkPerThread = 4;        // consecutive elements per thread per tile of the CDF walk
+constexpr int kProbsThreads = 256;
+constexpr int kProbsPerThread = 4;
+
+// A partial reduction over some elements of one row. Empty: m = -inf.
+struct Partial {
+    float m;       // max of x seen so far
+    float s_rest;  // sum of exp(x - m) over the elements other than the (first) max
+    float t;       // sum of exp(x - m) * (x - m)
+    int idx;       // first index of the max (INT_MAX when empty)
+};
+
+__device__ __forceinline__ Partial empty_partial() { return Partial{-INFINITY, 0.0f, 0.0f, INT_MAX}; }
+
+// Adds element x at index i (indices arrive in increasing order within one thread).
+__device__ __forceinline__ void add_element(Partial & p, float x, int i, bool & bad) {
+    if (x == -INFINITY) return;          // probability exactly 0: contributes nothing
+    if (!(x < INFINITY)) { bad = true; return; }  // NaN or +inf: the row has no distribution
+    if (x > p.m) {
+        if (p.m == -INFINITY) {
+            p = Partial{x, 0.0f, 0.0f, i};
+            return;
+        }
+        // Rescale to the new max: the old max becomes an ordinary term exp(m_old - x).
+        const float d = p.m - x;
+        const float f = expf(d);
+        const float s_old = 1.0f + p.s_rest;
+        p.t = f * (p.t + d * s_old);
+        p.s_rest = f * s_old;
+        p.m = x;
+        p.idx = i;
+    } else {
+        const float d = x - p.m;
+        const float e = expf(d);
+        p.s_rest += e;
+        p.t += e * d;
+    }
+}
+
+// Merges two partials of disjoint index sets; the lower index wins a tie of the max (torch.argmax rule).
+__device__ __forceinline__ Partial combine(const Partial & a, const Partial & b) {
+    if (b.m == -INFINITY) return a;
+    if (a.m == -INFINITY) return b;
+    const bool a_big = a.m > b.m || (a.m == b.m && a.idx < b.idx);
+    const Partial & big = a_big ? a : b;
+    const Partial & small = a_big ? b : a;
+    const float d = small.m - big.m;  // <= 0
+    const float f = expf(d);
+    const float s_small = 1.0f + small.s_rest;
+    Partial r;
+    r.m = big.m;
+    r.idx = big.idx;
+    r.s_rest = big.s_rest + f * s_small;
+    r.t = big.t + f * (small.t + d * s_small);
+    return r;
+}
+
+__device__ __forceinline__ Partial shfl_xor(const Partial & p, int lane_mask) {
+    Partial r;
+    r.m = __shfl_xor_sync(0xffffffffu, p.m, lane_mask);
+    r.s_rest = __shfl_xor_sync(0xffffffffu, p.s_rest, lane_mask);
+    r.t = __shfl_xor_sync(0xffffffffu, p.t, lane_mask);
+    r.idx = __shfl_xor_sync(0xffffffffu, p.idx, lane_mask);
+    return r;
+}
+
+__device__ __forceinline__ Partial warp_reduce(Partial p) {
+    for (int mask = 16; mask > 0; mask >>= 1) p = combine(p, shfl_xor(p, mask));
+    return p;
+}
+
+// Whole-block reduction; every thread gets the result.
+__device__ Partial block_reduce(Partial p) {
+    __shared__ Partial warp_parts[kStatsThreads / 32];
+    __shared__ Partial result;
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    p = warp_reduce(p);
+    if (lane == 0) warp_parts[warp] = p;
+    __syncthreads();
+    if (warp == 0) {
+        Partial q = lane < kStatsThreads / 32 ? warp_parts[lane] : empty_partial();
+        q = warp_reduce(q);
+        if (lane == 0) result = q;
+    }
+    __syncthreads();
+    return result;
+}
+
+__device__ __forceinline__ bool row_is_vectorisable(const float * row, int n_vocab) {
+    return (n_vocab % 4) == 0 && (reinterpret_cast<uintptr_t>(row) % 16) == 0;
+}
+
+__global__ void __launch_bounds__(kStatsThreads)
+row_stats_kernel(const float * __restrict__ logits, int n_vocab, int64_t row_stride, float inv_temp,
+                 const float * __restrict__ uniforms, int32_t * __restrict__ argmax_out,
+                 int32_t * __restrict__ sampled_out, float * __restrict__ entropy_out, float * __restrict__ log_z_out) {
+    const int64_t r = blockIdx.x;
+    const float * row = logits + r * row_stride;
+    const bool vec = row_is_vectorisable(row, n_vocab);
+
+    // ---- pass 1: online max / sum-exp / sum p*x / first argmax --------------------------------------------
+    Partial p = empty_partial();
+    bool bad = false;
+    if (vec) {
+        const float4 * row4 = reinterpret_cast<const float4 *>(row);
+        for (int j = threadIdx.x; j < n_vocab / 4; j += kStatsThreads) {
+            const float4 v = __ldg(row4 + j);
+            add_element(p, __fmul_rn(v.x, inv_temp), 4 * j + 0, bad);
+            add_element(p, __fmul_rn(v.y, inv_temp), 4 * j + 1, bad);
+            add_element(p, __fmul_rn(v.z, inv_temp), 4 * j + 2, bad);
+            add_element(p, __fmul_rn(v.w, inv_temp), 4 * j + 3, bad);
+        }
+    } else {
+        for (int i = threadIdx.x; i < n_vocab; i += kStatsThreads) add_element(p, __fmul_rn(__ldg(row + i), inv_temp), i, bad);
+    }
+    const bool row_bad = __syncthreads_or(bad ? 1 : 0) != 0;
+    const Partial total = block_reduce(p);
+
+    if (row_bad || total.m == -INFINITY) {
+        if (threadIdx.x == 0) {
+            argmax_out[r] = -1;
+            if (sampled_out) sampled_out[r] = -1;
+            entropy_out[r] = NAN;
+            if (log_z_out) log_z_out[r] = NAN;
+        }
+        return;
+    }
+    const float z_rel = 1.0f + total.s_rest;  // Z / exp(m)
+    if (threadIdx.x == 0) {
+        const float log_z_rel = log1pf(total.s_rest);
+        argmax_out[r] = total.idx;
+        entropy_out[r] = fmaxf(log_z_rel - total.t / z_rel, 0.0f);
+        if (log_z_out) log_z_out[r] = total.m + log_z_rel;
+    }
+    if (!sampled_out) return;
+
+    // ---- pass 2: inverse CDF, tile by tile, stopping at the tile that holds the sample ------------------------
+    using BlockScan = cub::BlockScan<float, kStatsThreads>;
+    __shared__ typename BlockScan::TempStorage scan_storage;
+    __shared__ int found;
+    __shared__ int last_positive;
+    if (threadIdx.x == 0) { found = INT_MAX; last_positive = -1; }
+    __syncthreads();
+
+    const float m = total.m;
+    const float target = uniforms[r] * z_rel;
+    constexpr int kTile = kStatsThreads * kWalkPerThread;
+    float running = 0.0f;  // identical in every thread: the same float additions in the same order
+    int my_last_positive = -1;
+    for (int tile = 0; tile < n_vocab; tile += kTile) {
+        const int first = tile + threadIdx.x * kWalkPerThread;
+        float e[kWalkPerThread];
+        float local = 0.0f;
+        if (vec && first + kWalkPerThread <= n_vocab) {
+            const float4 v = __ldg(reinterpret_cast<const float4 *>(row + first));
+            const float xs[4] = {v.x, v.y, v.z, v.w};
+            for (int k = 0; k < kWalkPerThread; ++k) e[k] = expf(__fmul_rn(xs[k], inv_temp) - m);
+        } else {
+            for (int k = 0; k < kWalkPerThread; ++k)
+                e[k] = first + k < n_vocab ? expf(__fmul_rn(__ldg(row + first + k), inv_temp) - m) : 0.0f;
+        }
+        for (int k = 0; k < kWalkPerThread; ++k) {
+            local += e[k];
+            if (e[k] > 0.0f) my_last_positive = first + k;
+        }
+        float prefix, tile_sum;
+        BlockScan(scan_storage).ExclusiveSum(local, prefix, tile_sum);
+        if (running + tile_sum > target) {
+            float cum = running + prefix;
+            for (int k = 0; k < kWalkPerThread; ++k) {
+                cum += e[k];
+                if (e[k] > 0.0f && cum > target) { atomicMin(&found, first + k); break; }
+            }
+        }
+        __syncthreads();  // publishes `found` and frees scan_storage for the next tile
+        if (found != INT_MAX) break;
+        running += tile_sum;
+    }
+    if (found == INT_MAX) {  // rounding left the total at or below u*Z: clamp to the last positive p
+        if (my_last_positive >= 0) atomicMax(&last_positive, my_last_positive);
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) sampled_out[r] = found != INT_MAX ? found : last_positive;
+}
+
+template <typename T> __device__ __forceinline__ T to_probs_type(float v);
+template <> __device__ __forceinline__ __half to_probs_type<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 to_probs_type<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+template <typename T>
+__global__ void __launch_bounds__(kProbsThreads)
+write_probs_kernel(const float * __restrict__ logits, int n_vocab, int64_t row_stride, float inv_temp,
+                   const float * __restrict__ log_z, T * __restrict__ probs, int64_t probs_row_stride) {
+    const int64_t r = blockIdx.y;
+    const float * row = logits + r * row_stride;
+    T * out = probs + r * probs_row_stride;
+    const float lz = log_z[r];
+    const bool valid = isfinite(lz);
+    const int base = blockIdx.x * (kProbsThreads * kProbsPerThread) + threadIdx.x;
+    for (int k = 0; k < kProbsPerThread; ++k) {
+        const int i = base + k * kProbsThreads;  // consecutive threads touch consecutive elements
+        if (i >= n_vocab) break;
+        const float v = valid ? expf(__fmul_rn(__ldg(row + i), inv_temp) - lz) : 0.0f;
+        out[i] = to_probs_type<T>(v);
+    }
+}
+
+bool inv_temp_ok(float inv_temp) { return std::isfinite(inv_temp) && inv_temp > 0.0f; }
+
+}  // namespace
+
+extern "C" cudaError_t dg_cuda_sampler_row_stats(const float * logits, int64_t n_rows, int64_t n_vocab, int64_t row_stride,
+                                                 float inv_temp, const float * uniforms,
+                                                 int32_t * argmax, int32_t * sampled, float * entropy, float * log_z,
+                                                 cudaStream_t stream) {
+    if (n_rows < 0 || n_vocab <= 0 || n_vocab > INT_MAX || row_stride < n_vocab || !inv_temp_ok(inv_temp))
+        return cudaErrorInvalidValue;
+    if (n_rows > INT_MAX) return cudaErrorInvalidValue;  // gridDim.x limit is 2^31-1
+    if (n_rows == 0) return cudaSuccess;
+    if (!logits || !argmax || !entropy || (sampled && !uniforms)) return cudaErrorInvalidValue;
+    row_stats_kernel<<<static_cast<unsigned>(n_rows), kStatsThreads, 0, stream>>>(
+        logits, static_cast<int>(n_vocab), row_stride, inv_temp, uniforms, argmax, sampled, entropy, log_z);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t dg_cuda_sampler_write_probs(const float * logits, int64_t n_rows, int64_t n_vocab, int64_t row_stride,
+                                                   float inv_temp, const float * log_z,
+                                                   void * probs, dg_cuda_probs_type probs_type, int64_t probs_row_stride,
+                                                   cudaStream_t stream) {
+    if (n_rows < 0 || n_rows > 65535 || n_vocab <= 0 || n_vocab > INT_MAX || row_stride < n_vocab ||
+        probs_row_stride < n_vocab || !inv_temp_ok(inv_temp))
+        return cudaErrorInvalidValue;
+    if (n_rows == 0) return cudaSuccess;
+    if (!logits || !log_z || !probs) return cudaErrorInvalidValue;
+    constexpr int64_t kPerBlock = kProbsThreads * kProbsPerThread;
+    const dim3 grid(static_cast<unsigned>((n_vocab + kPerBlock - 1) / kPerBlock), static_cast<unsigned>(n_rows));
+    switch (probs_type) {
+        case DG_CUDA_PROBS_F16:
+            write_probs_kernel<__half><<<grid, kProbsThreads, 0, stream>>>(
+                logits, static_cast<int>(n_vocab), row_stride, inv_temp, log_z, static_cast<__half *>(probs), probs_row_stride);
+            break;
+        case DG_CUDA_PROBS_BF16:
+            write_probs_kernel<__nv_bfloat16><<<grid, kProbsThreads, 0, stream>>>(
+                logits, static_cast<int>(n_vocab), row_stride, inv_temp, log_z, static_cast<__nv_bfloat16 *>(probs),
+                probs_row_stride);
+            break;
+        default:
+            return cudaErrorInvalidValue;
+    }
+    return cudaGetLastError();
+}
