@@ -124,6 +124,105 @@ DIFFGEMMA_API int32_t diffgemma_quantize_rows(int32_t ggml_type, const float * s
                                               int64_t n_rows, int64_t n_per_row,
                                               size_t dst_capacity, size_t * out_bytes);
 
+/* ---- tokenizer ---- */
+/*
+ * The Gemma-4 tokenizer of a GGUF (tokenizer.ggml.model = "gemma4"): byte-fallback BPE, equal to Hugging
+ * Face `tokenizers` on the tokenizer.json the GGUF came from. A vocab is read-only and thread-safe; a
+ * diffgemma_detokenizer (streaming state) is used by one thread at a time.
+ * Detokenized text is raw bytes: byte-exact (a <0xNN> token is that byte; invalid UTF-8 is not replaced).
+ */
+typedef struct diffgemma_vocab diffgemma_vocab;
+typedef struct diffgemma_detokenizer diffgemma_detokenizer;
+
+/* llama.cpp's token types (tokenizer.ggml.token_type). */
+enum diffgemma_token_type {
+    DIFFGEMMA_TOKEN_TYPE_UNDEFINED    = 0,
+    DIFFGEMMA_TOKEN_TYPE_NORMAL       = 1,
+    DIFFGEMMA_TOKEN_TYPE_UNKNOWN      = 2,
+    DIFFGEMMA_TOKEN_TYPE_CONTROL      = 3,  /* special: matched whole only with parse_special, hidden unless render_special */
+    DIFFGEMMA_TOKEN_TYPE_USER_DEFINED = 4,  /* matched whole and rendered always (<|channel>, <|"|>, ...) */
+    DIFFGEMMA_TOKEN_TYPE_UNUSED       = 5,
+    DIFFGEMMA_TOKEN_TYPE_BYTE         = 6   /* <0xNN> byte-fallback token */
+};
+
+/* Loads only the vocabulary of a GGUF (no weights) into *out. A model's own vocab comes from
+ * diffgemma_model_get_vocab() instead and must not be freed. */
+DIFFGEMMA_API int32_t diffgemma_vocab_load(const char * gguf_path, diffgemma_vocab ** out);
+
+/* Frees a vocab from diffgemma_vocab_load (NULL is fine). */
+DIFFGEMMA_API void diffgemma_vocab_free(diffgemma_vocab * vocab);
+
+/* Number of tokens (ids are 0 .. n-1); 0 for NULL. */
+DIFFGEMMA_API int32_t diffgemma_vocab_n_tokens(const diffgemma_vocab * vocab);
+
+/* Special token ids, or -1 if the vocab has none (or vocab is NULL). */
+DIFFGEMMA_API int32_t diffgemma_vocab_bos(const diffgemma_vocab * vocab);
+DIFFGEMMA_API int32_t diffgemma_vocab_eos(const diffgemma_vocab * vocab);
+DIFFGEMMA_API int32_t diffgemma_vocab_pad(const diffgemma_vocab * vocab);
+DIFFGEMMA_API int32_t diffgemma_vocab_unk(const diffgemma_vocab * vocab);
+DIFFGEMMA_API int32_t diffgemma_vocab_mask(const diffgemma_vocab * vocab);
+
+/* 1 if the GGUF asks for BOS at the start of a prompt (tokenizer.ggml.add_bos_token), else 0. */
+DIFFGEMMA_API int32_t diffgemma_vocab_add_bos(const diffgemma_vocab * vocab);
+
+/* The end-of-generation ids (tokenizer.ggml.eos_token_ids, else eos + <turn|> + <|tool_response>), sorted.
+ * Writes up to `capacity` ids to `out` and the total count to *n_out; DIFFGEMMA_ERR_BUFFER_TOO_SMALL if
+ * capacity < *n_out. */
+DIFFGEMMA_API int32_t diffgemma_vocab_eog_ids(const diffgemma_vocab * vocab, int32_t * out, size_t capacity,
+                                              size_t * n_out);
+
+/* 1 if `token` ends generation, else 0. */
+DIFFGEMMA_API int32_t diffgemma_vocab_is_eog(const diffgemma_vocab * vocab, int32_t token);
+
+/* A token's diffgemma_token_type, or -1 for an id out of range. */
+DIFFGEMMA_API int32_t diffgemma_vocab_token_type(const diffgemma_vocab * vocab, int32_t token);
+
+/* A token's raw text as stored in the vocab ("▁the", "<0x0A>", "<|turn>"), NUL-terminated, owned by the
+ * vocab; NULL for an id out of range. Use diffgemma_token_to_piece for the bytes it decodes to. */
+DIFFGEMMA_API const char * diffgemma_vocab_token_text(const diffgemma_vocab * vocab, int32_t token);
+
+/* Id of the token whose text is exactly text[0..text_len), or -1. */
+DIFFGEMMA_API int32_t diffgemma_vocab_find(const diffgemma_vocab * vocab, const char * text, size_t text_len);
+
+/* Tokenizes text[0..text_len) (any bytes; not NUL-terminated). add_bos: prepend BOS (if the vocab has one).
+ * parse_special: match CONTROL tokens written in the text (e.g. "<|turn>") as single tokens; USER_DEFINED
+ * tokens are always matched. Writes the tokens to `out` and their count to *n_out. If `out_capacity` is too
+ * small returns DIFFGEMMA_ERR_BUFFER_TOO_SMALL with the needed count in *n_out (text_len + 1 always fits). */
+DIFFGEMMA_API int32_t diffgemma_tokenize(const diffgemma_vocab * vocab, const char * text, size_t text_len,
+                                         int32_t add_bos, int32_t parse_special,
+                                         int32_t * out, size_t out_capacity, size_t * n_out);
+
+/* The bytes one token stands for (may be part of a UTF-8 character, e.g. <0xE2>). CONTROL tokens give ""
+ * unless render_special. Writes *n_out bytes (no NUL); DIFFGEMMA_ERR_BUFFER_TOO_SMALL with the needed size in
+ * *n_out if `capacity` is too small. */
+DIFFGEMMA_API int32_t diffgemma_token_to_piece(const diffgemma_vocab * vocab, int32_t token, int32_t render_special,
+                                               char * out, size_t capacity, size_t * n_out);
+
+/* The bytes of `n_tokens` tokens, concatenated (no NUL). Same buffer contract as diffgemma_token_to_piece. */
+DIFFGEMMA_API int32_t diffgemma_detokenize(const diffgemma_vocab * vocab, const int32_t * tokens, size_t n_tokens,
+                                           int32_t render_special, char * out, size_t capacity, size_t * n_out);
+
+/* Streaming detokenizer: each push returns only complete UTF-8 characters and holds back the bytes of a
+ * character still waiting for its next token. The vocab must outlive it. */
+DIFFGEMMA_API int32_t diffgemma_detokenizer_new(const diffgemma_vocab * vocab, int32_t render_special,
+                                                diffgemma_detokenizer ** out);
+DIFFGEMMA_API void diffgemma_detokenizer_free(diffgemma_detokenizer * detok);
+
+/* Adds `n_tokens` tokens and writes the text that is now complete to `out` (*n_out bytes). On
+ * DIFFGEMMA_ERR_BUFFER_TOO_SMALL the tokens are kept and *n_out is the needed size: call again with
+ * n_tokens = 0 and a larger buffer. An invalid id is rejected before anything is added. */
+DIFFGEMMA_API int32_t diffgemma_detokenizer_push(diffgemma_detokenizer * detok, const int32_t * tokens,
+                                                 size_t n_tokens, char * out, size_t capacity, size_t * n_out);
+
+/* Writes the held-back bytes (an unfinished character at the end of the stream) and resets the state.
+ * Same buffer contract as push. */
+DIFFGEMMA_API int32_t diffgemma_detokenizer_flush(diffgemma_detokenizer * detok, char * out, size_t capacity,
+                                                  size_t * n_out);
+
+/* Number of bytes at the end of s[0..n) that begin a UTF-8 character not yet complete (0..3): print
+ * s[0 .. n - result) now and keep the rest for later. */
+DIFFGEMMA_API size_t diffgemma_utf8_incomplete_tail(const char * s, size_t n);
+
 // cffi-end
 
 #ifdef __cplusplus
