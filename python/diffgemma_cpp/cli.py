@@ -28,6 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="system info, and a model's GGUF metadata with -m")
     info.add_argument("-m", "--model", help="GGUF file to describe")
     info.set_defaults(func=_cmd_info)
+
+    from .cli_text import add_text_commands
+
+    add_text_commands(sub)  # run, chat, serve
     return parser
 
 

@@ -1,0 +1,267 @@
+"""The text subcommands of ``diffgemma-cpp``: ``run``, ``chat`` and ``serve``.
+
+    diffgemma-cpp run -m model.gguf -p "Why is the sky blue?" -n 256 --seed 1 --visual
+    diffgemma-cpp chat -m model.gguf --system "Be brief."
+    diffgemma-cpp serve -m model.gguf --host 127.0.0.1 --port 8080
+
+``run`` wraps the prompt in the model's chat template as one user turn (``--raw`` sends it as is).
+Ctrl-C during a generation cancels it within one denoising step; a second Ctrl-C quits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+import threading
+import time
+from typing import Any, Iterator
+
+__all__ = ["add_text_commands"]
+
+
+# ---- model loading and shared options ---------------------------------------------------------
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-m", "--model", required=True, help="GGUF model file")
+    parser.add_argument("-ngl", "--n-gpu-layers", type=int, default=None,
+                        help="layers to offload to the GPU (-1 = all; default 0)")
+    parser.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    parser.add_argument("-c", "--ctx-size", type=int, default=None, help="context size in tokens (default: model's)")
+
+
+def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-n", "--n-predict", type=int, default=256,
+                        help="tokens to generate, rounded up to whole canvases (default 256)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
+    parser.add_argument("--steps", type=int, default=None, help="max denoising steps per canvas (default: model's)")
+    parser.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                        help="stop before this text (repeatable)")
+    parser.add_argument("--think", action="store_true", help="enable the model's thinking channel")
+    parser.add_argument("--chat-template", default=None, metavar="FILE",
+                        help="Jinja chat template file overriding the GGUF's")
+
+
+def _load_model(args: argparse.Namespace) -> Any:
+    """Open the model with the options given (options left unset keep the library defaults)."""
+    from . import Model  # the engine; imported here so `--help` works without loading anything
+
+    options = {"n_gpu_layers": args.n_gpu_layers, "n_threads": args.threads, "n_ctx": args.ctx_size}
+    return Model(args.model, **{k: v for k, v in options.items() if v is not None})
+
+
+def _read_template(args: argparse.Namespace) -> str | None:
+    if not args.chat_template:
+        return None
+    with open(args.chat_template, encoding="utf-8") as f:
+        return f.read()
+
+
+@contextlib.contextmanager
+def _cancel_on_sigint(model: Any) -> Iterator[None]:
+    """First Ctrl-C cancels the running generation (it ends within one denoising step); a second one quits."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pressed = []
+
+    def handler(signum: int, frame: Any) -> None:
+        if pressed:
+            raise KeyboardInterrupt
+        pressed.append(True)
+        print("\n^C cancelling (press again to quit)", file=sys.stderr, flush=True)
+        model.cancel()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _friendly_errors(command: Any) -> Any:
+    """Report bad templates, unreadable files and bad arguments as one line, not a traceback."""
+    from .chat import ChatTemplateError
+    from .errors import DiffGemmaError
+
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except DiffGemmaError:
+            raise  # cli.main reports these
+        except (ChatTemplateError, OSError, ValueError, TypeError) as exc:
+            print(f"diffgemma-cpp {args.command}: error: {exc}", file=sys.stderr)
+            return 1
+
+    wrapped.__name__ = command.__name__
+    return wrapped
+
+
+def _generation_kwargs(args: argparse.Namespace) -> dict:
+    return {"max_tokens": args.n_predict, "seed": args.seed, "steps": args.steps, "stop": args.stop}
+
+
+def _stats(usage: dict, seconds: float, finish: str) -> str:
+    tokens = usage.get("completion_tokens", 0)
+    rate = tokens / seconds if seconds > 0 else 0.0
+    return (f"[{finish}] {usage.get('canvases', '?')} canvas(es), {usage.get('denoising_steps', '?')} steps, "
+            f"{tokens} tokens in {seconds:.2f} s ({rate:.1f} tok/s), prompt {usage.get('prompt_tokens', '?')} tokens")
+
+
+def _stream_to_terminal(chunks: Iterator[dict], view: Any, key: str) -> tuple[str, dict, str]:
+    """Print each committed canvas's text; return (text, usage, finish_reason)."""
+    text, usage, finish = "", {}, "stop"
+    for chunk in chunks:
+        choice = chunk["choices"][0]
+        piece = choice["text"] if key == "text" else choice["delta"].get("content", "")
+        text += piece
+        if view is not None:
+            view.commit(piece)
+        else:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        if choice["finish_reason"]:
+            finish, usage = choice["finish_reason"], chunk.get("usage", {})
+    return text, usage, finish
+
+
+def _on_step(view: Any) -> Any:
+    if view is not None:
+        return view.step
+    return lambda step, total, text: None  # still gives the interpreter a moment to run the Ctrl-C handler
+
+
+# ---- run --------------------------------------------------------------------------------------
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    prompt = args.prompt
+    if prompt is None:
+        if sys.stdin.isatty():
+            print("diffgemma-cpp run: error: give a prompt with -p, or pipe one on stdin", file=sys.stderr)
+            return 2
+        prompt = sys.stdin.read()
+    model = _load_model(args)
+    from .visual import CanvasView
+
+    view = CanvasView() if args.visual else None
+    kwargs = dict(_generation_kwargs(args), stream=True, on_step=_on_step(view))
+    start = time.perf_counter()
+    with _cancel_on_sigint(model):
+        if args.raw:
+            chunks = model.create_completion(prompt, **kwargs)
+            key = "text"
+        else:
+            chunks = model.create_chat_completion([{"role": "user", "content": prompt}],
+                                                  chat_template=_read_template(args),
+                                                  enable_thinking=args.think or None, **kwargs)
+            key = "delta"
+        _, usage, finish = _stream_to_terminal(chunks, view, key)
+    if view is not None:
+        view.close()
+    else:
+        print()
+    print(_stats(usage, time.perf_counter() - start, finish), file=sys.stderr)
+    return 130 if finish == "cancelled" else 0
+
+
+# ---- chat -------------------------------------------------------------------------------------
+
+
+CHAT_HELP = "commands: /exit (or Ctrl-D) quits, /reset forgets the conversation, Ctrl-C stops an answer"
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    model = _load_model(args)
+    template = _read_template(args)
+    from .visual import CanvasView
+
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    history: list[dict] = list(system)
+    print(CHAT_HELP, file=sys.stderr)
+    while True:
+        print("> ", end="", flush=True)
+        try:
+            line = sys.stdin.readline()
+        except KeyboardInterrupt:
+            print()
+            return 0
+        if not line:  # EOF
+            print()
+            return 0
+        user = line.rstrip("\n")
+        if user.strip() == "/exit":
+            return 0
+        if user.strip() == "/reset":
+            history = list(system)
+            print("(conversation cleared)", file=sys.stderr)
+            continue
+        if not user.strip():
+            continue
+        history.append({"role": "user", "content": user})
+        view = CanvasView() if args.visual else None
+        start = time.perf_counter()
+        with _cancel_on_sigint(model):
+            chunks = model.create_chat_completion(history, chat_template=template, stream=True,
+                                                  enable_thinking=args.think or None, on_step=_on_step(view),
+                                                  **_generation_kwargs(args))
+            answer, usage, finish = _stream_to_terminal(chunks, view, "delta")
+        if view is not None:
+            view.close()
+        else:
+            print()
+        if args.verbose_stats:
+            print(_stats(usage, time.perf_counter() - start, finish), file=sys.stderr)
+        history.append({"role": "assistant", "content": answer})
+
+
+# ---- serve ------------------------------------------------------------------------------------
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .server import serve
+
+    model = _load_model(args)
+    serve(model, args.host, args.port, model_name=args.alias, max_body_bytes=args.max_body_bytes,
+          max_queue=args.max_queue)
+    return 0
+
+
+# ---- wiring -----------------------------------------------------------------------------------
+
+
+def add_text_commands(subparsers: Any) -> None:
+    """Add ``run``, ``chat`` and ``serve`` to an argparse subparsers object (``cli.py`` calls this)."""
+    run = subparsers.add_parser("run", help="generate text for one prompt",
+                                description="Generate text for one prompt, streamed one canvas at a time.")
+    _add_model_options(run)
+    run.add_argument("-p", "--prompt", default=None, help="the prompt (default: read stdin)")
+    _add_sampling_options(run)
+    run.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")
+    run.add_argument("--visual", action="store_true", help="watch each canvas denoise live (ANSI terminal)")
+    run.set_defaults(func=_friendly_errors(_cmd_run))
+
+    chat = subparsers.add_parser("chat", help="interactive multi-turn chat",
+                                 description="Interactive chat. " + CHAT_HELP + ".")
+    _add_model_options(chat)
+    _add_sampling_options(chat)
+    chat.add_argument("--system", default=None, help="system prompt")
+    chat.add_argument("--visual", action="store_true", help="watch each canvas denoise live")
+    chat.add_argument("--verbose-stats", action="store_true", help="print timing after each answer")
+    chat.set_defaults(func=_friendly_errors(_cmd_chat))
+
+    from .server import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUE
+
+    srv = subparsers.add_parser("serve", help="OpenAI-compatible HTTP server",
+                                description="Serve /v1/chat/completions, /v1/completions, /v1/models, /health.")
+    _add_model_options(srv)
+    srv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    srv.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 = any free port)")
+    srv.add_argument("--alias", default=None, help="model id reported by /v1/models (default: file name)")
+    srv.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                     help=f"largest request body accepted (default {DEFAULT_MAX_BODY_BYTES})")
+    srv.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
+                     help=f"requests allowed to wait for the model (default {DEFAULT_MAX_QUEUE})")
+    srv.set_defaults(func=_friendly_errors(_cmd_serve))
