@@ -1,0 +1,195 @@
+"""The two jobs: HF checkpoint -> GGUF (`convert_checkpoint`) and GGUF -> requantized GGUF (`requantize_gguf`).
+
+Both build a plan (ordered metadata + ordered output tensors with a row source and a type each), then either
+print it (`dry_run`) or hand it to the streaming writer.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+from gguf import GGMLQuantizationType as Q, GGUFValueType as VT
+from gguf.utility import size_label as gguf_size_label
+
+from .. import names
+from ..errors import ModelFileError, ModelLoadError, UnsupportedModelError, UnsupportedTypeError
+from .checkpoint import Checkpoint, bf16_to_f32
+from .hparams import load_generation_eos, load_hparams, model_kv
+from .quant_rules import FLOAT_TYPES, assign_types, parse_outtype, parse_overrides
+from .tensors import RowSource, OutTensor, plan_tensors, role_of
+from .vocab import load_vocab, vocab_kv
+from .writer import tensor_nbytes, write_gguf
+
+logger = logging.getLogger("diffgemma_cpp.convert")
+
+
+def size_label(tensors) -> str:
+    """Parameter-count label as llama.cpp computes it ("128x2.6B" for the release)."""
+    total = shared = expert = 0
+    expert_sum = n_expert_tensors = 0
+    for t in tensors:
+        n = int(np.prod(t.ne))
+        total += n
+        if "_exps." in t.name and len(t.ne) >= 3:
+            expert += n // t.ne[2]
+            expert_sum += t.ne[2]
+            n_expert_tensors += 1
+        else:
+            shared += n
+    count = expert_sum // n_expert_tensors if n_expert_tensors else 0
+    return gguf_size_label(total, shared, expert, count)
+
+
+def format_plan(tensors, paths=()) -> str:
+    """The --dry-run listing: every output tensor with its type, shape and size, then the total."""
+    from gguf.gguf_writer import GGUFWriter
+
+    lines = [f"{'tensor':<40} {'type':<6} {'shape (ne)':<24} {'size':>10}"]
+    for t in tensors:
+        lines.append(f"{t.name:<40} {Q(t.qtype).name:<6} {str(list(t.ne)):<24} "
+                     f"{GGUFWriter.format_n_bytes_to_str(tensor_nbytes(t)):>10}")
+    total = sum(tensor_nbytes(t) for t in tensors)
+    counts: dict[str, int] = {}
+    for t in tensors:
+        counts[Q(t.qtype).name] = counts.get(Q(t.qtype).name, 0) + 1
+    lines.append(f"{len(tensors)} tensors, {GGUFWriter.format_n_bytes_to_str(total)} "
+                 f"({total} bytes); types: " + ", ".join(f"{k} x{v}" for k, v in sorted(counts.items())))
+    for p in paths:
+        lines.append(f"would write {p}")
+    return "\n".join(lines)
+
+
+def _emit(msg: str, quiet: bool) -> None:
+    logger.info(msg)
+    if not quiet:
+        print(msg, flush=True)
+
+
+def convert_checkpoint(hf_dir, outfile=None, outtype: str = "auto", *, tensor_types=(), dry_run: bool = False,
+                       split_max_size: int = 0, threads: int | None = None, progress: bool = True,
+                       quiet: bool = False) -> list:
+    """Convert a HF DiffusionGemma checkpoint directory to GGUF. Returns the written paths ([] for a dry run)."""
+    hf_dir = Path(hf_dir)
+    if not hf_dir.is_dir():
+        raise ModelFileError(f"{hf_dir}: not a directory (expected a Hugging Face checkpoint folder)")
+    hp = load_hparams(hf_dir)
+    vocab = load_vocab(hf_dir, generation_eos=load_generation_eos(hf_dir))
+    overrides = parse_overrides(tensor_types)
+    with Checkpoint(hf_dir) as ckpt:
+        tensors = plan_tensors(hp, ckpt, n_vocab_out=len(vocab), log=lambda m: _emit(m, quiet))
+        source_dtypes = {t.source.dtype for t in tensors if t.hf_name}
+        ot = parse_outtype(outtype, source_dtypes)
+        assign_types(tensors, ot, overrides, n_layer=hp.n_layer)
+        if outfile is None:
+            outfile = hf_dir / f"{hp.name}-{ot.name.upper()}.gguf"
+        embd = next(t for t in tensors if t.role == "token_embd")
+        kv = model_kv(hp, int(ot.file_type), size_label(tensors), embed_dtype=embd.source.dtype) + vocab_kv(vocab)
+        if dry_run:
+            print(format_plan(tensors, [outfile]))
+            return []
+        _emit(f"converting {hf_dir} -> {outfile} ({ot.name}, {len(tensors)} tensors)", quiet)
+        return write_gguf(outfile, kv, tensors, split_max_size=split_max_size, threads=threads, progress=progress)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Requantizing an existing GGUF
+# ---------------------------------------------------------------------------------------------------------------
+
+def _field_kv(field):
+    main = field.types[0]
+    if main == VT.ARRAY:
+        sub = field.types[-1]
+        value = field.contents()
+        if sub == VT.STRING:
+            return value, VT.ARRAY, VT.STRING
+        return list(value), VT.ARRAY, sub
+    return field.contents(), main, None
+
+
+def _gguf_source(path: Path, fd: int, rt) -> RowSource:
+    qtype = Q(int(rt.tensor_type))
+    ne = [int(d) for d in rt.shape]
+    row_len, n_rows = ne[0], int(np.prod(ne[1:])) if len(ne) > 1 else 1
+    from gguf import GGML_QUANT_SIZES
+
+    block, tsize = GGML_QUANT_SIZES[qtype]
+    rbytes = row_len // block * tsize
+
+    def read_raw(start, count):
+        want = count * rbytes
+        data = os.pread(fd, want, rt.data_offset + start * rbytes)
+        if len(data) != want:
+            raise ModelFileError(f"{path}: unexpected end of file in tensor {rt.name}")
+        return np.frombuffer(data, dtype=np.uint8)
+
+    def read(start, count):
+        raw = read_raw(start, count)
+        if qtype == Q.F32:
+            return raw.view("<f4").reshape(count, row_len)
+        if qtype == Q.F16:
+            return raw.view("<f2").astype(np.float32).reshape(count, row_len)
+        if qtype == Q.BF16:
+            return bf16_to_f32(raw.view("<u2")).reshape(count, row_len)
+        raise UnsupportedTypeError(f"{path}: tensor {rt.name} is already {qtype.name}; requantize from an F32, F16 "
+                                   "or BF16 GGUF (or keep its type with --tensor-type)")
+
+    return RowSource(n_rows, row_len, qtype.name, read, read_raw, int(qtype))
+
+
+def requantize_gguf(infile, outfile, outtype: str, *, tensor_types=(), dry_run: bool = False,
+                    split_max_size: int = 0, threads: int | None = None, progress: bool = True,
+                    quiet: bool = False) -> list:
+    """Rewrite a DiffusionGemma GGUF with the tensor types of `outtype` (same rules as convert)."""
+    import gguf
+
+    infile, outfile = Path(infile), Path(outfile)
+    if infile.resolve() == outfile.resolve():
+        raise ModelFileError(f"{outfile}: the output must not overwrite the input")
+    try:
+        reader = gguf.GGUFReader(infile)
+    except FileNotFoundError:
+        raise ModelFileError(f"{infile}: no such file") from None
+    except (ValueError, OSError) as exc:
+        raise ModelLoadError(f"{infile}: not a readable GGUF file ({exc})") from None
+    arch_field = reader.fields.get(names.key("GENERAL_ARCHITECTURE"))
+    arch = arch_field.contents() if arch_field else None
+    if arch != names.ARCH:
+        raise UnsupportedModelError(f"{infile}: architecture {arch!r}; only {names.ARCH!r} GGUFs can be requantized")
+    if "split.count" in reader.fields and int(reader.fields["split.count"].contents()) > 1:
+        raise UnsupportedModelError(f"{infile}: a split GGUF; merge it first (llama-gguf-split --merge)")
+
+    source_types = {Q(int(t.tensor_type)).name for t in reader.tensors}
+    ot = parse_outtype(outtype, source_types)
+    overrides = parse_overrides(tensor_types)
+    fd = os.open(infile, os.O_RDONLY)
+    try:
+        tensors = []
+        for rt in reader.tensors:
+            role, layer = role_of(rt.name)
+            tensors.append(OutTensor(rt.name, tuple(int(d) for d in rt.shape), role, layer,
+                                     _gguf_source(infile, fd, rt)))
+        n_layer = reader.fields.get(names.key("BLOCK_COUNT"))
+        assign_types(tensors, ot, overrides, n_layer=int(n_layer.contents()) if n_layer else None)
+        for t in tensors:  # fail before writing anything if a quantized input would need re-encoding
+            if t.source.raw_type != t.qtype and Q(t.source.raw_type) not in FLOAT_TYPES:
+                raise UnsupportedTypeError(f"{infile}: tensor {t.name} is {Q(t.source.raw_type).name} but the "
+                                           f"{ot.name} recipe wants {Q(t.qtype).name}; requantize from an F32, F16 "
+                                           "or BF16 GGUF, or keep it with --tensor-type")
+        kv = []
+        skip = {names.key("GENERAL_ARCHITECTURE"), "split.no", "split.count", "split.tensors.count"}
+        for name, field in reader.fields.items():
+            if name.startswith("GGUF.") or name in skip:
+                continue
+            value, vtype, sub = _field_kv(field)
+            if name == names.key("GENERAL_FILE_TYPE"):
+                value = int(ot.file_type)
+            kv.append((name, value, vtype, sub))
+        if dry_run:
+            print(format_plan(tensors, [outfile]))
+            return []
+        _emit(f"requantizing {infile} -> {outfile} ({ot.name}, {len(tensors)} tensors)", quiet)
+        return write_gguf(outfile, kv, tensors, split_max_size=split_max_size, threads=threads, progress=progress)
+    finally:
+        os.close(fd)

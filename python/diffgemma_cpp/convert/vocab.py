@@ -1,0 +1,184 @@
+"""tokenizer.json + tokenizer_config.json + chat template -> the `tokenizer.*` GGUF keys, as llama.cpp writes Gemma 4.
+
+Token types follow llama.cpp's HF-vocab rules: `<0xXX>` byte tokens are BYTE, ids that transformers lists as
+special (bos/eos/unk/pad/mask/... and `extra_special_tokens` / `additional_special_tokens`) are CONTROL, added
+tokens outside the model vocabulary are USER_DEFINED, the rest NORMAL; then the Gemma 4 chat/tool markers are
+forced to USER_DEFINED so the chat parser sees them in the output. Every score is -1000 (BPE ranks by merges).
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gguf import GGUFValueType as VT, TokenType
+
+from .. import names
+from ..errors import ModelFileError, UnsupportedModelError
+
+# Rendered in the output so the chat/tool parser can read them (llama.cpp's Gemma 4 converter does the same).
+VISIBLE_MARKERS = ("<|channel>", "<channel|>", "<|tool_call>", "<tool_call|>", "<|tool_response>",
+                   "<tool_response|>", '<|"|>')
+_BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+_SPECIAL_ROLES = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
+SCORE = -1000.0
+
+
+@dataclass
+class Vocab:
+    tokens: list
+    scores: list
+    types: list
+    merges: list
+    special_ids: dict             # role -> id for the roles the tokenizer names (bos, eos, unk, pad, mask, ...)
+    eos_ids: list                 # end-of-generation ids (generation_config first)
+    add_bos: bool = True
+    chat_template: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def __len__(self):
+        return len(self.tokens)
+
+
+def _read_json(path: Path, what: str):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelFileError(f"{path.parent}: missing {path.name} ({what})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"{path}: unreadable {what} ({exc})") from None
+
+
+def _token_content(value):
+    """tokenizer_config stores special tokens as strings or as AddedToken dicts."""
+    if isinstance(value, dict):
+        return value.get("content")
+    return value
+
+
+def load_vocab(directory, generation_eos: list | None = None) -> Vocab:
+    directory = Path(directory)
+    tj = _read_json(directory / "tokenizer.json", "tokenizer")
+    tc_path = directory / "tokenizer_config.json"
+    tc = _read_json(tc_path, "tokenizer config") if tc_path.is_file() else {}
+    try:
+        model = tj["model"]
+        base_vocab: dict = model["vocab"]
+        added = tj.get("added_tokens") or []
+    except (KeyError, TypeError):
+        raise ModelFileError(f"{directory / 'tokenizer.json'}: unreadable tokenizer (no model.vocab)") from None
+    if model.get("type") != "BPE" or not model.get("byte_fallback", False):
+        raise UnsupportedModelError(f"{directory / 'tokenizer.json'}: expected Gemma's byte-fallback BPE tokenizer, "
+                                    f"got type {model.get('type')!r} byte_fallback={model.get('byte_fallback')}")
+
+    by_id: dict[int, str] = {}
+    for text, i in base_vocab.items():
+        by_id[int(i)] = text
+    added_outside = set()
+    for tok in added:
+        i, text = int(tok["id"]), tok["content"]
+        if i in by_id and by_id[i] != text:
+            raise ModelFileError(f"tokenizer.json: id {i} is {by_id[i]!r} in the vocabulary but {text!r} in added_tokens")
+        if i not in by_id:
+            added_outside.add(i)
+        by_id[i] = text
+    n = max(by_id) + 1
+    holes = [i for i in range(n) if i not in by_id]
+    if holes:
+        raise ModelFileError(f"tokenizer.json: token ids are not contiguous ({len(holes)} missing, first {holes[:5]})")
+    text_to_id = {t: i for i, t in by_id.items()}
+
+    special_ids: dict[str, int] = {}
+    for role in _SPECIAL_ROLES:
+        content = _token_content(tc.get(f"{role}_token"))
+        if content is not None and content in text_to_id:
+            special_ids[role] = text_to_id[content]
+    control = set(special_ids.values())
+    for key in ("extra_special_tokens", "additional_special_tokens"):
+        extra = tc.get(key) or []
+        for value in (extra.values() if isinstance(extra, dict) else extra):
+            content = _token_content(value)
+            if content in text_to_id:
+                control.add(text_to_id[content])
+
+    tokens, types = [], []
+    for i in range(n):
+        text = by_id[i]
+        tokens.append(text)
+        if text in VISIBLE_MARKERS:
+            types.append(TokenType.USER_DEFINED)
+        elif _BYTE_TOKEN.fullmatch(text):
+            types.append(TokenType.BYTE)
+        elif i in control:
+            types.append(TokenType.CONTROL)
+        elif i in added_outside:
+            types.append(TokenType.USER_DEFINED)
+        else:
+            types.append(TokenType.NORMAL)
+
+    merges = []
+    for m in model.get("merges") or []:
+        if isinstance(m, str):
+            merges.append(m)
+        else:  # [left, right]; a space inside a part would be ambiguous in "left right", llama.cpp shifts it
+            merges.append(" ".join("".join(chr(ord(c) + 256) if c == " " else c for c in part) for part in m))
+
+    eos_ids = list(generation_eos or [])
+    if "eos" in special_ids and special_ids["eos"] not in eos_ids:
+        eos_ids.insert(0, special_ids["eos"])
+    bad = [e for e in eos_ids if not 0 <= e < n]
+    if bad:
+        raise ModelFileError(f"generation_config eos_token_id {bad} outside the tokenizer's {n} tokens")
+
+    add_bos = tc.get("add_bos_token", True)
+    return Vocab(tokens=tokens, scores=[SCORE] * n, types=[int(t) for t in types], merges=merges,
+                 special_ids=special_ids, eos_ids=eos_ids, add_bos=bool(add_bos) if add_bos is not None else True,
+                 chat_template=load_chat_template(directory, tc))
+
+
+def load_chat_template(directory: Path, tc: dict) -> str | None:
+    jinja = directory / "chat_template.jinja"
+    if jinja.is_file():
+        try:
+            return jinja.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ModelFileError(f"{jinja}: unreadable chat template ({exc})") from None
+    tpl = tc.get("chat_template")
+    if isinstance(tpl, list):  # named templates: [{"name": "default", "template": ...}, ...]
+        named = {t.get("name"): t.get("template") for t in tpl if isinstance(t, dict)}
+        tpl = named.get("default") or next(iter(named.values()), None)
+    if tpl is None:
+        cj = directory / "chat_template.json"
+        if cj.is_file():
+            tpl = _read_json(cj, "chat template").get("chat_template")
+    return tpl if isinstance(tpl, str) else None
+
+
+def vocab_kv(v: Vocab) -> list:
+    """(key, value, type, sub_type) for the tokenizer keys, in the order llama.cpp writes them for Gemma 4.
+
+    Besides the peer's keys we add `tokenizer.ggml.eos_token_ids` (the full end-of-generation set from
+    generation_config, e.g. [1, 106, 50]) right after the scalar eos id; readers that do not know it skip it.
+    """
+    k = names.key
+    kv = [
+        (k("TOKENIZER_MODEL"), "gemma4", VT.STRING, None),
+        (k("TOKENIZER_TOKENS"), v.tokens, VT.ARRAY, VT.STRING),
+        (k("TOKENIZER_SCORES"), v.scores, VT.ARRAY, VT.FLOAT32),
+        (k("TOKENIZER_TOKEN_TYPE"), v.types, VT.ARRAY, VT.INT32),
+    ]
+    if v.merges:
+        kv.append((k("TOKENIZER_MERGES"), v.merges, VT.ARRAY, VT.STRING))
+    role_keys = {"bos": "TOKENIZER_BOS_ID", "eos": "TOKENIZER_EOS_ID", "unk": "TOKENIZER_UNK_ID",
+                 "pad": "TOKENIZER_PAD_ID", "mask": "TOKENIZER_MASK_ID"}
+    for role, ident in role_keys.items():
+        if role in v.special_ids:
+            kv.append((k(ident), v.special_ids[role], VT.UINT32, None))
+        if role == "eos" and len(v.eos_ids) > 1:
+            kv.append((k("TOKENIZER_EOS_IDS"), list(v.eos_ids), VT.ARRAY, VT.UINT32))
+    kv.append((k("TOKENIZER_ADD_BOS"), True, VT.BOOL, None))
+    if v.chat_template:
+        kv.append((k("TOKENIZER_CHAT_TEMPLATE"), v.chat_template, VT.STRING, None))
+    kv.append((k("TOKENIZER_ADD_SPACE_PREFIX"), False, VT.BOOL, None))
+    return kv

@@ -1,0 +1,146 @@
+"""Streaming GGUF writer: header, metadata and tensor infos first, then each tensor's data in bounded chunks.
+
+Memory stays bounded whatever the model size: a tensor is read, encoded and written a few MB at a time, with
+at most `threads + 1` chunks in flight. Output goes to a hidden temporary folder next to the destination and
+is renamed into place only when every byte is written, so a failure or an interruption never leaves a partial
+GGUF under the requested name. Serialisation of keys and tensor infos is gguf-py's (`GGUFWriter`), including
+its `-0000k-of-0000n` shard naming for `--split-max-size`.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from gguf import GGUFWriter
+
+from .. import names
+from ..errors import ModelFileError
+from .encode import encode_rows, row_bytes
+
+logger = logging.getLogger("diffgemma_cpp.convert")
+
+CHUNK_ELEMENTS = 4 * 1024 * 1024  # f32 elements per encoding job (16 MB), bounds memory per thread
+
+
+def tensor_nbytes(t) -> int:
+    return row_bytes(t.qtype, t.ne[0]) * t.source.n_rows
+
+
+def _padding(n: int, align: int) -> int:
+    return (align - n % align) % align
+
+
+def _chunks(t):
+    rows_per_chunk = max(1, CHUNK_ELEMENTS // max(1, t.ne[0]))
+    for start in range(0, t.source.n_rows, rows_per_chunk):
+        yield start, min(rows_per_chunk, t.source.n_rows - start)
+
+
+def _encode_chunk(t, start: int, count: int) -> np.ndarray:
+    src = t.source
+    if src.read_raw is not None and src.raw_type == t.qtype:  # same type: copy the stored bytes
+        return np.ascontiguousarray(src.read_raw(start, count)).reshape(-1).view(np.uint8)
+    return encode_rows(t.qtype, src.read(start, count))
+
+
+def _disk_full(path: Path, need: int) -> ModelFileError:
+    free = shutil.disk_usage(path).free
+    return ModelFileError(f"disk full while writing {path}: the output needs {need / 1e9:.2f} GB, "
+                          f"{free / 1e9:.2f} GB free; free some space or choose another --outfile")
+
+
+def write_gguf(outfile, kv, tensors, *, split_max_size: int = 0, threads: int | None = None,
+               progress: bool = True) -> list:
+    """Write `kv` ((key, value, type, sub_type) in order) and `tensors` (OutTensor with qtype set) to `outfile`.
+    Returns the paths written (several with split_max_size)."""
+    outfile = Path(outfile)
+    outdir = outfile.parent if str(outfile.parent) else Path(".")
+    if not outdir.is_dir():
+        raise ModelFileError(f"output folder {outdir} does not exist")
+    total = sum(tensor_nbytes(t) for t in tensors)
+    free = shutil.disk_usage(outdir).free
+    if total > free:
+        raise ModelFileError(f"not enough disk space for {outfile}: the tensors alone need {total / 1e9:.2f} GB, "
+                             f"{free / 1e9:.2f} GB free")
+
+    tmpdir = outdir / f".{outfile.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmpdir, ignore_errors=True)
+    tmpdir.mkdir()
+    writer = GGUFWriter(tmpdir / outfile.name, arch=names.ARCH, split_max_size=split_max_size)
+    try:
+        for key, value, vtype, sub_type in kv:
+            writer.add_key_value(key, value, vtype, sub_type=sub_type)
+        shard_of = []
+        for t in tensors:
+            writer.add_tensor_info(t.name, tuple(reversed(t.ne)), np.dtype(np.float32), tensor_nbytes(t),
+                                   raw_dtype=t.qtype)
+            shard_of.append(len(writer.tensors) - 1)
+        shard_paths = writer.format_shard_names(tmpdir / outfile.name)
+        if len(shard_paths) > 1:
+            logger.info("writing %d shards", len(shard_paths))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        align = writer.data_alignment
+        for fout in writer.fout:
+            fout.write(b"\0" * _padding(fout.tell(), align))
+        _write_data(writer.fout, tensors, shard_of, total, threads, progress, align)
+        for fout in writer.fout:
+            fout.flush()
+            os.fsync(fout.fileno())
+        writer.close()
+        final = []
+        for p in shard_paths:
+            dest = outdir / p.name
+            os.replace(p, dest)
+            final.append(dest)
+        return final
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise _disk_full(outdir, total) from None
+        raise
+    finally:
+        try:
+            writer.close()
+        finally:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _write_data(fouts, tensors, shard_of, total, threads, progress, align):
+    from tqdm import tqdm
+
+    threads = max(1, threads or min(8, os.cpu_count() or 1))
+    bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="writing", disable=not progress,
+               dynamic_ncols=True)
+    try:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            for t, shard in zip(tensors, shard_of):
+                fout = fouts[shard]
+                bar.set_postfix_str(t.name, refresh=False)
+                written = 0
+                pending: deque = deque()
+                for start, count in _chunks(t):
+                    pending.append(pool.submit(_encode_chunk, t, start, count))
+                    if len(pending) > threads:
+                        written += _drain_one(pending, fout, bar)
+                while pending:
+                    written += _drain_one(pending, fout, bar)
+                expected = tensor_nbytes(t)
+                if written != expected:  # a bug, not a user error: never write a GGUF with a wrong size
+                    raise RuntimeError(f"{t.name}: encoded {written} bytes, expected {expected}")
+                fout.write(b"\0" * _padding(written, align))
+    finally:
+        bar.close()
+
+
+def _drain_one(pending: deque, fout, bar) -> int:
+    data = pending.popleft().result()
+    fout.write(memoryview(data))
+    bar.update(data.nbytes)
+    return data.nbytes
