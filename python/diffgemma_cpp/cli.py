@@ -32,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_text import add_text_commands
 
     add_text_commands(sub)  # run, chat, serve
+
+    from .convert.cli import add_convert_parser, add_quantize_parser
+
+    add_convert_parser(sub)
+    add_quantize_parser(sub)
     return parser
 
 
