@@ -302,3 +302,35 @@ def test_chat_tools_reach_the_template():
     out = model.create_chat_completion([{"role": "user", "content": "Time?"}], tools=tools)
     assert "<|tool>declaration:now{" in model.detokenize(model.calls[0]["prompt_ids"]).decode()
     assert out["choices"][0]["message"]["content"] == "<|tool_call>call:now{}<tool_call|>"
+
+
+def test_streamed_reasoning_split_equals_the_whole_text_split():
+    from diffgemma_cpp.completion import THOUGHT_CLOSE, THOUGHT_OPEN, split_reasoning
+    from diffgemma_cpp.textstream import ReasoningSplitter
+
+    rng = random.Random(7)
+    pieces = [THOUGHT_OPEN, THOUGHT_CLOSE, THOUGHT_OPEN[:5], THOUGHT_CLOSE[:3], " ", "\n", "a", "bc", "<", "|"]
+    for trial in range(2000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randrange(0, 10)))
+        if rng.random() < 0.5:
+            text = rng.choice(["", " ", "\n "]) + THOUGHT_OPEN + text
+        splitter = ReasoningSplitter(THOUGHT_OPEN, THOUGHT_CLOSE)
+        reasoning = content = ""
+        i = 0
+        while i < len(text):
+            j = i + rng.randrange(1, 6)
+            r, c = splitter.push(text[i:j])
+            reasoning, content, i = reasoning + r, content + c, j
+        r, c = splitter.finish()
+        reasoning, content = reasoning + r, content + c
+        expected = split_reasoning(text)
+        assert (reasoning, content) == (expected.get("reasoning_content", ""), expected["content"]), (trial, text)
+
+
+def test_chat_stream_sends_reasoning_deltas():
+    model = FakeModel("<|channel>thought\n  short waves scatter  <channel|>\nRayleigh.", chat_template=GEMMA4_STYLE,
+                      canvas_length=3)
+    chunks = list(model.create_chat_completion([{"role": "user", "content": "Why?"}], enable_thinking=True,
+                                               stream=True))
+    reasoning = "".join(c["choices"][0]["delta"].get("reasoning_content", "") for c in chunks)
+    assert reasoning == "short waves scatter" and joined(chunks, key="delta") == "Rayleigh."

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator
 
 from .chat import ChatTemplate
 from .errors import Cancelled, InvalidArgumentError, ModelBusyError
-from .textstream import StopTextStream, decode_preview, normalise_stop
+from .textstream import ReasoningSplitter, StopTextStream, decode_preview, normalise_stop
 
 __all__ = ["CompletionMixin", "SAMPLER_OVERRIDES"]
 
@@ -262,7 +262,8 @@ class CompletionMixin:
 
         The prompt is ``messages`` rendered by the chat template (``chat_template`` overrides the
         GGUF's) with the assistant's generation prompt. ``enable_thinking`` switches Gemma-4's thinking
-        channel; a thought block in the answer goes to ``message.reasoning_content`` (non-streaming).
+        channel; a thought block in the answer goes to ``message.reasoning_content`` (``delta.reasoning_content``
+        when streaming).
         Consecutive turns share the rendered prefix, so the engine reuses its KV cache for the history.
         Other arguments are as for ``create_completion``.
         """
@@ -289,9 +290,17 @@ class CompletionMixin:
         self._claim()
         try:
             first = True
+            splitter = ReasoningSplitter(THOUGHT_OPEN, THOUGHT_CLOSE)
             with contextlib.closing(self._run(**settings)) as parts:
                 for text, summary in parts:
-                    delta = {"role": "assistant", "content": text} if first else {"content": text}
+                    reasoning, content = splitter.push(text)
+                    if summary:
+                        more_reasoning, more_content = splitter.finish()
+                        reasoning, content = reasoning + more_reasoning, content + more_content
+                    delta = {"role": "assistant"} if first else {}
+                    if reasoning:
+                        delta["reasoning_content"] = reasoning
+                    delta["content"] = content
                     first = False
                     chunk = {**meta, "object": "chat.completion.chunk",
                              "choices": [{"index": 0, "delta": delta, "logprobs": None,
@@ -304,11 +313,15 @@ class CompletionMixin:
 
 
 def split_reasoning(text: str) -> dict:
-    """``{"content": ...}``, plus ``reasoning_content`` when the text opens with a thought block."""
+    """``{"content": ...}``, plus ``reasoning_content`` when the text opens with a thought block.
+
+    A thought that never closes (the text ran out while thinking) is all reasoning.
+    """
     stripped = text.lstrip()
-    if stripped.startswith(THOUGHT_OPEN):
-        end = stripped.find(THOUGHT_CLOSE)
-        if end >= 0:
-            reasoning = stripped[len(THOUGHT_OPEN):end].strip()
-            return {"content": stripped[end + len(THOUGHT_CLOSE):].lstrip(), "reasoning_content": reasoning}
-    return {"content": text}
+    if not stripped.startswith(THOUGHT_OPEN):
+        return {"content": text}
+    body = stripped[len(THOUGHT_OPEN):]
+    end = body.find(THOUGHT_CLOSE)
+    if end < 0:
+        return {"content": "", "reasoning_content": body.strip()}
+    return {"content": body[end + len(THOUGHT_CLOSE):].lstrip(), "reasoning_content": body[:end].strip()}

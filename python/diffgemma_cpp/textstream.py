@@ -100,3 +100,88 @@ def decode_preview(detokenize: Callable[[list[int]], bytes], ids: list[int], eos
             ids = ids[:i]
             break
     return detokenize(list(ids)).decode("utf-8", errors="replace")
+
+
+class ReasoningSplitter:
+    """Split streamed answer text into (reasoning, content) deltas, the streaming twin of ``split_reasoning``.
+
+    A text that opens (after whitespace) with ``open_marker`` has its thought, up to ``close_marker``,
+    sent as reasoning (stripped), and the rest as content (left-stripped); any other text is all content.
+    Feeding the pieces of a text in any split gives the same totals as splitting the whole text.
+    """
+
+    def __init__(self, open_marker: str, close_marker: str) -> None:
+        self._open, self._close = open_marker, close_marker
+        self._state = "start"   # start -> (thinking -> after) | content
+        self._buf = ""          # text not yet classified or emitted
+
+    def push(self, text: str) -> tuple[str, str]:
+        self._buf += text
+        return self._drain(final=False)
+
+    def finish(self) -> tuple[str, str]:
+        return self._drain(final=True)
+
+    def _drain(self, final: bool) -> tuple[str, str]:
+        reasoning = content = ""
+        if self._state == "start":
+            head = self._buf.lstrip()
+            if head.startswith(self._open):
+                self._state, self._buf = "thinking", head[len(self._open):]
+                self._reasoning_started = False
+            elif final or not self._open.startswith(head):
+                self._state = "content"
+            else:
+                return "", ""  # still could be the opening marker
+        if self._state == "thinking":
+            end = self._buf.find(self._close)
+            if end < 0 and not final:
+                keep = _longest_suffix_prefix(self._buf, self._close)
+                body, self._buf = self._buf[:len(self._buf) - keep], self._buf[len(self._buf) - keep:]
+                reasoning = self._emit_reasoning(body, final=False)
+                return reasoning, ""
+            if end < 0:  # the text ended inside the thought (e.g. max_tokens): it is all reasoning
+                reasoning, self._buf = self._emit_reasoning(self._buf, final=True), ""
+                self._state = "content"
+                return reasoning, ""
+            reasoning = self._emit_reasoning(self._buf[:end], final=True)
+            self._state, self._buf = "after", self._buf[end + len(self._close):]
+        if self._state == "after":
+            stripped = self._buf.lstrip()
+            if stripped or final:
+                self._state, self._buf = "content", stripped
+            else:
+                self._buf = ""
+                return reasoning, ""
+        if self._state == "content":
+            content, self._buf = self._buf, ""
+        return reasoning, content
+
+    def _emit_reasoning(self, body: str, final: bool) -> str:
+        # Leading whitespace of the thought is dropped; trailing whitespace waits until more text follows it.
+        if not self._reasoning_started:
+            body = body.lstrip()
+            if not body:
+                return ""
+            self._reasoning_started = True
+        if final:
+            out = self._held_space + body
+            self._held_space = ""
+            return out.rstrip()
+        trimmed = body.rstrip()
+        if trimmed:
+            out = self._held_space + trimmed
+            self._held_space = body[len(trimmed):]
+            return out
+        self._held_space += body
+        return ""
+
+    _held_space = ""
+    _reasoning_started = False
+
+
+def _longest_suffix_prefix(text: str, marker: str) -> int:
+    for k in range(min(len(marker) - 1, len(text)), 0, -1):
+        if text.endswith(marker[:k]):
+            return k
+    return 0
