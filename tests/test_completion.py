@@ -334,3 +334,12 @@ def test_chat_stream_sends_reasoning_deltas():
                                                stream=True))
     reasoning = "".join(c["choices"][0]["delta"].get("reasoning_content", "") for c in chunks)
     assert reasoning == "short waves scatter" and joined(chunks, key="delta") == "Rayleigh."
+
+
+def test_special_tokens_found_when_metadata_is_text():
+    # Model.metadata holds GGUF values as text; the bos/eos ids must still be found.
+    model = FakeModel("ok", chat_template="{{ bos_token }}[{{ eos_token }}]{{ messages[0].content }}")
+    model.metadata = {k: str(v) for k, v in model.metadata.items()}
+    model.create_chat_completion([{"role": "user", "content": "hi"}])
+    assert model.detokenize(model.calls[0]["prompt_ids"]) == b"<bos>[<eos>]hi"
+    assert model.calls[0]["prompt_ids"].count(BOS) == 1

@@ -78,31 +78,41 @@ class CompletionMixin:
         path = getattr(self, "model_path", None)
         return Path(path).name if path else "diffgemma"
 
-    def _special_token_text(self, token_id: Any) -> str | None:
-        if not isinstance(token_id, int) or token_id < 0:
+    def _special_id(self, name: str) -> int | None:
+        """``bos`` / ``eos`` / ``unk`` / ``pad`` id: from the tokenizer when there is one, else the metadata."""
+        from .names import key
+
+        tokenizer = getattr(self, "tokenizer", None)
+        value = getattr(tokenizer, f"{name}_id", None) if tokenizer is not None else None
+        if value is None:
+            ident = {"bos": "TOKENIZER_BOS_ID", "eos": "TOKENIZER_EOS_ID", "unk": "TOKENIZER_UNK_ID",
+                     "pad": "TOKENIZER_PAD_ID"}[name]
+            value = (getattr(self, "metadata", None) or {}).get(key(ident))
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)  # metadata read back as text
+        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+    def _special_token_text(self, token_id: int | None) -> str | None:
+        if token_id is None:
             return None
         try:
+            tokenizer = getattr(self, "tokenizer", None)
+            if tokenizer is not None and hasattr(tokenizer, "token_text"):
+                return tokenizer.token_text(token_id)  # the token's spelling, as HF's special_tokens_map has it
             return self.detokenize([token_id]).decode("utf-8", errors="replace")
         except Exception:  # noqa: BLE001 - a missing token only means the template cannot name it
             return None
 
     def _template_special_tokens(self) -> dict:
-        from .names import key
-
-        meta = getattr(self, "metadata", None) or {}
         tokens = {}
-        for var, ident in (("bos_token", "TOKENIZER_BOS_ID"), ("eos_token", "TOKENIZER_EOS_ID"),
-                           ("unk_token", "TOKENIZER_UNK_ID"), ("pad_token", "TOKENIZER_PAD_ID")):
-            text = self._special_token_text(meta.get(key(ident)))
+        for name in ("bos", "eos", "unk", "pad"):
+            text = self._special_token_text(self._special_id(name))
             if text is not None:
-                tokens[var] = text
+                tokens[f"{name}_token"] = text
         return tokens
 
     def _bos_id(self) -> int | None:
-        from .names import key
-
-        value = (getattr(self, "metadata", None) or {}).get(key("TOKENIZER_BOS_ID"))
-        return value if isinstance(value, int) else None
+        return self._special_id("bos")
 
     def _prompt_ids(self, prompt: Any, add_bos: bool) -> list[int]:
         if isinstance(prompt, str):
