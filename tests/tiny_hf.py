@@ -107,10 +107,10 @@ def build_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32):
             p.copy_(1.0 + 0.3 * noise if (p.ndim == 1 or "norm" in pname) else 0.3 * noise)
         dec = model.model.decoder.layers
         enc = model.model.encoder.language_model.layers
-        for i, layer in enumerate(dec):
-            layer.layer_scalar.fill_(0.6 + 0.1 * i)
-        for i, layer in enumerate(enc):
-            layer.layer_scalar.fill_(0.9 - 0.05 * i)  # != decoder's, so a swapped pair is detectable
+        for i, (d, e) in enumerate(zip(dec, enc)):
+            scalar = 0.6 + 0.1 * i + 0.05 * float(torch.rand((), generator=gen))
+            d.layer_scalar.fill_(scalar)
+            e.layer_scalar.fill_(1.25 * scalar + 0.05)  # never the decoder's, so a swapped pair is detectable
     return model.to(dtype)
 
 
