@@ -79,3 +79,23 @@ def write_vocab_gguf(tok, path, overrides: dict | None = None) -> Path:
     w.write_kv_data_to_file()
     w.close()
     return path
+
+
+def write_converted_vocab_gguf(tok, directory, generation_eos=(1, 106, 50)) -> Path:
+    """The same vocab through the real converter: tiny_hf.save_tokenizer writes tokenizer.json +
+    tokenizer_config.json into `directory`, diffgemma_cpp.convert.vocab turns them into the tokenizer.* keys."""
+    from tiny_hf import save_tokenizer
+
+    from diffgemma_cpp.convert.vocab import load_vocab, vocab_kv
+
+    directory = Path(directory)
+    save_tokenizer(tok, directory)
+    vocab = load_vocab(directory, generation_eos=list(generation_eos))
+    path = directory / "vocab.gguf"
+    w = gguf.GGUFWriter(str(path), ARCH)
+    for k, value, vtype, sub_type in vocab_kv(vocab):
+        w.add_key_value(k, value, vtype, sub_type=sub_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.close()
+    return path
