@@ -227,3 +227,26 @@ def test_missing_and_non_gguf_files(tmp_path):
     out = ffi.new("diffgemma_vocab **")
     assert lib.diffgemma_vocab_load(ffi.NULL, out) == lib.DIFFGEMMA_ERR_INVALID_ARGUMENT
     assert out[0] == ffi.NULL
+
+
+def test_one_vocab_serves_many_threads(tok):
+    """A vocab is read-only: concurrent tokenize/detokenize calls (the GIL is released in C) agree with serial ones."""
+    import threading
+
+    texts = [f"thread text {i} <|turn>user\n{'é😀 ' * (i % 7)}<turn|>" * (1 + i % 5) for i in range(64)]
+    expected = [tok.tokenize(t) for t in texts]
+    failures = []
+
+    def work(k):
+        for _ in range(30):
+            for i in range(k, len(texts), 4):
+                ids = tok.tokenize(texts[i])
+                if ids != expected[i] or tok.detokenize(ids[1:]) != texts[i].encode():
+                    failures.append(i)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
