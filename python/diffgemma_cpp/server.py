@@ -111,8 +111,9 @@ class _Handler(BaseHTTPRequestHandler):
             if not methods:
                 self._send_error(404, f"no such endpoint: {self.command} {path}", "not_found_error")
             elif self.command not in methods:
-                self._send_error(405, f"{path} accepts {', '.join(methods)}, not {self.command}", "invalid_request_error",
-                                 headers={"Allow": ", ".join(methods)})
+                allowed = ", ".join(methods)
+                self._send_error(405, f"{path} accepts {allowed}, not {self.command}", "invalid_request_error",
+                                 headers={"Allow": allowed})
             else:
                 methods[self.command]()
         except RequestError as exc:
