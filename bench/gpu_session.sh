@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# One-shot GPU session (issue 8): everything a lent H100/H200 should run, in priority order, inside one
+# command of at most 10 minutes. The device machine has no network, so the inputs travel with the tree.
+#
+#   1. here (CPU machine with PyPI), once:   bash bench/gpu_session.sh prepare
+#        fills .gpu_carry/ (ignored through .git/info/exclude): the libggml-python sdist and the wheels the
+#        device image lacks (scikit-build-core 1.0, setuptools-scm + vcs-versioning + packaging, cffi,
+#        pycparser, gguf). About 8 MiB.
+#   2. on the device, as ONE run:            bash bench/gpu_session.sh run
+#        with carry [".gpu_carry"] and timeout_s 600. Results land in $OUT (./gpu_out without one):
+#        summary.txt (one line per step: status, seconds), session.log (every step's output), kernel_bench.txt,
+#        junit XML; at most 8 files, as the device tool returns no more.
+#
+# Steps of `run`, each bounded by what is left of GPU_SESSION_BUDGET_S (default 570 s), most valuable first,
+# so a slow ggml build still leaves the kernel numbers behind:
+#   env         nvidia-smi, nvcc, python, the image's build tools
+#   kernels     tests/gpu (fused sampler kernels vs the NumPy reference and the host twin), built by nvcc
+#               directly: needs neither ggml nor our package
+#   kernel_bench  sampler kernels on a 256 x 262144 canvas: ms, GB/s, CPU/GPU agreement
+#   ggml_cuda   USE_CUDA=1 pip install of the libggml-python sdist, CMAKE_ARGS=-DCMAKE_CUDA_ARCHITECTURES=90
+#               (the sdist is scikit-build-core: its pyproject turns USE_CUDA=1 into GGML_CUDA=1 through an
+#               override, and scikit-build-core appends $CMAKE_ARGS to the CMake command line)
+#   package     our package with CMAKE_ARGS="-DDIFFGEMMA_CUDA=ON -DDIFFGEMMA_CUDA_ARCHITECTURES=90"
+#   tests       the foundation tests and every test marked gpu, against the installed CUDA build
+#   bench_*     each bench/gpu_bench_*.py, run as `python3 FILE --out $OUT` (the engine's step bench goes there)
+set -uo pipefail
+
+mode=${1:-}
+root=$(cd "$(dirname "$0")/.." && pwd)
+carry=$root/.gpu_carry
+GGML_SDIST=libggml_python-0.20.2.post1.tar.gz
+GGML_VERSION=0.20.2.post1
+
+prepare() {
+    mkdir -p "$carry" "$root/.git/info"
+    grep -qx '/.gpu_carry/' "$root/.git/info/exclude" 2>/dev/null || echo '/.gpu_carry/' >>"$root/.git/info/exclude"
+    local pip="${PIP:-python3 -m pip}"
+    $pip download -q --no-deps --no-binary :all: -d "$carry" "libggml-python==$GGML_VERSION" || return 1
+    # The device runs Python 3.12 (the image's PyTorch interpreter).
+    $pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$carry" \
+        "scikit-build-core~=1.0.0" "setuptools-scm~=10.2" "vcs-versioning>=2.5,<3" "packaging>=26.2" \
+        "cffi>=1.17" pycparser "gguf==0.19.0" || return 1
+    ls -la "$carry"
+    du -sh "$carry"
+}
+
+run() {
+    local out=${OUT:-$root/gpu_out}
+    mkdir -p "$out"
+    local budget=${GPU_SESSION_BUDGET_S:-570}
+    local site=/tmp/dg-site
+    local summary=$out/summary.txt
+    : >"$summary"
+    export PATH=/usr/local/cuda/bin:$PATH PYTHONUNBUFFERED=1
+    export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
+    cd "$root" || return 1
+
+    # step NAME MAX_SECONDS COMMAND...: runs with the smaller of MAX_SECONDS and the budget left, appends its
+    # output to $out/session.log (only 8 files come back from $OUT), records "NAME rc=.. s=.." in summary.txt.
+    step() {
+        local name=$1 max=$2
+        shift 2
+        local left=$((budget - SECONDS - 5))
+        local limit=$((max < left ? max : left))
+        if ((limit < 10)); then
+            echo "$name skipped: budget spent" | tee -a "$summary"
+            return 99
+        fi
+        local t0=$SECONDS log=/tmp/dg-step-$name.log
+        timeout --kill-after=5 "$limit" bash -c "$*" >"$log" 2>&1
+        local rc=$?
+        { echo "=================== $name (rc=$rc, $((SECONDS - t0)) s)"; cat "$log"; } >>"$out/session.log"
+        echo "$name rc=$rc s=$((SECONDS - t0)) limit=$limit" | tee -a "$summary"
+        tail -n 8 "$log"
+        return $rc
+    }
+
+    step env 30 'nvidia-smi; nvcc --version; python3 -V; which python3 cmake ninja;
+        cmake --version | head -1; python3 -m pip list 2>/dev/null | grep -iE "^(scikit.build.core|cmake|ninja|numpy|pytest|torch|transformers|cffi|packaging) "'
+
+    step kernels 150 "DIFFGEMMA_CUDA_ARCH=sm_90 python3 -m pytest tests/gpu -m gpu -v -s -p no:cacheprovider \
+        --confcutdir=tests/gpu --junitxml=$out/gpu_kernel_tests.xml"
+
+    step kernel_bench 90 "nvcc -std=c++17 -O3 -arch=sm_90 -I csrc -I csrc/include -Xcompiler -ffp-contract=off,-fno-trapping-math \
+        tests/gpu/sampler_cuda_driver.cu csrc/cuda/sampler.cu csrc/sampler_math.cpp -o /tmp/sampler_cuda_driver && \
+        /tmp/sampler_cuda_driver --probe && /tmp/sampler_cuda_driver --bench 262144 256 20 | tee $out/kernel_bench.txt"
+
+    # Python packages the image lacks (or has in other versions), then the CUDA ggml and our package.
+    step wheels 60 "python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $site $carry/*.whl" ||
+        return 1
+    export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
+
+    # ggml-cuda links cuBLAS. When the system toolkit lacks it, use the pip nvidia-cublas package of the
+    # image (library by full path: the wheel has only the versioned .so; its headers through the CUDA flags).
+    local cublas_args=""
+    if ! ls /usr/local/cuda/lib64/libcublas.so* /usr/local/cuda/targets/x86_64-linux/lib/libcublas.so* >/dev/null 2>&1; then
+        local cublas_dir
+        cublas_dir=$(python3 -c 'import nvidia.cublas as m, os; print(os.path.dirname(m.__file__) if m.__file__ else list(m.__path__)[0])' 2>/dev/null)
+        if [ -n "$cublas_dir" ] && ls "$cublas_dir"/lib/libcublas.so* >/dev/null 2>&1; then
+            cublas_args="-DCUDA_cublas_LIBRARY=$(ls "$cublas_dir"/lib/libcublas.so.* | head -1)"
+            cublas_args+=" -DCUDA_cublasLt_LIBRARY=$(ls "$cublas_dir"/lib/libcublasLt.so.* | head -1)"
+            cublas_args+=" -DCMAKE_CUDA_FLAGS=-I$cublas_dir/include -DCMAKE_CXX_FLAGS=-I$cublas_dir/include"
+            export LD_LIBRARY_PATH=$cublas_dir/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+        fi
+        echo "cuBLAS not in the system toolkit; using: ${cublas_args:-nothing found}" | tee -a "$summary"
+    fi
+
+    step ggml_cuda 420 "USE_CUDA=1 SETUPTOOLS_SCM_PRETEND_VERSION=$GGML_VERSION \
+        CMAKE_ARGS='-DCMAKE_CUDA_ARCHITECTURES=90 $cublas_args ${GGML_EXTRA_CMAKE_ARGS:-}' \
+        python3 -m pip install -v --no-index --no-deps --no-build-isolation --no-cache-dir --target $site $carry/$GGML_SDIST &&
+        ls -la $site/libggml/lib*/ && ls $site/libggml/lib*/libggml-cuda.so" || return 1
+
+    local ggml_dir
+    ggml_dir=$(dirname "$(ls "$site"/libggml/lib*/cmake/ggml/ggml-config.cmake | head -1)")
+    step package 240 "CMAKE_ARGS='-DDIFFGEMMA_CUDA=ON -DDIFFGEMMA_CUDA_ARCHITECTURES=90 -Dggml_DIR=$ggml_dir $cublas_args' \
+        python3 -m pip install -v --no-index --no-deps --no-build-isolation --no-cache-dir --target $site \
+        -C build-dir=/tmp/dg-build . && python3 -c 'import diffgemma_cpp; print(diffgemma_cpp.system_info())'" || return 1
+
+    # Not the CLI tests: pip --target puts console scripts in $site/bin, not next to the interpreter.
+    step tests 180 "python3 -m pytest tests/test_foundation.py tests/test_sampler_math.py -v -p no:cacheprovider -k 'not cli' \
+        --junitxml=$out/package_tests.xml; python3 -m pytest tests -m gpu -v -p no:cacheprovider --junitxml=$out/package_gpu_tests.xml"
+
+    local bench
+    for bench in "$root"/bench/gpu_bench_*.py; do
+        [ -e "$bench" ] || continue
+        step "$(basename "$bench" .py)" 300 "python3 $bench --out $out"
+    done
+    echo "done in ${SECONDS}s" | tee -a "$summary"
+    cat "$summary"
+}
+
+case "$mode" in
+    prepare) prepare ;;
+    run) run ;;
+    *)
+        echo "usage: bash bench/gpu_session.sh prepare|run   (see the comment at the top)" >&2
+        exit 2
+        ;;
+esac
