@@ -67,7 +67,10 @@ def test_cuda_option_against_cpu_only_ggml_fails_with_a_clear_message(tmp_path):
     message = " ".join(res.stderr.split())  # CMake wraps long messages
     assert "DIFFGEMMA_CUDA=ON but the ggml found" in message and "was built without CUDA" in message
     assert "(its backends: ggml-cpu)" in message
-    assert "USE_CUDA=1 pip install --no-binary libggml-python libggml-python==0.20.2.post1" in message
+    assert ('USE_CUDA=1 CMAKE_ARGS="-DCMAKE_CUDA_ARCHITECTURES=90" pip install --no-binary libggml-python '
+            'libggml-python==0.20.2.post1') in message
+    # pip's build isolation would fetch the CPU wheel again: the hint says how to build against the CUDA one.
+    assert 'CMAKE_ARGS="-DDIFFGEMMA_CUDA=ON -DDIFFGEMMA_CUDA_ARCHITECTURES=90" pip install --no-build-isolation .' in message
 
 
 def test_cuda_sources_compile_through_cmake(tmp_path):
