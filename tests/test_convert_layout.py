@@ -220,3 +220,18 @@ def test_transformers_config_layout_and_sharded_checkpoint_give_the_same_file(ch
     a = convert_checkpoint(checkpoints["gqa4"], tmp_path / "a.gguf", "q8_0", progress=False, quiet=True)[0]
     b = convert_checkpoint(alt, tmp_path / "b.gguf", "q8_0", progress=False, quiet=True)[0]
     _same_content(a, b)
+
+
+def test_encoder_language_model_names_are_a_fallback_and_vision_is_dropped(checkpoints, tmp_path, capsys):
+    from safetensors.numpy import load_file, save_file
+
+    src = tmp_path / "hf"
+    shutil.copytree(checkpoints["small"], src)
+    tensors = load_file(str(src / "model.safetensors"))
+    moved = tensors.pop("model.decoder.layers.3.mlp.up_proj.weight")
+    tensors["model.encoder.language_model.layers.3.mlp.up_proj.weight"] = moved
+    save_file(tensors, str(src / "model.safetensors"), metadata={"format": "pt"})
+    out = convert_checkpoint(src, tmp_path / "fb.gguf", "f32", progress=False)[0]
+    assert "dropping 16 vision-tower tensors" in capsys.readouterr().out
+    _, _, got, _ = _kv(out)
+    np.testing.assert_array_equal(np.asarray(got["blk.3.ffn_up.weight"].data).reshape(moved.shape), moved)

@@ -54,7 +54,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                                                           "and the total; write nothing")
     p.add_argument("--split-max-size", type=parse_size, default=0, metavar="SIZE",
                    help="write shards of at most SIZE (e.g. 4G) named NAME-0000k-of-0000n.gguf")
-    p.add_argument("-t", "--threads", type=int, default=None, help="encoding threads (default: CPU count, max 8)")
+    p.add_argument("-t", "--threads", type=int, default=None, help="encoding threads (default: CPU count, max 32)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

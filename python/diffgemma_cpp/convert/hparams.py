@@ -9,6 +9,7 @@ Sampler defaults are read from the flat generation_config layout and from the ne
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,10 +139,21 @@ def load_hparams(directory) -> HParams:
         partial_rotary_full=float(rope_full.get("partial_rotary_factor", 1.0)),
         rope_factor_full=float(rope_full.get("factor", 1.0)),
         canvas_length=canvas,
-        name=directory.resolve().name,
+        name=model_name(directory),
     )
     hp.sampler = load_sampler_defaults(directory)
     return hp
+
+
+def model_name(directory) -> str:
+    """general.name: the folder's name; for a Hugging Face cache snapshot (.../models--org--name/snapshots/<hash>)
+    the repository's name instead of the hash."""
+    path = Path(directory).resolve()
+    if re.fullmatch(r"[0-9a-f]{40}", path.name) and path.parent.name == "snapshots":
+        repo = path.parent.parent.name
+        if repo.startswith("models--"):
+            return repo.split("--")[-1]
+    return path.name
 
 
 def load_sampler_defaults(directory) -> dict:

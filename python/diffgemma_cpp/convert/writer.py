@@ -115,7 +115,7 @@ def write_gguf(outfile, kv, tensors, *, split_max_size: int = 0, threads: int | 
 def _write_data(fouts, tensors, shard_of, total, threads, progress, align):
     from tqdm import tqdm
 
-    threads = max(1, threads or min(8, os.cpu_count() or 1))
+    threads = max(1, threads or min(32, os.cpu_count() or 1))
     bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="writing", disable=not progress,
                dynamic_ncols=True)
     try:
