@@ -189,3 +189,12 @@ def test_dry_run_lists_every_tensor_and_writes_nothing(checkpoints, tmp_path, ca
     assert "120 tensors" in text and "would write" in text
     assert _no_leftovers(tmp_path) == []
     assert os.listdir(tmp_path) == []
+
+
+def test_script_entry_point_converts(checkpoints, tmp_path):
+    script = os.path.join(os.path.dirname(__file__), "..", "convert", "convert_hf_to_gguf.py")
+    out = tmp_path / "s.gguf"
+    run = subprocess.run([sys.executable, script, str(checkpoints["small"]), "--outfile", str(out), "--outtype",
+                          "q8_0", "--no-progress"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert out.is_file() and f"wrote {out}" in run.stdout

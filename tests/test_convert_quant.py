@@ -248,3 +248,36 @@ def test_split_max_size_writes_shards_with_all_tensors(checkpoints, wide_files, 
     order, whole = _tensor_bytes(wide_files["q4_k_m"])
     assert merged == whole and list(merged) == order
     assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_quantize_from_bf16_gguf_matches_direct_conversion(checkpoints, tmp_path):
+    bf16 = convert_checkpoint(checkpoints["wide_bf16"], tmp_path / "b.gguf", "bf16", progress=False, quiet=True)[0]
+    direct = convert_checkpoint(checkpoints["wide_bf16"], tmp_path / "d.gguf", "q4_k_m", progress=False,
+                                quiet=True)[0]
+    re = requantize_gguf(bf16, tmp_path / "r.gguf", "q4_k_m", progress=False, quiet=True)[0]
+    assert _tensor_bytes(re) == _tensor_bytes(direct)
+
+
+def test_memory_is_bounded_by_the_chunk_not_the_tensor(checkpoints, tmp_path, monkeypatch):
+    """With 16 KB chunks, the Python-side peak while writing stays far below one expert tensor (4 MB of f32):
+    tensors are streamed, never materialised whole."""
+    import tracemalloc
+
+    from diffgemma_cpp.convert import writer
+
+    monkeypatch.setattr(writer, "CHUNK_ELEMENTS", 4096)
+    seen = {}
+    real = writer._write_data
+
+    def traced(*args, **kw):
+        tracemalloc.start()
+        try:
+            return real(*args, **kw)
+        finally:
+            seen["peak"] = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+
+    monkeypatch.setattr(writer, "_write_data", traced)
+    convert_checkpoint(checkpoints["wide"], tmp_path / "m.gguf", "q8_0", threads=2, progress=False, quiet=True)
+    largest_f32 = 8 * 512 * 256 * 4
+    assert seen["peak"] < largest_f32 / 8, seen
