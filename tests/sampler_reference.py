@@ -77,6 +77,25 @@ def safe_uniform(row: np.ndarray, inv_temp: float, rng: np.random.Generator, nea
     raise AssertionError("no boundary-safe uniform found; the test row is degenerate")
 
 
+def stress_canvas(rng: np.random.Generator, vocab: int = 262144, inv_temp: float = 1.0 / 0.8):
+    """Rows that exercise every rule, with boundary-safe uniforms (vocab >= 1000): (logits [8, vocab], uniforms).
+    Row 2: ties (first index 5 wins); 3: very peaked (H ~ 1e-15); 4: every other id impossible (-inf);
+    5: all equal (H = log V; its 1/V-spaced boundaries are exact integers in any order, so a 1e-6 gap is safe);
+    6: H ~ 1e-33, terms at the exp floor; 7: a -inf head and u = 0."""
+    logits = rng.normal(0.0, 4.0, size=(8, vocab)).astype(np.float32)
+    logits[1] *= 6.0
+    logits[2, [vocab * 4 // 15, 5, 513]] = 40.0
+    logits[3, vocab // 21] = 40.0
+    logits[4, ::2] = -np.inf
+    logits[5, :] = 1.0
+    logits[6, 7] = 72.0
+    logits[7, : vocab // 300] = -np.inf
+    uniforms = [safe_uniform(row, inv_temp, rng, gap=1e-6 if r == 5 else BOUNDARY_GAP) for r, row in enumerate(logits)]
+    uniforms[3] = 0.5  # lands on the peak
+    uniforms[7] = 0.0  # the first possible id, vocab // 300 (exact in any order: the first nonzero term)
+    return logits, uniforms
+
+
 def write_cases(path: Path, logits: np.ndarray, inv_temp: float, uniforms: np.ndarray) -> None:
     """IN file of tests/c/test_sampler_math.cpp and tests/gpu/sampler_cuda_driver.cu."""
     logits = np.ascontiguousarray(logits, dtype=np.float32)

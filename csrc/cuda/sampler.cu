@@ -1,15 +1,13 @@
 // Fused denoising-sampler kernels: per-row argmax / log-sum-exp / entropy / inverse-CDF sample, and the
-// softmax probabilities for the self-conditioning product. Semantics in sampler_cuda.h; the CPU twin is
-// csrc/sampler_math.cpp and the two must stay in step.
+// softmax probabilities for the self-conditioning product. Semantics in sampler_cuda.h, the partial-reduction
+// arithmetic in sampler_partial.h; the CPU twin is csrc/sampler_math.cpp and the two must stay in step.
 //
-// Numerics, shared with the CPU version:
-//   * a partial reduction keeps (m, s_rest, t, idx): m the running max of x, idx its first index,
-//     s_rest = sum of exp(x_j - m) over every element EXCEPT the max itself (whose term is exactly 1), and
-//     t = sum of exp(x_j - m) * (x_j - m) (all terms <= 0). Keeping "1 + s_rest" split means a very peaked
-//     row (s_rest ~ 1e-30) still gives log Z - m = log1p(s_rest) and an entropy with full relative precision.
-//   * entropy H = log1p(s_rest) - t / (1 + s_rest): two non-negative terms, no cancellation.
-//   * x is rounded to float before use (__fmul_rn), so the max element has x - m == 0 exactly in both passes.
+// Layout of the statistics kernel: one block per row; each thread folds a strided slice of the row (float4
+// loads when the row is 16-byte aligned and V % 4 == 0) into a Partial, then a warp butterfly and a
+// cross-warp pass combine the partials. x is rounded to float before use (__fmul_rn, never contracted into
+// an FMA), so both passes see the same x and the max element has x - m == 0 exactly.
 #include "sampler_cuda.h"
+#include "sampler_partial.h"
 
 #include <cub/block/block_scan.cuh>
 #include <cuda_bf16.h>
@@ -20,63 +18,15 @@
 
 namespace {
 
-constexpr int kStatsThreads = 512;       // one block per row; 256 rows x 512 threads stay resident on an H100
+using dg_cuda::Partial;
+using dg_cuda::add_element;
+using dg_cuda::combine;
+using dg_cuda::empty_partial;
+
+using dg_cuda::kStatsThreads;
 constexpr int kWalkPerThread = 4;        // consecutive elements per thread per tile of the CDF walk
 constexpr int kProbsThreads = 256;
 constexpr int kProbsPerThread = 4;
-
-// A partial reduction over some elements of one row. Empty: m = -inf.
-struct Partial {
-    float m;       // max of x seen so far
-    float s_rest;  // sum of exp(x - m) over the elements other than the (first) max
-    float t;       // sum of exp(x - m) * (x - m)
-    int idx;       // first index of the max (INT_MAX when empty)
-};
-
-__device__ __forceinline__ Partial empty_partial() { return Partial{-INFINITY, 0.0f, 0.0f, INT_MAX}; }
-
-// Adds element x at index i (indices arrive in increasing order within one thread).
-__device__ __forceinline__ void add_element(Partial & p, float x, int i, bool & bad) {
-    if (x == -INFINITY) return;          // probability exactly 0: contributes nothing
-    if (!(x < INFINITY)) { bad = true; return; }  // NaN or +inf: the row has no distribution
-    if (x > p.m) {
-        if (p.m == -INFINITY) {
-            p = Partial{x, 0.0f, 0.0f, i};
-            return;
-        }
-        // Rescale to the new max: the old max becomes an ordinary term exp(m_old - x).
-        const float d = p.m - x;
-        const float f = expf(d);
-        const float s_old = 1.0f + p.s_rest;
-        p.t = f * (p.t + d * s_old);
-        p.s_rest = f * s_old;
-        p.m = x;
-        p.idx = i;
-    } else {
-        const float d = x - p.m;
-        const float e = expf(d);
-        p.s_rest += e;
-        p.t += e * d;
-    }
-}
-
-// Merges two partials of disjoint index sets; the lower index wins a tie of the max (torch.argmax rule).
-__device__ __forceinline__ Partial combine(const Partial & a, const Partial & b) {
-    if (b.m == -INFINITY) return a;
-    if (a.m == -INFINITY) return b;
-    const bool a_big = a.m > b.m || (a.m == b.m && a.idx < b.idx);
-    const Partial & big = a_big ? a : b;
-    const Partial & small = a_big ? b : a;
-    const float d = small.m - big.m;  // <= 0
-    const float f = expf(d);
-    const float s_small = 1.0f + small.s_rest;
-    Partial r;
-    r.m = big.m;
-    r.idx = big.idx;
-    r.s_rest = big.s_rest + f * s_small;
-    r.t = big.t + f * (small.t + d * s_small);
-    return r;
-}
 
 __device__ __forceinline__ Partial shfl_xor(const Partial & p, int lane_mask) {
     Partial r;
@@ -151,10 +101,9 @@ row_stats_kernel(const float * __restrict__ logits, int n_vocab, int64_t row_str
     }
     const float z_rel = 1.0f + total.s_rest;  // Z / exp(m)
     if (threadIdx.x == 0) {
-        const float log_z_rel = log1pf(total.s_rest);
         argmax_out[r] = total.idx;
-        entropy_out[r] = fmaxf(log_z_rel - total.t / z_rel, 0.0f);
-        if (log_z_out) log_z_out[r] = total.m + log_z_rel;
+        entropy_out[r] = dg_cuda::partial_entropy(total);
+        if (log_z_out) log_z_out[r] = dg_cuda::partial_log_z(total);
     }
     if (!sampled_out) return;
 

@@ -4,9 +4,15 @@
 //   test_sampler_math IN OUT        IN:  int64 n_rows, int64 V, float inv_temp, float u[n_rows], float logits[n_rows*V]
 //                                   OUT: per row {int32 ok, int32 argmax, int32 sampled, float log_z, float entropy},
 //                                        then float probs[n_rows*V] (row_probs at each row's log_z)
+//   test_sampler_math --emulate-device IN OUT
+//                                   the same, but argmax / log_z / entropy come from the CUDA kernel's reduction
+//                                   tree (csrc/cuda/sampler_partial.h) replayed on the host: every thread's
+//                                   strided slice, the warp butterflies, the cross-warp pass
 //   test_sampler_math --bench V ROWS   prints "ns_per_element=... ms_per_canvas256=... scalar_expf_ns_per_element=..."
 #include "sampler_math.h"
+#include "cuda/sampler_partial.h"
 
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -20,7 +26,47 @@ namespace {
 template <typename T>
 bool read_all(FILE * f, T * dst, size_t n) { return std::fread(dst, sizeof(T), n, f) == n; }
 
-int run_file(const char * in_path, const char * out_path) {
+// The statistics kernel's reduction for one row, thread by thread and lane by lane (see sampler.cu).
+bool emulate_device_row(const float * row, int64_t V, float inv_temp, dg::RowStats * out) {
+    using dg_cuda::Partial;
+    constexpr int kThreads = dg_cuda::kStatsThreads;
+    std::vector<Partial> thread_part(kThreads, dg_cuda::empty_partial());
+    bool bad = false;
+    const bool vec = V % 4 == 0;  // std::vector data is 16-byte aligned
+    for (int t = 0; t < kThreads; ++t) {
+        if (vec) {
+            for (int64_t j = t; j < V / 4; j += kThreads)
+                for (int k = 0; k < 4; ++k) dg_cuda::add_element(thread_part[t], row[4 * j + k] * inv_temp, int(4 * j + k), bad);
+        } else {
+            for (int64_t i = t; i < V; i += kThreads) dg_cuda::add_element(thread_part[t], row[i] * inv_temp, int(i), bad);
+        }
+    }
+    using Warp = std::array<Partial, 32>;
+    auto butterfly = [](Warp & lanes) {  // warp_reduce: every lane combines with lane ^ mask
+        for (int mask = 16; mask > 0; mask >>= 1) {
+            Warp next;
+            for (int l = 0; l < 32; ++l) next[l] = dg_cuda::combine(lanes[l], lanes[l ^ mask]);
+            lanes = next;
+        }
+    };
+    Warp warp_lanes;
+    warp_lanes.fill(dg_cuda::empty_partial());
+    for (int w = 0; w < kThreads / 32; ++w) {
+        Warp lanes;
+        for (int l = 0; l < 32; ++l) lanes[l] = thread_part[32 * w + l];
+        butterfly(lanes);
+        warp_lanes[w] = lanes[0];
+    }
+    butterfly(warp_lanes);
+    const Partial & total = warp_lanes[0];
+    if (bad || total.m == -INFINITY) return false;
+    out->argmax = total.idx;
+    out->log_z = dg_cuda::partial_log_z(total);
+    out->entropy = dg_cuda::partial_entropy(total);
+    return true;
+}
+
+int run_file(const char * in_path, const char * out_path, bool emulate_device) {
     FILE * in = std::fopen(in_path, "rb");
     if (!in) { std::perror(in_path); return 2; }
     int64_t n_rows = 0, V = 0;
@@ -41,7 +87,12 @@ int run_file(const char * in_path, const char * out_path) {
     std::vector<dg::RowStats> stats(static_cast<size_t>(n_rows));
     for (int64_t r = 0; r < n_rows; ++r) {
         dg::RowStats & s = stats[static_cast<size_t>(r)];
-        const int32_t ok = dg::row_stats(logits.data() + r * V, V, inv_temp, u[static_cast<size_t>(r)], &s) ? 1 : 0;
+        int32_t ok = dg::row_stats(logits.data() + r * V, V, inv_temp, u[static_cast<size_t>(r)], &s) ? 1 : 0;
+        if (emulate_device && ok) {
+            const int32_t sampled = s.sampled;  // the CDF walk is not emulated
+            ok = emulate_device_row(logits.data() + r * V, V, inv_temp, &s) ? 1 : 0;
+            s.sampled = sampled;
+        }
         std::fwrite(&ok, 4, 1, out);
         std::fwrite(&s.argmax, 4, 1, out);
         std::fwrite(&s.sampled, 4, 1, out);
@@ -100,7 +151,8 @@ int run_bench(int64_t V, int64_t n_rows) {
 
 int main(int argc, char ** argv) {
     if (argc == 4 && std::strcmp(argv[1], "--bench") == 0) return run_bench(std::atoll(argv[2]), std::atoll(argv[3]));
-    if (argc == 3) return run_file(argv[1], argv[2]);
-    std::fprintf(stderr, "usage: %s IN OUT | --bench V ROWS\n", argv[0]);
+    if (argc == 4 && std::strcmp(argv[1], "--emulate-device") == 0) return run_file(argv[2], argv[3], true);
+    if (argc == 3) return run_file(argv[1], argv[2], false);
+    std::fprintf(stderr, "usage: %s IN OUT | --emulate-device IN OUT | --bench V ROWS\n", argv[0]);
     return 2;
 }

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sampler_reference import read_results, reference, safe_uniform, write_cases
+from sampler_reference import read_results, reference, safe_uniform, stress_canvas, write_cases
 
 pytestmark = pytest.mark.gpu
 
@@ -74,27 +74,15 @@ def check(res, logits, uniforms, probs_type, inv_temp=INV_TEMP):
         np.testing.assert_allclose(res.probs[r][big], p_ref[big], rtol=rtol, err_msg=f"row {r}: probs")
 
 
-def random_canvas(rng, rows=8):
-    logits = rng.normal(0.0, 4.0, size=(rows, V_REAL)).astype(np.float32)
-    logits[1] *= 6.0
-    logits[2, [70000, 5, 513]] = 40.0            # ties: first index wins
-    logits[3, 12345] = 40.0                      # very peaked: H ~ 1e-15
-    logits[4, ::2] = -np.inf                     # impossible ids are never sampled
-    logits[5, :] = 1.0                           # uniform: H = log V
-    logits[6, 7] = 72.0                          # H ~ 1e-33
-    return logits
-
-
 @pytest.mark.parametrize("probs_type,pad", [("bf16", 0), ("f16", 0), ("bf16", 1)])
 def test_kernel_matches_reference_on_full_vocab(driver, tmp_path, probs_type, pad):
     """pad=1 makes rows misaligned, which takes the scalar (non-float4) path."""
     rng = np.random.default_rng(11)
-    logits = random_canvas(rng)
-    uniforms = [safe_uniform(row, INV_TEMP, rng, gap=1e-6 if r == 5 else 1e-5) for r, row in enumerate(logits)]
-    uniforms[3] = 0.0
+    logits, uniforms = stress_canvas(rng, V_REAL, INV_TEMP)
     res = run_rows(driver, tmp_path, logits, uniforms, probs_type, pad)
     check(res, logits, uniforms, probs_type)
-    assert res.argmax[2] == 5 and res.sampled[3] == 12345 and res.sampled[4] % 2 == 1
+    assert res.argmax[2] == 5 and res.sampled[3] == V_REAL // 21 and res.sampled[4] % 2 == 1
+    assert res.sampled[7] == V_REAL // 300
 
 
 @pytest.mark.parametrize("vocab", [1, 3, 17, 2047, 2048, 2049, 5000])
