@@ -190,12 +190,14 @@ def save(model, tokenizer, out: pathlib.Path, meta: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=pathlib.Path, default=pathlib.Path("/work/sudoku_ckpt"))
-    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--steps", type=int, default=1000, help="length of the LR schedule")
+    ap.add_argument("--stop-after", type=int, default=None,
+                    help="stop (and save) after this many steps of the --steps schedule; reproduces an early checkpoint")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--givens-min", type=int, default=34)
-    ap.add_argument("--givens-max", type=int, default=62)
-    ap.add_argument("--eval-givens", type=int, default=40)
+    ap.add_argument("--givens-min", type=int, default=36)
+    ap.add_argument("--givens-max", type=int, default=64)
+    ap.add_argument("--eval-givens", type=int, default=45)
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--eval-puzzles", type=int, default=50)
     ap.add_argument("--max-denoising-steps", type=int, default=32)
@@ -237,7 +239,8 @@ def main() -> None:
 
     history = []
     t0 = time.time()
-    for step in range(args.steps):
+    n_run = args.steps if args.stop_after is None else min(args.stop_after, args.steps)
+    for step in range(n_run):
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         prompts, clean = make_batch(rng, args.batch, (args.givens_min, args.givens_max))
@@ -247,13 +250,13 @@ def main() -> None:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        if step % 25 == 0 or step == args.steps - 1:
+        last = step == n_run - 1
+        if step % 25 == 0 or last:
             print(
                 f"step {step:5d}  canvas {canvas_loss:.4f}  lm {lm_loss:.4f}  cell_acc {acc:.3f}"
                 f"  lr {lr_at(step):.2e}  {time.time() - t0:7.0f}s",
                 flush=True,
             )
-        last = step == args.steps - 1
         if (step + 1) % args.eval_every == 0 or last:
             rate, passes = solve_rate(model, eval_set)
             record = dict(step=step + 1, seconds=round(time.time() - t0), solve_rate=rate, mean_passes=passes)

@@ -250,7 +250,10 @@ def format_grid(grid: str) -> str:
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
 PAD_ID, EOS_ID, BOS_ID, UNK_ID, MASK_ID = range(5)
 SEPARATOR = "="  # ends the puzzle: the prompt reads "<bos>53..7....=" and the canvas is the solution
-VOCAB = SPECIAL_TOKENS + list(DIGITS) + [BLANK, SEPARATOR]
+# "==" is never used: it exists so the BPE tokenizer has one merge ("=" + "="). GGUF BPE loaders (ours and
+# llama.cpp's) require a merges list, and a GGUF array cannot be empty.
+UNUSED_MERGE = SEPARATOR + SEPARATOR
+VOCAB = SPECIAL_TOKENS + list(DIGITS) + [BLANK, SEPARATOR, UNUSED_MERGE]
 TOKEN_ID = {tok: i for i, tok in enumerate(VOCAB)}
 PROMPT_LENGTH = 1 + N_CELLS + 1
 
@@ -266,5 +269,7 @@ def solution_ids(solution: str) -> list[int]:
 
 
 def canvas_to_grid(ids) -> str:
-    """Reads a canvas of token ids back as a grid; any non-digit token shows as '?'."""
-    return "".join(VOCAB[i] if 0 <= i < len(VOCAB) and VOCAB[i] in DIGITS else "?" for i in list(ids)[:N_CELLS])
+    """Reads a canvas of token ids back as a grid; a non-digit token (or a missing cell) shows as '?'."""
+    ids = list(ids)[:N_CELLS]
+    cells = [VOCAB[i] if 0 <= i < len(VOCAB) and VOCAB[i] in DIGITS else "?" for i in ids]
+    return "".join(cells) + "?" * (N_CELLS - len(cells))
