@@ -37,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_convert_parser(sub)
     add_quantize_parser(sub)
+
+    from .demo import register as add_demo_parser
+
+    add_demo_parser(sub)  # sudoku demo on the bundled model
     return parser
 
 
