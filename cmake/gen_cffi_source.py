@@ -14,6 +14,7 @@ import cffi
 # Python-side implementations of the header's callback types (see diffgemma_cpp/_native.py).
 PYTHON_CALLBACKS = """
 extern "Python" void _dg_py_log_callback(int32_t, const char *, void *);
+extern "Python" int32_t _dg_py_step_callback(int32_t, int32_t, int32_t, const int32_t *, int32_t, void *);
 """
 
 

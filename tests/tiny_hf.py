@@ -86,7 +86,7 @@ def _text_config_kwargs(name: str) -> dict:
     return spec
 
 
-def build_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32):
+def build_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32, weight_scale: float = 0.3):
     """A random `DiffusionGemmaForBlockDiffusion` with geometry CONFIGS[name] (text + a 1-layer vision tower)."""
     from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion, DiffusionGemmaTextConfig
     from transformers.models.gemma4.configuration_gemma4 import Gemma4VisionConfig
@@ -104,7 +104,7 @@ def build_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32):
         for pname, p in model.model.decoder.named_parameters():
             noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
             # Norm weights / scales around 1 (so a dropped or swapped one shows), matrices small and centred.
-            p.copy_(1.0 + 0.3 * noise if (p.ndim == 1 or "norm" in pname) else 0.3 * noise)
+            p.copy_(1.0 + 0.3 * noise if (p.ndim == 1 or "norm" in pname) else weight_scale * noise)
         dec = model.model.decoder.layers
         enc = model.model.encoder.language_model.layers
         for i, (d, e) in enumerate(zip(dec, enc)):
@@ -116,7 +116,7 @@ def build_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32):
 
 def save_checkpoint(name: str, out_dir, seed: int = 0, generation_config: dict | None = None,
                     dtype: torch.dtype = torch.float32, released_config_layout: bool = True,
-                    max_shard_size: str | None = None) -> Path:
+                    max_shard_size: str | None = None, weight_scale: float = 0.3) -> Path:
     """Build model `name` and write a complete HF checkpoint directory; returns its path.
 
     generation_config: the dict written as generation_config.json (default: the release's nested layout);
@@ -126,7 +126,7 @@ def save_checkpoint(name: str, out_dir, seed: int = 0, generation_config: dict |
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model = build_model(name, seed=seed, dtype=dtype)
+    model = build_model(name, seed=seed, dtype=dtype, weight_scale=weight_scale)
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(out, **kwargs)
     if released_config_layout:

@@ -223,6 +223,137 @@ DIFFGEMMA_API int32_t diffgemma_detokenizer_flush(diffgemma_detokenizer * detok,
  * s[0 .. n - result) now and keep the rest for later. */
 DIFFGEMMA_API size_t diffgemma_utf8_incomplete_tail(const char * s, size_t n);
 
+/* ---- model and context ---- */
+/*
+ * A diffgemma_model holds the read-only weights (memory-mapped GGUF) and may be shared across threads.
+ * A diffgemma_context holds the KV cache and scratch of one generation stream; one thread at a time.
+ */
+typedef struct diffgemma_model diffgemma_model;
+typedef struct diffgemma_context diffgemma_context;
+
+/* KV cache element types. */
+enum diffgemma_kv_type {
+    DIFFGEMMA_KV_F32 = 0,  /* exact (parity tests) */
+    DIFFGEMMA_KV_F16 = 1   /* half the memory */
+};
+
+typedef struct diffgemma_model_params {
+    int32_t n_gpu_layers;   /* layers to offload to the GPU (-1 = all); 0 = CPU only (the only mode built yet) */
+    int32_t main_gpu;       /* GPU index for a single-GPU run */
+    int32_t n_threads;      /* threads for load-time work (<= 0: all cores) */
+} diffgemma_model_params;
+
+typedef struct diffgemma_context_params {
+    int32_t n_ctx;          /* positions of prompt + committed canvases + one canvas (<= 0: min(4096, trained)) */
+    int32_t n_batch;        /* encoder chunk length for long prompts (<= 0: 512) */
+    int32_t n_threads;      /* compute threads (<= 0: all cores) */
+    int32_t kv_type;        /* a diffgemma_kv_type */
+} diffgemma_context_params;
+
+/* Sampler settings of one generation; diffgemma_sampler_default_params fills them from the GGUF's
+ * diffusion.eb_* keys, falling back to the release defaults (48 steps, t 0.4..0.8, bound 0.1, stability 1,
+ * confidence 0.005). */
+typedef struct diffgemma_sampler_params {
+    int32_t max_new_tokens;        /* rounded up to whole canvases */
+    int32_t steps;                 /* maximum denoising steps per canvas */
+    float t_min;                   /* temperature at the (never reached) last+1 step */
+    float t_max;                   /* temperature of the first step */
+    float entropy_bound;           /* accept sorted positions while the sum of earlier entropies <= bound */
+    int32_t stability_threshold;   /* argmax unchanged for this many steps ... */
+    float confidence_threshold;    /* ... and mean entropy below this: stop the canvas early */
+    uint64_t seed;                 /* RNG seed of the canvas init, samples and renoise draws */
+} diffgemma_sampler_params;
+
+/* Caller-supplied random draws, replacing the RNG (to reproduce another implementation token for token).
+ * For block b and step s (0-based, in execution order), with C = canvas length:
+ *   init[b*C + i], sampled[(b*n_steps + s)*C + i], renoise[(b*n_steps + s)*C + i]. */
+typedef struct diffgemma_replay {
+    const int32_t * init;
+    const int32_t * sampled;
+    const int32_t * renoise;
+    int32_t n_blocks;   /* blocks covered */
+    int32_t n_steps;    /* steps covered per block */
+} diffgemma_replay;
+
+/* Called after every denoising step with the current argmax canvas. Return non-zero to cancel. */
+typedef int32_t (*diffgemma_step_callback)(int32_t block, int32_t step, int32_t n_steps, const int32_t * canvas,
+                                           int32_t canvas_length, void * user_data);
+
+DIFFGEMMA_API void diffgemma_model_default_params(diffgemma_model_params * params);
+DIFFGEMMA_API void diffgemma_context_default_params(diffgemma_context_params * params);
+
+/* Loads a DiffusionGemma GGUF. A wrong file fails with a specific status and reason. */
+DIFFGEMMA_API int32_t diffgemma_model_load(const char * path, const diffgemma_model_params * params,
+                                           diffgemma_model ** out);
+DIFFGEMMA_API void diffgemma_model_free(diffgemma_model * model);
+
+/* Hyper-parameters (0 for a NULL model). */
+DIFFGEMMA_API int32_t diffgemma_model_n_vocab(const diffgemma_model * model);
+DIFFGEMMA_API int32_t diffgemma_model_n_embd(const diffgemma_model * model);
+DIFFGEMMA_API int32_t diffgemma_model_n_layer(const diffgemma_model * model);
+DIFFGEMMA_API int32_t diffgemma_model_canvas_length(const diffgemma_model * model);
+DIFFGEMMA_API int32_t diffgemma_model_n_ctx_train(const diffgemma_model * model);
+
+/* The model's tokenizer, or NULL if the GGUF has none. Owned by the model. */
+DIFFGEMMA_API const diffgemma_vocab * diffgemma_model_get_vocab(const diffgemma_model * model);
+
+/* GGUF metadata as strings (arrays summarised as "[n x type]" when long). */
+DIFFGEMMA_API int32_t diffgemma_model_meta_count(const diffgemma_model * model);
+DIFFGEMMA_API const char * diffgemma_model_meta_key(const diffgemma_model * model, int32_t index);
+DIFFGEMMA_API const char * diffgemma_model_meta_value(const diffgemma_model * model, int32_t index);
+
+DIFFGEMMA_API void diffgemma_sampler_default_params(const diffgemma_model * model, diffgemma_sampler_params * params);
+
+DIFFGEMMA_API int32_t diffgemma_context_new(diffgemma_model * model, const diffgemma_context_params * params,
+                                            diffgemma_context ** out);
+DIFFGEMMA_API void diffgemma_context_free(diffgemma_context * ctx);
+
+/* Positions currently in the KV cache. */
+DIFFGEMMA_API int32_t diffgemma_n_past(const diffgemma_context * ctx);
+DIFFGEMMA_API int32_t diffgemma_n_ctx(const diffgemma_context * ctx);
+
+/* Drops cached positions >= n_keep (0 clears the cache). */
+DIFFGEMMA_API int32_t diffgemma_kv_truncate(diffgemma_context * ctx, int32_t n_keep);
+
+/* Encoder pass: appends the K/V of n_tokens clean tokens at positions [n_past, n_past + n_tokens). */
+DIFFGEMMA_API int32_t diffgemma_encode(diffgemma_context * ctx, const int32_t * tokens, int32_t n_tokens);
+
+/* Decoder pass over one canvas (canvas_length ids) at positions [n_past, n_past + C); the cache is unchanged.
+ * sc_logits: NULL, or the previous step's processed logits [C x n_vocab] (HF's self_conditioning_logits).
+ * out_logits receives the softcapped logits [C x n_vocab]. */
+DIFFGEMMA_API int32_t diffgemma_decoder_logits(diffgemma_context * ctx, const int32_t * canvas, const float * sc_logits,
+                                               float * out_logits);
+
+/* Makes the KV cache hold exactly `prompt`: keeps the longest prefix it shares with the cached tokens (so a
+ * multi-turn chat does not re-encode its history) and encodes the rest. At least the last token is always
+ * encoded afresh. */
+DIFFGEMMA_API int32_t diffgemma_prefill(diffgemma_context * ctx, const int32_t * prompt, int32_t n_prompt);
+
+/* Seeds the context's RNG (canvas init, sampling uniforms, renoise ids), used by diffgemma_denoise. */
+DIFFGEMMA_API void diffgemma_seed(diffgemma_context * ctx, uint64_t seed);
+
+/* Denoises one canvas at positions [n_past, n_past + C) without changing the cache and writes the committed
+ * (argmax) canvas to out_canvas (C ids) and the steps used to *out_steps. `block` selects the replay draws
+ * (replay may be NULL: the context RNG is used) and is passed to on_step. */
+DIFFGEMMA_API int32_t diffgemma_denoise(diffgemma_context * ctx, const diffgemma_sampler_params * params,
+                                        const diffgemma_replay * replay, int32_t block,
+                                        diffgemma_step_callback on_step, void * user_data,
+                                        int32_t * out_canvas, int32_t * out_steps);
+
+/* Block-diffusion generation after the prompt (HF DiffusionGemmaForBlockDiffusion.generate semantics):
+ * encodes the prompt (reusing the cached prefix it shares with earlier calls), denoises canvases, commits
+ * each argmax canvas and re-encodes it. Writes the generated tokens (whole canvases; after the first EOS the
+ * canvas is padded with the pad id) to out_tokens and their count to *n_out. replay may be NULL. */
+DIFFGEMMA_API int32_t diffgemma_generate(diffgemma_context * ctx, const int32_t * prompt, int32_t n_prompt,
+                                         const diffgemma_sampler_params * params, const diffgemma_replay * replay,
+                                         diffgemma_step_callback on_step, void * user_data,
+                                         int32_t * out_tokens, size_t out_capacity, size_t * n_out,
+                                         int32_t * out_steps_total);
+
+/* Asks a running call on ctx to stop (returns DIFFGEMMA_ERR_CANCELLED there) within one denoising step or
+ * encoder graph. Safe from any thread. */
+DIFFGEMMA_API void diffgemma_cancel(diffgemma_context * ctx);
+
 // cffi-end
 
 #ifdef __cplusplus

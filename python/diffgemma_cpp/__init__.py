@@ -40,3 +40,7 @@ def get_library_dir() -> str:
 
 __all__ = ["__version__", "API_VERSION", "system_info", "library_version", "get_include", "get_library_dir",
            "errors", "DiffGemmaError"]
+
+from .model import Block, Model  # noqa: E402  (after the bindings are loaded)
+
+__all__ += ["Model", "Block"]

@@ -1,0 +1,283 @@
+// diffgemma_context: the KV cache, the scheduler and the two compute passes (encoder, decoder).
+#include "errors.h"
+#include "graph.h"
+#include "model.h"
+
+#include "ggml-cpu.h"
+
+#include <algorithm>
+#include <cstring>
+#include <thread>
+
+namespace {
+
+constexpr size_t kGraphNodes = 16384;
+
+// ggml's CPU backend polls this between graph nodes: a cancel stops a long pass promptly.
+bool abort_requested(void * data) { return static_cast<diffgemma_context *>(data)->cancel.load(); }
+
+void set_input(ggml_tensor * t, const void * data, size_t bytes) {
+    if (t != nullptr && t->buffer != nullptr) {  // an input no node reads is not allocated
+        ggml_backend_tensor_set(t, data, 0, bytes);
+    }
+}
+
+// A no-alloc ggml context for one graph, over the context's reusable metadata storage.
+struct GraphScope {
+    ggml_context * ctx = nullptr;
+    ggml_cgraph * gf = nullptr;
+    explicit GraphScope(diffgemma_context * c) {
+        const size_t need = ggml_tensor_overhead() * kGraphNodes + ggml_graph_overhead_custom(kGraphNodes, false);
+        if (c->graph_meta.size() < need) {
+            c->graph_meta.resize(need);
+        }
+        ggml_init_params params = {c->graph_meta.size(), c->graph_meta.data(), true};
+        ctx = ggml_init(params);
+        if (ctx == nullptr) {
+            dg::raise(DIFFGEMMA_ERR_OUT_OF_MEMORY, "cannot create a graph context");
+        }
+        gf = ggml_new_graph_custom(ctx, kGraphNodes, false);
+    }
+    ~GraphScope() { ggml_free(ctx); }
+};
+
+void compute(diffgemma_context * c, ggml_cgraph * gf, const char * what) {
+    if (!ggml_backend_sched_alloc_graph(c->sched, gf)) {
+        dg::raise(DIFFGEMMA_ERR_OUT_OF_MEMORY, "cannot allocate the compute buffers of the %s pass", what);
+    }
+}
+
+void run(diffgemma_context * c, ggml_cgraph * gf, const char * what) {
+    const enum ggml_status st = ggml_backend_sched_graph_compute(c->sched, gf);
+    if (st == GGML_STATUS_ABORTED || c->cancel.load()) {
+        dg::raise(DIFFGEMMA_ERR_CANCELLED, "the %s pass was cancelled", what);
+    }
+    if (st != GGML_STATUS_SUCCESS) {
+        dg::raise(DIFFGEMMA_ERR_BACKEND, "the %s pass failed (ggml status %d)", what, (int) st);
+    }
+}
+
+}  // namespace
+
+diffgemma_context::~diffgemma_context() {
+    if (sched != nullptr) {
+        ggml_backend_sched_free(sched);
+    }
+    if (cpu != nullptr) {
+        ggml_backend_free(cpu);
+    }
+}
+
+namespace dg {
+
+BusyGuard::BusyGuard(diffgemma_context * ctx) : ctx_(ctx) {
+    bool expected = false;
+    acquired_ = ctx_->busy.compare_exchange_strong(expected, true);
+}
+
+BusyGuard::~BusyGuard() {
+    if (acquired_) {
+        ctx_->busy.store(false);
+    }
+}
+
+int32_t draw_token(std::mt19937_64 & rng, int32_t n_vocab) {
+    // Rejection sampling on 64 bits: exact uniformity with a fixed, portable algorithm.
+    const uint64_t n = static_cast<uint64_t>(n_vocab);
+    const uint64_t limit = UINT64_MAX - UINT64_MAX % n;
+    uint64_t x;
+    do {
+        x = rng();
+    } while (x >= limit);
+    return static_cast<int32_t>(x % n);
+}
+
+float draw_uniform(std::mt19937_64 & rng) {
+    // 24 random bits: every value is exactly representable and strictly below 1.
+    return static_cast<float>(rng() >> 40) * (1.0f / 16777216.0f);
+}
+
+void encode_tokens(diffgemma_context * c, const int32_t * tokens, int32_t n_tokens) {
+    const HParams & hp = c->model->hp;
+    for (int32_t i = 0; i < n_tokens; ++i) {
+        if (tokens[i] < 0 || tokens[i] >= hp.n_vocab) {
+            raise(DIFFGEMMA_ERR_INVALID_ARGUMENT, "token %d at index %d is outside the vocabulary [0, %d)", tokens[i], i, hp.n_vocab);
+        }
+    }
+    if (static_cast<int64_t>(c->n_past) + n_tokens > c->kv.n_ctx()) {
+        raise(DIFFGEMMA_ERR_CONTEXT_OVERFLOW, "encoding %d tokens after %d cached positions needs %lld positions, but n_ctx is %d",
+              n_tokens, c->n_past, static_cast<long long>(c->n_past) + n_tokens, c->kv.n_ctx());
+    }
+    for (int32_t start = 0; start < n_tokens; start += c->n_batch) {
+        const int32_t T = std::min(c->n_batch, n_tokens - start);
+        GraphScope g(c);
+        GraphBuilder b{hp, c->model->w, c->kv, g.ctx, g.gf};
+        GraphInputs in = b.build_encoder(c->n_past, T);
+        ggml_backend_sched_reset(c->sched);
+        compute(c, g.gf, "encoder");
+        std::vector<int32_t> pos(static_cast<size_t>(T));
+        for (int32_t t = 0; t < T; ++t) {
+            pos[static_cast<size_t>(t)] = c->n_past + t;
+        }
+        set_input(in.ids, tokens + start, sizeof(int32_t) * static_cast<size_t>(T));
+        set_input(in.pos, pos.data(), sizeof(int32_t) * pos.size());
+        for (auto [mask, begin, window] : {std::tuple{in.mask_full, 0, 0},
+                                           std::tuple{in.mask_swa, swa_first_key(hp, c->n_past), hp.n_swa}}) {
+            std::vector<float> m(static_cast<size_t>(mask->ne[0] * mask->ne[1]));
+            fill_encoder_mask(m.data(), begin, c->n_past, T, window);
+            set_input(mask, m.data(), m.size() * sizeof(float));
+        }
+        run(c, g.gf, "encoder");
+        c->cached_tokens.insert(c->cached_tokens.end(), tokens + start, tokens + start + T);
+        c->n_past += T;
+    }
+}
+
+void decoder_pass(diffgemma_context * c, const int32_t * canvas, const float * sc_logits, float sc_scale, float * out_logits) {
+    const HParams & hp = c->model->hp;
+    const int32_t C = hp.canvas_length;
+    for (int32_t i = 0; i < C; ++i) {
+        if (canvas[i] < 0 || canvas[i] >= hp.n_vocab) {
+            raise(DIFFGEMMA_ERR_INVALID_ARGUMENT, "canvas token %d at index %d is outside the vocabulary [0, %d)", canvas[i], i, hp.n_vocab);
+        }
+    }
+    if (static_cast<int64_t>(c->n_past) + C > c->kv.n_ctx()) {
+        raise(DIFFGEMMA_ERR_CONTEXT_OVERFLOW, "a canvas of %d after %d cached positions needs %lld positions, but n_ctx is %d",
+              C, c->n_past, static_cast<long long>(c->n_past) + C, c->kv.n_ctx());
+    }
+    GraphScope g(c);
+    GraphBuilder b{hp, c->model->w, c->kv, g.ctx, g.gf};
+    GraphInputs in = b.build_decoder(c->n_past, C, sc_logits != nullptr, sc_scale);
+    ggml_backend_sched_reset(c->sched);
+    compute(c, g.gf, "decoder");
+    std::vector<int32_t> pos(static_cast<size_t>(C));
+    for (int32_t t = 0; t < C; ++t) {
+        pos[static_cast<size_t>(t)] = c->n_past + t;
+    }
+    set_input(in.ids, canvas, sizeof(int32_t) * static_cast<size_t>(C));
+    set_input(in.pos, pos.data(), sizeof(int32_t) * pos.size());
+    if (sc_logits != nullptr) {
+        set_input(in.sc_logits, sc_logits, sizeof(float) * static_cast<size_t>(C) * static_cast<size_t>(hp.n_vocab));
+    }
+    run(c, g.gf, "decoder");
+    ggml_backend_tensor_get(in.logits, out_logits, 0, ggml_nbytes(in.logits));
+}
+
+}  // namespace dg
+
+extern "C" {
+
+void diffgemma_context_default_params(diffgemma_context_params * p) {
+    if (p == nullptr) {
+        return;
+    }
+    p->n_ctx = 0;
+    p->n_batch = 0;
+    p->n_threads = 0;
+    p->kv_type = DIFFGEMMA_KV_F32;
+}
+
+int32_t diffgemma_context_new(diffgemma_model * model, const diffgemma_context_params * params, diffgemma_context ** out) {
+    if (model == nullptr || out == nullptr) {
+        return dg::fail(DIFFGEMMA_ERR_INVALID_ARGUMENT, "diffgemma_context_new: model and out must not be NULL");
+    }
+    *out = nullptr;
+    diffgemma_context_params defaults;
+    diffgemma_context_default_params(&defaults);
+    const diffgemma_context_params & p = params ? *params : defaults;
+    return dg::guard([&]() -> int32_t {
+        const dg::HParams & hp = model->hp;
+        if (p.kv_type != DIFFGEMMA_KV_F32 && p.kv_type != DIFFGEMMA_KV_F16) {
+            dg::raise(DIFFGEMMA_ERR_INVALID_ARGUMENT, "kv_type %d is not a diffgemma_kv_type", p.kv_type);
+        }
+        if (p.n_ctx < 0 || p.n_batch < 0) {
+            dg::raise(DIFFGEMMA_ERR_INVALID_ARGUMENT, "n_ctx (%d) and n_batch (%d) must not be negative", p.n_ctx, p.n_batch);
+        }
+        int32_t n_ctx = p.n_ctx > 0 ? p.n_ctx : std::min<int32_t>(4096, std::max(hp.n_ctx_train, hp.canvas_length * 2));
+        if (n_ctx < hp.canvas_length) {
+            dg::raise(DIFFGEMMA_ERR_INVALID_ARGUMENT, "n_ctx %d is smaller than one canvas (%d)", n_ctx, hp.canvas_length);
+        }
+        auto c = std::make_unique<diffgemma_context>();
+        c->model = model;
+        c->n_batch = p.n_batch > 0 ? p.n_batch : 512;
+        c->n_threads = p.n_threads > 0 ? p.n_threads : static_cast<int32_t>(std::max(1u, std::thread::hardware_concurrency()));
+        c->cpu = ggml_backend_cpu_init();
+        if (c->cpu == nullptr) {
+            dg::raise(DIFFGEMMA_ERR_BACKEND, "cannot initialise the ggml CPU backend");
+        }
+        ggml_backend_cpu_set_n_threads(c->cpu, c->n_threads);
+        ggml_backend_cpu_set_abort_callback(c->cpu, abort_requested, c.get());
+        c->kv.init(hp, n_ctx, p.kv_type == DIFFGEMMA_KV_F16 ? GGML_TYPE_F16 : GGML_TYPE_F32, ggml_backend_cpu_buffer_type());
+        ggml_backend_t backends[1] = {c->cpu};
+        c->sched = ggml_backend_sched_new(backends, nullptr, 1, kGraphNodes, false, true);
+        if (c->sched == nullptr) {
+            dg::raise(DIFFGEMMA_ERR_BACKEND, "cannot create the ggml scheduler");
+        }
+        *out = c.release();
+        return DIFFGEMMA_OK;
+    });
+}
+
+void diffgemma_context_free(diffgemma_context * ctx) { delete ctx; }
+
+int32_t diffgemma_n_past(const diffgemma_context * ctx) { return ctx ? ctx->n_past : 0; }
+
+int32_t diffgemma_n_ctx(const diffgemma_context * ctx) { return ctx ? ctx->kv.n_ctx() : 0; }
+
+int32_t diffgemma_kv_truncate(diffgemma_context * ctx, int32_t n_keep) {
+    if (ctx == nullptr || n_keep < 0) {
+        return dg::fail(DIFFGEMMA_ERR_INVALID_ARGUMENT, "diffgemma_kv_truncate: bad context or n_keep %d", n_keep);
+    }
+    dg::BusyGuard guard(ctx);
+    if (!guard.acquired()) {
+        return dg::fail(DIFFGEMMA_ERR_BUSY, "the context is in use by another thread (one call at a time per context)");
+    }
+    // Positions past n_past are dead: the next encode overwrites them.
+    ctx->n_past = std::min(ctx->n_past, n_keep);
+    ctx->cached_tokens.resize(static_cast<size_t>(ctx->n_past));
+    return DIFFGEMMA_OK;
+}
+
+int32_t diffgemma_encode(diffgemma_context * ctx, const int32_t * tokens, int32_t n_tokens) {
+    if (ctx == nullptr || (tokens == nullptr && n_tokens > 0) || n_tokens < 0) {
+        return dg::fail(DIFFGEMMA_ERR_INVALID_ARGUMENT, "diffgemma_encode: bad arguments");
+    }
+    dg::BusyGuard guard(ctx);
+    if (!guard.acquired()) {
+        return dg::fail(DIFFGEMMA_ERR_BUSY, "the context is in use by another thread (one call at a time per context)");
+    }
+    ctx->cancel.store(false);
+    return dg::guard([&]() -> int32_t {
+        dg::encode_tokens(ctx, tokens, n_tokens);
+        return DIFFGEMMA_OK;
+    });
+}
+
+int32_t diffgemma_decoder_logits(diffgemma_context * ctx, const int32_t * canvas, const float * sc_logits, float * out_logits) {
+    if (ctx == nullptr || canvas == nullptr || out_logits == nullptr) {
+        return dg::fail(DIFFGEMMA_ERR_INVALID_ARGUMENT, "diffgemma_decoder_logits: ctx, canvas and out_logits must not be NULL");
+    }
+    dg::BusyGuard guard(ctx);
+    if (!guard.acquired()) {
+        return dg::fail(DIFFGEMMA_ERR_BUSY, "the context is in use by another thread (one call at a time per context)");
+    }
+    ctx->cancel.store(false);
+    return dg::guard([&]() -> int32_t {
+        dg::decoder_pass(ctx, canvas, sc_logits, 1.0f, out_logits);
+        return DIFFGEMMA_OK;
+    });
+}
+
+void diffgemma_cancel(diffgemma_context * ctx) {
+    if (ctx != nullptr) {
+        ctx->cancel.store(true);
+    }
+}
+
+void diffgemma_seed(diffgemma_context * ctx, uint64_t seed) {
+    if (ctx != nullptr) {
+        ctx->rng.seed(seed);
+    }
+}
+
+}  // extern "C"

@@ -1,0 +1,291 @@
+// The block-diffusion sampler (spec 5): denoise one canvas with entropy-bound acceptance and renoising,
+// then the block loop that commits argmax canvases and re-encodes them into the KV cache.
+#include "errors.h"
+#include "model.h"
+#include "sampler_math.h"
+#include "tokenizer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <thread>
+#include <vector>
+
+namespace dg {
+
+namespace {
+
+void check_params(const diffgemma_sampler_params & p) {
+    if (p.steps <= 0 || p.steps > 100000) {
+        raise(DIFFGEMMA_ERR_INVALID_ARGUMENT, "steps must be in 1..100000, got %d", p.steps);
+    }
+    if (!(p.t_min > 0.0f) || !(p.t_max > 0.0f) || !std::isfinite(p.t_min) || !std::isfinite(p.t_max)) {
+        raise(DIFFGEMMA_ERR_INVALID_ARGUMENT, "temperatures must be positive and finite (t_min %g, t_max %g)", p.t_min, p.t_max);
+    }
+    if (!(p.entropy_bound >= 0.0f) || !(p.confidence_threshold >= 0.0f) || p.stability_threshold < 0) {
+        raise(DIFFGEMMA_ERR_INVALID_ARGUMENT, "entropy_bound, confidence_threshold and stability_threshold must not be negative");
+    }
+    if (p.max_new_tokens <= 0) {
+        raise(DIFFGEMMA_ERR_INVALID_ARGUMENT, "max_new_tokens must be positive, got %d", p.max_new_tokens);
+    }
+}
+
+// Per-position statistics of one step, computed in parallel over positions (each row is independent).
+void step_stats(const float * lg, int32_t C, int32_t V, const float * uniforms, int n_threads, std::vector<RowStats> & out) {
+    out.resize(static_cast<size_t>(C));
+    auto work = [&](int32_t begin, int32_t end) {
+        for (int32_t j = begin; j < end; ++j) {
+            const float u = uniforms ? uniforms[j] : 0.0f;
+            if (!row_stats(lg + static_cast<size_t>(j) * V, V, 1.0f, u, &out[static_cast<size_t>(j)])) {
+                out[static_cast<size_t>(j)].argmax = -1;
+            }
+        }
+    };
+    const int n = std::max(1, std::min<int>(n_threads, C));
+    std::vector<std::thread> threads;
+    const int32_t per = (C + n - 1) / n;
+    for (int t = 1; t < n; ++t) {
+        const int32_t b = t * per;
+        if (b < C) {
+            threads.emplace_back(work, b, std::min(C, b + per));
+        }
+    }
+    work(0, std::min(C, per));
+    for (auto & th : threads) {
+        th.join();
+    }
+    for (int32_t j = 0; j < C; ++j) {
+        if (out[static_cast<size_t>(j)].argmax < 0) {
+            raise(DIFFGEMMA_ERR_INTERNAL, "canvas position %d has no valid distribution (NaN or infinite logits)", j);
+        }
+    }
+}
+
+// Entropy-bound acceptance: sort entropies ascending, accept sorted position k while the sum of the
+// strictly earlier entropies is <= bound (so the most certain position is always accepted).
+std::vector<bool> accept_set(const std::vector<RowStats> & st, float bound) {
+    const size_t C = st.size();
+    std::vector<int32_t> order(C);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return st[a].entropy < st[b].entropy; });
+    std::vector<bool> accept(C, false);
+    float cumsum = 0.0f;  // float, like torch.cumsum on f32
+    for (size_t k = 0; k < C; ++k) {
+        const float h = st[static_cast<size_t>(order[k])].entropy;
+        cumsum += h;
+        if (cumsum - h <= bound) {
+            accept[static_cast<size_t>(order[k])] = true;
+        }
+    }
+    return accept;
+}
+
+}  // namespace
+
+// Denoises one canvas; returns the argmax canvas of the last executed step and the steps used.
+int32_t denoise_canvas(diffgemma_context * c, const diffgemma_sampler_params & p, const diffgemma_replay * replay,
+                       int32_t block, diffgemma_step_callback on_step, void * user_data, int32_t * out_canvas) {
+    const HParams & hp = c->model->hp;
+    const int32_t C = hp.canvas_length;
+    const int32_t V = hp.n_vocab;
+    const int32_t N = p.steps;
+    if (replay != nullptr) {
+        if (block >= replay->n_blocks || replay->init == nullptr) {
+            raise(DIFFGEMMA_ERR_INVALID_ARGUMENT, "replay covers %d blocks, block %d was requested", replay->n_blocks, block);
+        }
+        if (replay->n_steps < N || replay->sampled == nullptr || replay->renoise == nullptr) {
+            raise(DIFFGEMMA_ERR_INVALID_ARGUMENT, "replay covers %d steps per block, but up to %d steps may run", replay->n_steps, N);
+        }
+    }
+    const size_t CV = static_cast<size_t>(C) * static_cast<size_t>(V);
+    std::vector<int32_t> canvas(static_cast<size_t>(C));
+    for (int32_t i = 0; i < C; ++i) {
+        canvas[static_cast<size_t>(i)] = replay ? replay->init[static_cast<size_t>(block) * C + i] : draw_token(c->rng, V);
+    }
+    std::vector<float> logits(CV), sc(CV);
+    bool have_sc = false;
+    std::vector<std::vector<int32_t>> history;  // the last k argmax canvases
+    std::vector<int32_t> argmax(static_cast<size_t>(C));
+    std::vector<float> uniforms(static_cast<size_t>(C));
+    std::vector<RowStats> st;
+    int32_t steps = 0;
+    for (int32_t n = N; n >= 1; --n, ++steps) {
+        if (c->cancel.load()) {
+            raise(DIFFGEMMA_ERR_CANCELLED, "generation cancelled before step %d of block %d", steps + 1, block);
+        }
+        decoder_pass(c, canvas.data(), have_sc ? sc.data() : nullptr, 1.0f, logits.data());
+        // Processed logits lg = raw / T (a true division, as HF does), reused as the next step's SC input.
+        const float T = static_cast<float>(p.t_min + (static_cast<double>(p.t_max) - p.t_min) * n / N);
+        for (size_t i = 0; i < CV; ++i) {
+            logits[i] = logits[i] / T;
+        }
+        const size_t step_offset = (static_cast<size_t>(block) * (replay ? replay->n_steps : 0) + static_cast<size_t>(steps)) * C;
+        if (replay == nullptr) {
+            for (auto & u : uniforms) {
+                u = draw_uniform(c->rng);
+            }
+        }
+        step_stats(logits.data(), C, V, replay ? nullptr : uniforms.data(), c->n_threads, st);
+        const std::vector<bool> accept = accept_set(st, p.entropy_bound);
+        double mean_entropy = 0.0;
+        for (int32_t j = 0; j < C; ++j) {
+            const size_t js = static_cast<size_t>(j);
+            argmax[js] = st[js].argmax;
+            mean_entropy += st[js].entropy;
+            const int32_t sampled = replay ? replay->sampled[step_offset + js] : st[js].sampled;
+            // The renoise draw happens for every position (as in HF), whether or not it is used.
+            const int32_t noise = replay ? replay->renoise[step_offset + js] : draw_token(c->rng, V);
+            canvas[js] = accept[js] ? sampled : noise;
+        }
+        mean_entropy /= C;
+        const int32_t k = p.stability_threshold;
+        bool stable = k == 0;
+        if (k > 0 && static_cast<int32_t>(history.size()) == k) {
+            stable = std::all_of(history.begin(), history.end(), [&](const std::vector<int32_t> & h) { return h == argmax; });
+        }
+        if (k > 0) {
+            history.push_back(argmax);
+            if (static_cast<int32_t>(history.size()) > k) {
+                history.erase(history.begin());
+            }
+        }
+        std::swap(sc, logits);
+        have_sc = true;
+        if (on_step != nullptr && on_step(block, steps + 1, N, argmax.data(), C, user_data) != 0) {
+            raise(DIFFGEMMA_ERR_CANCELLED, "generation cancelled by the step callback at step %d of block %d", steps + 1, block);
+        }
+        if (stable && static_cast<float>(mean_entropy) < p.confidence_threshold) {
+            ++steps;
+            break;
+        }
+    }
+    std::copy(argmax.begin(), argmax.end(), out_canvas);
+    return steps;
+}
+
+}  // namespace dg
+
+namespace dg {
+
+void prefill(diffgemma_context * c, const int32_t * prompt, int32_t n_prompt) {
+    if (n_prompt <= 0) {
+        raise(DIFFGEMMA_ERR_INVALID_ARGUMENT, "the prompt is empty (it must hold at least the BOS token)");
+    }
+    size_t common = 0;
+    while (common < c->cached_tokens.size() && common < static_cast<size_t>(n_prompt) &&
+           c->cached_tokens[common] == prompt[common]) {
+        ++common;
+    }
+    if (common == static_cast<size_t>(n_prompt)) {
+        --common;  // re-encode the last token so the cache ends exactly at the prompt
+    }
+    c->n_past = static_cast<int32_t>(common);
+    c->cached_tokens.resize(common);
+    encode_tokens(c, prompt + common, n_prompt - static_cast<int32_t>(common));
+}
+
+}  // namespace dg
+
+extern "C" {
+
+int32_t diffgemma_prefill(diffgemma_context * ctx, const int32_t * prompt, int32_t n_prompt) {
+    if (ctx == nullptr || prompt == nullptr || n_prompt < 0) {
+        return dg::fail(DIFFGEMMA_ERR_INVALID_ARGUMENT, "diffgemma_prefill: bad arguments");
+    }
+    dg::BusyGuard guard(ctx);
+    if (!guard.acquired()) {
+        return dg::fail(DIFFGEMMA_ERR_BUSY, "the context is in use by another thread (one call at a time per context)");
+    }
+    ctx->cancel.store(false);
+    return dg::guard([&]() -> int32_t {
+        dg::prefill(ctx, prompt, n_prompt);
+        return DIFFGEMMA_OK;
+    });
+}
+
+int32_t diffgemma_denoise(diffgemma_context * ctx, const diffgemma_sampler_params * params, const diffgemma_replay * replay,
+                          int32_t block, diffgemma_step_callback on_step, void * user_data, int32_t * out_canvas,
+                          int32_t * out_steps) {
+    if (ctx == nullptr || params == nullptr || out_canvas == nullptr || block < 0) {
+        return dg::fail(DIFFGEMMA_ERR_INVALID_ARGUMENT, "diffgemma_denoise: ctx, params and out_canvas must not be NULL");
+    }
+    dg::BusyGuard guard(ctx);
+    if (!guard.acquired()) {
+        return dg::fail(DIFFGEMMA_ERR_BUSY, "the context is in use by another thread (one call at a time per context)");
+    }
+    ctx->cancel.store(false);
+    return dg::guard([&]() -> int32_t {
+        dg::check_params(*params);
+        const int32_t steps = dg::denoise_canvas(ctx, *params, replay, block, on_step, user_data, out_canvas);
+        if (out_steps != nullptr) {
+            *out_steps = steps;
+        }
+        return DIFFGEMMA_OK;
+    });
+}
+
+int32_t diffgemma_generate(diffgemma_context * ctx, const int32_t * prompt, int32_t n_prompt,
+                           const diffgemma_sampler_params * params, const diffgemma_replay * replay,
+                           diffgemma_step_callback on_step, void * user_data, int32_t * out_tokens, size_t out_capacity,
+                           size_t * n_out, int32_t * out_steps_total) {
+    if (ctx == nullptr || params == nullptr || n_out == nullptr || (prompt == nullptr && n_prompt > 0) || n_prompt < 0) {
+        return dg::fail(DIFFGEMMA_ERR_INVALID_ARGUMENT, "diffgemma_generate: bad arguments");
+    }
+    *n_out = 0;
+    dg::BusyGuard guard(ctx);
+    if (!guard.acquired()) {
+        return dg::fail(DIFFGEMMA_ERR_BUSY, "the context is in use by another thread (one call at a time per context)");
+    }
+    ctx->cancel.store(false);
+    return dg::guard([&]() -> int32_t {
+        const dg::HParams & hp = ctx->model->hp;
+        const int32_t C = hp.canvas_length;
+        const diffgemma_sampler_params & p = *params;
+        dg::check_params(p);
+        const int32_t n_blocks = (p.max_new_tokens + C - 1) / C;
+        const int64_t needed = static_cast<int64_t>(n_prompt) + static_cast<int64_t>(n_blocks) * C;
+        if (needed > ctx->kv.n_ctx()) {
+            dg::raise(DIFFGEMMA_ERR_CONTEXT_OVERFLOW,
+                      "prompt (%d tokens) + %d canvas(es) x %d = %lld positions exceed n_ctx = %d (hint: a larger n_ctx or "
+                      "fewer max_new_tokens)", n_prompt, n_blocks, C, static_cast<long long>(needed), ctx->kv.n_ctx());
+        }
+        if (out_capacity < static_cast<size_t>(n_blocks) * C || (out_tokens == nullptr && n_blocks > 0)) {
+            *n_out = static_cast<size_t>(n_blocks) * C;
+            dg::raise(DIFFGEMMA_ERR_BUFFER_TOO_SMALL, "the output buffer holds %zu tokens, %d canvas(es) need %d", out_capacity,
+                      n_blocks, n_blocks * C);
+        }
+        ctx->rng.seed(p.seed);
+        dg::prefill(ctx, prompt, n_prompt);
+
+        const diffgemma_vocab * vocab = ctx->model->vocab.get();
+        const int32_t pad = vocab && vocab->pad() >= 0 ? vocab->pad() : 0;
+        int32_t total_steps = 0;
+        size_t produced = 0;
+        for (int32_t b = 0; b < n_blocks; ++b) {
+            if (b > 0) {
+                dg::encode_tokens(ctx, out_tokens + produced - C, C);
+            }
+            int32_t * block = out_tokens + produced;
+            total_steps += dg::denoise_canvas(ctx, p, replay, b, on_step, user_data, block);
+            produced += static_cast<size_t>(C);
+            bool finished = false;
+            for (int32_t i = 0; i < C; ++i) {
+                if (finished) {
+                    block[i] = pad;
+                } else if (vocab != nullptr && vocab->is_eog(block[i])) {
+                    finished = true;
+                }
+            }
+            if (finished) {
+                break;
+            }
+        }
+        *n_out = produced;
+        if (out_steps_total != nullptr) {
+            *out_steps_total = total_steps;
+        }
+        return DIFFGEMMA_OK;
+    });
+}
+
+}  // extern "C"

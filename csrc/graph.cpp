@@ -1,0 +1,197 @@
+#include "graph.h"
+
+#include <cmath>
+#include <limits>
+
+namespace dg {
+
+int32_t swa_first_key(const HParams & hp, int32_t n_past) { return std::max<int32_t>(0, n_past - (hp.n_swa - 1)); }
+
+void fill_encoder_mask(float * mask, int32_t key_begin, int32_t n_past, int32_t n_tokens, int32_t window) {
+    const int32_t n_keys = n_past + n_tokens - key_begin;
+    const float neg_inf = -std::numeric_limits<float>::infinity();
+    for (int32_t t = 0; t < n_tokens; ++t) {
+        const int32_t q = n_past + t;
+        for (int32_t j = 0; j < n_keys; ++j) {
+            const int32_t k = key_begin + j;
+            const bool visible = k <= q && (window <= 0 || k > q - window);
+            mask[static_cast<size_t>(t) * n_keys + j] = visible ? 0.0f : neg_inf;
+        }
+    }
+}
+
+ggml_tensor * GraphBuilder::rms(ggml_tensor * x, ggml_tensor * weight) {
+    ggml_tensor * y = ggml_rms_norm(ctx, x, hp.rms_eps);
+    return weight != nullptr ? ggml_mul(ctx, y, weight) : y;
+}
+
+// gelu with the tanh approximation, from exact element-wise ops: ggml_gelu on the CPU reads an f16 table,
+// whose ~1e-3 relative error would show in HF parity.
+ggml_tensor * GraphBuilder::gelu_tanh(ggml_tensor * x) {
+    const float c = 0.7978845608028654f;  // sqrt(2/pi)
+    ggml_tensor * x3 = ggml_mul(ctx, ggml_sqr(ctx, x), x);
+    ggml_tensor * inner = ggml_add(ctx, x, ggml_scale(ctx, x3, 0.044715f));
+    ggml_tensor * t = ggml_tanh(ctx, ggml_scale(ctx, inner, c));
+    return ggml_mul(ctx, ggml_scale(ctx, x, 0.5f), ggml_scale_bias(ctx, t, 1.0f, 1.0f));
+}
+
+ggml_tensor * GraphBuilder::attention(int il, ggml_tensor * h, ggml_tensor * pos, int32_t n_past, bool encoder,
+                                      ggml_tensor * mask) {
+    const LayerWeights & l = w.layers[static_cast<size_t>(il)];
+    const int64_t D = hp.head_dim(il);
+    const int64_t n_kv = hp.n_head_kv[il];
+    const int64_t T = h->ne[1];
+    const bool swa = hp.is_swa[il];
+    ggml_tensor * freq_factors = swa ? nullptr : w.rope_freqs;
+    auto rope = [&](ggml_tensor * x) {
+        return ggml_rope_ext(ctx, x, pos, freq_factors, static_cast<int>(D), GGML_ROPE_TYPE_NEOX, 0, hp.rope_base(il),
+                             1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
+    };
+
+    ggml_tensor * q = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, l.wq, h), D, hp.n_head, T);
+    q = rope(rms(q, l.q_norm));
+    ggml_tensor * k_raw = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, l.wk, h), D, n_kv, T);
+    ggml_tensor * v_raw = l.wv != nullptr ? ggml_reshape_3d(ctx, ggml_mul_mat(ctx, l.wv, h), D, n_kv, T) : k_raw;
+    ggml_tensor * k = rope(rms(k_raw, l.k_norm));
+    ggml_tensor * v = rms(v_raw, nullptr);  // v_norm has no weight
+    if (kv.type() != GGML_TYPE_F32) {
+        k = ggml_cast(ctx, k, kv.type());
+        v = ggml_cast(ctx, v, kv.type());
+    }
+    if (encoder) {
+        ggml_build_forward_expand(gf, ggml_cpy(ctx, k, kv.k_view(ctx, il, n_past, n_past + static_cast<int32_t>(T))));
+        ggml_build_forward_expand(gf, ggml_cpy(ctx, v, kv.v_view(ctx, il, n_past, n_past + static_cast<int32_t>(T))));
+        if (il == hp.n_layer - 1) {
+            return nullptr;  // nothing reads the last layer's output in encoder mode
+        }
+    }
+    // Keys: the cached past this layer may see, then the current tokens (chunk or canvas).
+    const int32_t key_begin = swa ? swa_first_key(hp, n_past) : 0;
+    if (n_past > key_begin) {
+        k = ggml_concat(ctx, kv.k_view(ctx, il, key_begin, n_past), k, 2);
+        v = ggml_concat(ctx, kv.v_view(ctx, il, key_begin, n_past), v, 2);
+    }
+    ggml_tensor * qp = ggml_permute(ctx, q, 0, 2, 1, 3);                  // [D, T, H]
+    ggml_tensor * kp = ggml_permute(ctx, k, 0, 2, 1, 3);                  // [D, Nk, Hkv]
+    ggml_tensor * kq = ggml_mul_mat(ctx, kp, qp);                         // [Nk, T, H]; GQA by broadcast
+    kq = ggml_soft_max_ext(ctx, kq, mask, 1.0f, 0.0f);                    // scale 1.0: q/k are normalised
+    ggml_tensor * vt = ggml_cont(ctx, ggml_permute(ctx, v, 1, 2, 0, 3));  // [Nk, D, Hkv]
+    ggml_tensor * out = ggml_mul_mat(ctx, vt, kq);                        // [D, T, H]
+    out = ggml_cont_2d(ctx, ggml_permute(ctx, out, 0, 2, 1, 3), D * hp.n_head, T);
+    return ggml_mul_mat(ctx, l.wo, out);
+}
+
+ggml_tensor * GraphBuilder::dense_ffn(int il, ggml_tensor * r) {
+    const LayerWeights & l = w.layers[static_cast<size_t>(il)];
+    ggml_tensor * h = rms(r, l.ffn_norm);
+    ggml_tensor * act = ggml_mul(ctx, gelu_tanh(ggml_mul_mat(ctx, l.ffn_gate, h)), ggml_mul_mat(ctx, l.ffn_up, h));
+    return rms(ggml_mul_mat(ctx, l.ffn_down, act), l.post_ffw_norm_1);
+}
+
+ggml_tensor * GraphBuilder::moe(int il, ggml_tensor * r) {
+    const LayerWeights & l = w.layers[static_cast<size_t>(il)];
+    const int64_t T = r->ne[1];
+    const int k = hp.n_expert_used;
+    const int64_t F = hp.n_ff_exp;
+
+    // Router on the un-normalised residual: rms(r) * scale / sqrt(n_embd).
+    ggml_tensor * z = ggml_scale(ctx, ggml_mul(ctx, ggml_rms_norm(ctx, r, hp.rms_eps), l.gate_inp_scale),
+                                 1.0f / std::sqrt(static_cast<float>(hp.n_embd)));
+    ggml_tensor * probs = ggml_soft_max(ctx, ggml_mul_mat(ctx, l.gate_inp, z));   // [E, T]
+    ggml_tensor * ids = ggml_cont(ctx, ggml_top_k(ctx, probs, k));                 // [k, T] i32
+    ggml_tensor * weights = ggml_get_rows(ctx, ggml_reshape_3d(ctx, probs, 1, hp.n_expert, T), ids);  // [1, k, T]
+    weights = ggml_reshape_2d(ctx, weights, k, T);
+    weights = ggml_div(ctx, weights, ggml_sum_rows(ctx, weights));
+    ggml_tensor * expert_scale = ggml_get_rows(ctx, ggml_reshape_2d(ctx, l.down_exps_scale, 1, hp.n_expert),
+                                               ggml_reshape_1d(ctx, ids, k * T));  // [1, k*T]
+    weights = ggml_mul(ctx, weights, ggml_reshape_2d(ctx, expert_scale, k, T));
+    weights = ggml_reshape_3d(ctx, weights, 1, k, T);
+
+    ggml_tensor * x = ggml_reshape_3d(ctx, rms(r, l.pre_ffw_norm_2), hp.n_embd, 1, T);
+    ggml_tensor * gate;
+    ggml_tensor * up;
+    if (l.gate_up_exps != nullptr) {
+        ggml_tensor * gu = ggml_mul_mat_id(ctx, l.gate_up_exps, x, ids);  // [2F, k, T], gate rows first
+        gate = ggml_cont(ctx, ggml_view_3d(ctx, gu, F, k, T, gu->nb[1], gu->nb[2], 0));
+        up = ggml_cont(ctx, ggml_view_3d(ctx, gu, F, k, T, gu->nb[1], gu->nb[2], static_cast<size_t>(F) * gu->nb[0]));
+    } else {
+        gate = ggml_mul_mat_id(ctx, l.gate_exps, x, ids);
+        up = ggml_mul_mat_id(ctx, l.up_exps, x, ids);
+    }
+    ggml_tensor * act = ggml_mul(ctx, gelu_tanh(gate), up);                      // [F, k, T]
+    ggml_tensor * y = ggml_mul(ctx, ggml_mul_mat_id(ctx, l.down_exps, act, ids), weights);  // [E, k, T]
+    ggml_tensor * sum = nullptr;
+    for (int j = 0; j < k; ++j) {
+        ggml_tensor * part = ggml_view_2d(ctx, y, hp.n_embd, T, y->nb[2], static_cast<size_t>(j) * y->nb[1]);
+        sum = sum == nullptr ? part : ggml_add(ctx, sum, part);
+    }
+    if (k == 1) {
+        sum = ggml_cont(ctx, sum);
+    }
+    return rms(sum, l.post_ffw_norm_2);
+}
+
+ggml_tensor * GraphBuilder::layer(int il, ggml_tensor * x, ggml_tensor * pos, int32_t n_past, bool encoder,
+                                  ggml_tensor * mask) {
+    const LayerWeights & l = w.layers[static_cast<size_t>(il)];
+    ggml_tensor * a = attention(il, rms(x, l.attn_norm), pos, n_past, encoder, mask);
+    if (a == nullptr) {
+        return nullptr;
+    }
+    ggml_tensor * r = ggml_add(ctx, x, rms(a, l.post_attn_norm));
+    ggml_tensor * ffn = ggml_add(ctx, dense_ffn(il, r), moe(il, r));
+    ggml_tensor * out = ggml_add(ctx, r, rms(ffn, l.post_ffw_norm));
+    return ggml_mul(ctx, out, encoder ? l.enc_scale : l.dec_scale);
+}
+
+GraphInputs GraphBuilder::build_encoder(int32_t n_past, int32_t n_tokens) {
+    GraphInputs in;
+    in.ids = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n_tokens);
+    in.pos = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n_tokens);
+    const int32_t n_keys_full = n_past + n_tokens;
+    const int32_t n_keys_swa = n_past + n_tokens - swa_first_key(hp, n_past);
+    in.mask_full = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, n_keys_full, n_tokens);
+    in.mask_swa = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, n_keys_swa, n_tokens);
+    for (ggml_tensor * t : {in.ids, in.pos, in.mask_full, in.mask_swa}) {
+        ggml_set_input(t);
+    }
+    ggml_tensor * x = ggml_scale(ctx, ggml_get_rows(ctx, w.tok_embd, in.ids), hp.embed_scale);
+    for (int il = 0; il < hp.n_layer && x != nullptr; ++il) {
+        x = layer(il, x, in.pos, n_past, true, hp.is_swa[il] ? in.mask_swa : in.mask_full);
+    }
+    return in;
+}
+
+GraphInputs GraphBuilder::build_decoder(int32_t n_past, int32_t n_canvas, bool with_sc, float sc_scale) {
+    GraphInputs in;
+    in.ids = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n_canvas);
+    in.pos = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n_canvas);
+    ggml_set_input(in.ids);
+    ggml_set_input(in.pos);
+    ggml_tensor * x = ggml_scale(ctx, ggml_get_rows(ctx, w.tok_embd, in.ids), hp.embed_scale);
+    if (with_sc && w.sc_gate != nullptr) {
+        in.sc_logits = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, hp.n_vocab, n_canvas);
+        ggml_set_input(in.sc_logits);
+        ggml_tensor * probs = ggml_soft_max_ext(ctx, in.sc_logits, nullptr, sc_scale, 0.0f);   // [V, C]
+        if (w.embd_t->type != GGML_TYPE_F32) {
+            probs = ggml_cast(ctx, probs, w.embd_t->type);
+        }
+        ggml_tensor * soft = ggml_scale(ctx, ggml_mul_mat(ctx, w.embd_t, probs), hp.embed_scale);  // [n_embd, C]
+        ggml_tensor * u = rms(soft, w.sc_pre_norm);
+        ggml_tensor * act = ggml_mul(ctx, gelu_tanh(ggml_mul_mat(ctx, w.sc_gate, u)), ggml_mul_mat(ctx, w.sc_up, u));
+        x = ggml_add(ctx, x, ggml_mul_mat(ctx, w.sc_down, act));
+    }
+    x = rms(x, nullptr);  // self_conditioning.post_norm (no weight), applied on every step
+    for (int il = 0; il < hp.n_layer; ++il) {
+        x = layer(il, x, in.pos, n_past, false, nullptr);
+    }
+    x = rms(x, w.output_norm);
+    ggml_tensor * logits = ggml_mul_mat(ctx, w.tok_embd, x);  // tied head: [V, C]
+    logits = ggml_scale(ctx, ggml_tanh(ctx, ggml_scale(ctx, logits, 1.0f / hp.softcap)), hp.softcap);
+    ggml_set_output(logits);
+    in.logits = logits;
+    ggml_build_forward_expand(gf, logits);
+    return in;
+}
+
+}  // namespace dg

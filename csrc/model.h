@@ -1,0 +1,74 @@
+// Internal definitions of the opaque diffgemma_model and diffgemma_context handles.
+#pragma once
+
+#include "diffgemma.h"
+#include "hparams.h"
+#include "kv_cache.h"
+#include "weights.h"
+
+#include "ggml-backend.h"
+
+#include <atomic>
+#include <memory>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+struct gguf_context;
+
+struct diffgemma_vocab;
+
+struct diffgemma_model {
+    std::string path;
+    dg::HParams hp;
+    dg::Weights w;
+    dg::WeightStore store;
+    gguf_context * gguf = nullptr;       // metadata (kept for diffgemma_model_meta_*)
+    ggml_context * meta_ctx = nullptr;   // tensor descriptors bound to the mapping
+    std::unique_ptr<diffgemma_vocab> vocab;  // nullptr when the GGUF has no tokenizer
+    std::vector<std::pair<std::string, std::string>> meta;  // metadata rendered as strings
+    ~diffgemma_model();
+};
+
+struct diffgemma_context {
+    diffgemma_model * model = nullptr;
+    ggml_backend_t cpu = nullptr;
+    ggml_backend_sched_t sched = nullptr;
+    dg::KvCache kv;
+    int32_t n_past = 0;
+    int32_t n_batch = 512;
+    int32_t n_threads = 1;
+    std::vector<int32_t> cached_tokens;   // the ids whose K/V are in the cache, in order (prefix reuse)
+    std::vector<uint8_t> graph_meta;      // storage for graph-building contexts
+    std::mt19937_64 rng;
+    std::atomic<bool> busy{false};
+    std::atomic<bool> cancel{false};
+    ~diffgemma_context();
+};
+
+namespace dg {
+
+// Marks a context busy for the duration of an API call; a second thread gets DIFFGEMMA_ERR_BUSY.
+class BusyGuard {
+  public:
+    explicit BusyGuard(diffgemma_context * ctx);
+    ~BusyGuard();
+    bool acquired() const { return acquired_; }
+
+  private:
+    diffgemma_context * ctx_;
+    bool acquired_ = false;
+};
+
+// Compute pieces shared by the C API entry points (context.cpp, generate.cpp). All throw dg::Error.
+void encode_tokens(diffgemma_context * ctx, const int32_t * tokens, int32_t n_tokens);
+void decoder_pass(diffgemma_context * ctx, const int32_t * canvas, const float * sc_logits, float sc_scale,
+                  float * out_logits);
+
+// Uniform draws with a fixed algorithm (std::uniform_*_distribution differs between C++ libraries, and the
+// same seed must give the same tokens everywhere).
+int32_t draw_token(std::mt19937_64 & rng, int32_t n_vocab);
+float draw_uniform(std::mt19937_64 & rng);
+
+}  // namespace dg

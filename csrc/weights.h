@@ -1,0 +1,80 @@
+// The model's tensors: created from the GGUF's tensor infos with their expected shapes, backed by the
+// memory-mapped file (CPU) so loading costs no copy.
+#pragma once
+
+#include "hparams.h"
+
+#include "ggml-backend.h"
+#include "ggml.h"
+
+#include <string>
+#include <vector>
+
+struct gguf_context;
+
+namespace dg {
+
+struct LayerWeights {
+    ggml_tensor * attn_norm = nullptr;        // [n_embd]
+    ggml_tensor * wq = nullptr;               // [n_embd, n_head*D]
+    ggml_tensor * wk = nullptr;               // [n_embd, n_kv*D]
+    ggml_tensor * wv = nullptr;               // [n_embd, n_kv*D]; nullptr on full layers (V = raw K projection)
+    ggml_tensor * wo = nullptr;               // [n_head*D, n_embd]
+    ggml_tensor * q_norm = nullptr;           // [D]
+    ggml_tensor * k_norm = nullptr;           // [D]
+    ggml_tensor * post_attn_norm = nullptr;   // [n_embd]
+    ggml_tensor * ffn_norm = nullptr;         // [n_embd]  pre-norm of the dense MLP
+    ggml_tensor * ffn_gate = nullptr;         // [n_embd, n_ff]
+    ggml_tensor * ffn_up = nullptr;           // [n_embd, n_ff]
+    ggml_tensor * ffn_down = nullptr;         // [n_ff, n_embd]
+    ggml_tensor * post_ffw_norm_1 = nullptr;  // [n_embd]  after the dense MLP
+    ggml_tensor * gate_inp = nullptr;         // [n_embd, n_expert] router
+    ggml_tensor * gate_inp_scale = nullptr;   // [n_embd] router input scale
+    ggml_tensor * pre_ffw_norm_2 = nullptr;   // [n_embd]  experts' input norm
+    ggml_tensor * gate_up_exps = nullptr;     // [n_embd, 2*n_ff_exp, n_expert] gate rows first; or split:
+    ggml_tensor * gate_exps = nullptr;        // [n_embd, n_ff_exp, n_expert]
+    ggml_tensor * up_exps = nullptr;          // [n_embd, n_ff_exp, n_expert]
+    ggml_tensor * down_exps = nullptr;        // [n_ff_exp, n_embd, n_expert]
+    ggml_tensor * down_exps_scale = nullptr;  // [n_expert] per-expert output scale
+    ggml_tensor * post_ffw_norm_2 = nullptr;  // [n_embd]  after the MoE
+    ggml_tensor * post_ffw_norm = nullptr;    // [n_embd]  after dense + MoE
+    ggml_tensor * dec_scale = nullptr;        // [1] decoder (canvas) layer scalar
+    ggml_tensor * enc_scale = nullptr;        // [1] encoder (clean tokens) layer scalar
+};
+
+struct Weights {
+    ggml_tensor * tok_embd = nullptr;      // [n_embd, n_vocab]; also the tied LM head
+    ggml_tensor * output_norm = nullptr;   // [n_embd]
+    ggml_tensor * rope_freqs = nullptr;    // [head_dim_full/2] or nullptr (then full layers rotate fully)
+    ggml_tensor * sc_pre_norm = nullptr;   // self-conditioning MLP; all four or none
+    ggml_tensor * sc_gate = nullptr;       // [n_embd, n_ff]
+    ggml_tensor * sc_up = nullptr;         // [n_embd, n_ff]
+    ggml_tensor * sc_down = nullptr;       // [n_ff, n_embd]
+    ggml_tensor * embd_t = nullptr;        // [n_vocab, n_embd] transposed copy of tok_embd for probs @ E (ours)
+    std::vector<LayerWeights> layers;
+};
+
+// Owns the mapping, the ggml contexts and buffers behind Weights.
+class WeightStore {
+  public:
+    WeightStore() = default;
+    WeightStore(const WeightStore &) = delete;
+    WeightStore & operator=(const WeightStore &) = delete;
+    ~WeightStore();
+
+    // Maps `path`, binds every tensor of `meta_ctx` (created by gguf_init_from_file with no_alloc) to the
+    // mapping, and fills `w` with the expected tensors (shape- and type-checked). Throws dg::Error.
+    void load(const std::string & path, gguf_context * gguf, ggml_context * meta_ctx, HParams & hp, Weights & w,
+              int n_threads);
+
+    size_t mapped_bytes() const { return map_size_; }
+
+  private:
+    void * map_ = nullptr;
+    size_t map_size_ = 0;
+    ggml_backend_buffer_t weights_buf_ = nullptr;
+    ggml_context * derived_ctx_ = nullptr;
+    ggml_backend_buffer_t derived_buf_ = nullptr;
+};
+
+}  // namespace dg

@@ -1,0 +1,325 @@
+"""``Model``: a loaded DiffusionGemma GGUF plus one generation context (KV cache), over the C library.
+
+    from diffgemma_cpp import Model
+    with Model("m.gguf") as m:
+        ids = m.generate_ids(m.tokenize("Hello"), max_new_tokens=256, seed=1)
+        print(m.create_completion("Hello", max_tokens=256)["choices"][0]["text"])
+
+Seeds: an explicit ``seed`` (per call, or the Model's) makes generation deterministic across runs and
+thread counts; ``seed=None`` everywhere draws a fresh seed per call.
+
+Thread contract: see ``diffgemma_cpp.completion`` (one generation at a time per Model; a concurrent call
+raises ``ModelBusyError``; ``cancel()`` is safe from any thread).
+"""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from . import errors
+from ._native import check, ffi, lib, string
+from .completion import CompletionMixin
+from .tokenizer import Tokenizer
+
+__all__ = ["Model", "Block"]
+
+_KV_TYPES = {"f32": lib.DIFFGEMMA_KV_F32, "f16": lib.DIFFGEMMA_KV_F16}
+_SAMPLER_FIELDS = ("t_min", "t_max", "entropy_bound", "stability_threshold", "confidence_threshold")
+
+
+@dataclass
+class Block:
+    """One committed canvas: ids cut after the first EOS (EOS excluded), whether EOS ended generation,
+    and the denoising steps it took."""
+
+    ids: list
+    eos: bool
+    steps: int
+
+
+class _StepRelay:
+    """Carries a Python on_step callable through C and brings its exception back out."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.error: BaseException | None = None
+
+
+@ffi.def_extern()
+def _dg_py_step_callback(block, step, n_steps, canvas, canvas_length, user_data):
+    relay = ffi.from_handle(user_data)
+    try:
+        if relay.fn is not None:
+            relay.fn(step, n_steps, list(ffi.unpack(canvas, canvas_length)))
+        return 0
+    except BaseException as exc:  # includes KeyboardInterrupt: Ctrl-C cancels within one step
+        relay.error = exc
+        return 1
+
+
+def _ids(values, what: str):
+    arr = np.ascontiguousarray(np.asarray(list(values) if not isinstance(values, np.ndarray) else values, dtype=np.int64))
+    if arr.ndim != 1:
+        raise errors.InvalidArgumentError(f"{what} must be a 1-D sequence of token ids, got shape {arr.shape}")
+    if arr.size and (arr.min() < -(2**31) or arr.max() >= 2**31):
+        raise errors.InvalidArgumentError(f"{what} holds ids outside the int32 range")
+    return np.ascontiguousarray(arr, dtype=np.int32)
+
+
+class Model(CompletionMixin):
+    """A DiffusionGemma GGUF loaded for generation (weights memory-mapped, one KV cache)."""
+
+    def __init__(self, model_path, *, n_gpu_layers: int = 0, n_threads: int | None = None, n_ctx: int | None = None,
+                 n_batch: int | None = None, seed: int | None = None, kv_type: str = "f32", verbose: bool = False):
+        self._model = None
+        self._ctx = None
+        self.model_path = str(model_path)
+        if not Path(model_path).is_file():
+            raise errors.ModelFileError(f"no such model file: {model_path}")
+        if kv_type not in _KV_TYPES:
+            raise errors.InvalidArgumentError(f"kv_type must be one of {sorted(_KV_TYPES)}, got {kv_type!r}")
+        for name, value in (("n_threads", n_threads), ("n_ctx", n_ctx), ("n_batch", n_batch)):
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise errors.InvalidArgumentError(f"{name} must be a positive integer or None, got {value!r}")
+        self.verbose = verbose
+        self.seed = seed
+        mp = ffi.new("diffgemma_model_params *")
+        lib.diffgemma_model_default_params(mp)
+        mp.n_gpu_layers = n_gpu_layers
+        mp.n_threads = n_threads or 0
+        out = ffi.new("diffgemma_model **")
+        check(lib.diffgemma_model_load(self.model_path.encode(), mp, out))
+        self._model = out[0]
+        cp = ffi.new("diffgemma_context_params *")
+        lib.diffgemma_context_default_params(cp)
+        cp.n_ctx = n_ctx or 0
+        cp.n_batch = n_batch or 0
+        cp.n_threads = n_threads or 0
+        cp.kv_type = _KV_TYPES[kv_type]
+        cout = ffi.new("diffgemma_context **")
+        try:
+            check(lib.diffgemma_context_new(self._model, cp, cout))
+        except BaseException:
+            self.close()
+            raise
+        self._ctx = cout[0]
+        vocab = lib.diffgemma_model_get_vocab(self._model)
+        self.tokenizer = Tokenizer(vocab, owner=self) if vocab != ffi.NULL else None
+        self.metadata = {string(lib.diffgemma_model_meta_key(self._model, i)): string(lib.diffgemma_model_meta_value(self._model, i))
+                         for i in range(lib.diffgemma_model_meta_count(self._model))}
+
+    # ---- lifetime -------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Free the context and the weights now (idempotent)."""
+        if getattr(self, "_ctx", None) is not None:
+            lib.diffgemma_context_free(self._ctx)
+            self._ctx = None
+        if getattr(self, "_model", None) is not None:
+            lib.diffgemma_model_free(self._model)
+            self._model = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
+
+    @property
+    def _c(self):
+        if self._ctx is None:
+            raise errors.InvalidArgumentError("this Model is closed")
+        return self._ctx
+
+    # ---- facts ------------------------------------------------------------------------------------
+    n_vocab = property(lambda self: lib.diffgemma_model_n_vocab(self._model))
+    n_embd = property(lambda self: lib.diffgemma_model_n_embd(self._model))
+    n_layer = property(lambda self: lib.diffgemma_model_n_layer(self._model))
+    canvas_length = property(lambda self: lib.diffgemma_model_canvas_length(self._model))
+    n_ctx = property(lambda self: lib.diffgemma_n_ctx(self._c))
+    n_past = property(lambda self: lib.diffgemma_n_past(self._c), doc="positions in the KV cache")
+
+    @property
+    def chat_template(self) -> str | None:
+        return self.metadata.get("tokenizer.chat_template")
+
+    @property
+    def eos_ids(self) -> list:
+        return list(self.tokenizer.eog_ids) if self.tokenizer else []
+
+    def _require_tokenizer(self) -> Tokenizer:
+        if self.tokenizer is None:
+            raise errors.UnsupportedModelError(f"{self.model_path} has no tokenizer (tokenizer.ggml.* keys)")
+        return self.tokenizer
+
+    def tokenize(self, text, add_bos: bool = True, special: bool = True) -> list:
+        return self._require_tokenizer().tokenize(text, add_bos=add_bos, special=special)
+
+    def detokenize(self, ids) -> bytes:
+        return self._require_tokenizer().detokenize(list(ids))
+
+    # ---- low-level passes (tests, tools) -----------------------------------------------------------
+    def reset(self) -> None:
+        """Empty the KV cache."""
+        check(lib.diffgemma_kv_truncate(self._c, 0))
+
+    def encode(self, ids) -> None:
+        """Encoder pass: append clean tokens to the KV cache."""
+        arr = _ids(ids, "ids")
+        check(lib.diffgemma_encode(self._c, ffi.from_buffer("int32_t[]", arr), len(arr)))
+
+    def decoder_logits(self, canvas_ids, sc_logits=None) -> np.ndarray:
+        """Softcapped logits [canvas_length, n_vocab] of one decoder pass; the KV cache is unchanged.
+
+        sc_logits: None, or HF's ``self_conditioning_logits`` (the previous step's temperature-scaled
+        logits), shape [canvas_length, n_vocab]."""
+        C, V = self.canvas_length, self.n_vocab
+        canvas = _ids(canvas_ids, "canvas_ids")
+        if canvas.shape != (C,):
+            raise errors.InvalidArgumentError(f"canvas_ids must hold canvas_length={C} ids, got {canvas.shape[0]}")
+        sc_ptr = ffi.NULL
+        if sc_logits is not None:
+            sc = np.ascontiguousarray(np.asarray(sc_logits, dtype=np.float32))
+            if sc.shape == (1, C, V):
+                sc = sc[0]
+            if sc.shape != (C, V):
+                raise errors.InvalidArgumentError(f"sc_logits must have shape ({C}, {V}), got {sc.shape}")
+            sc_ptr = ffi.from_buffer("float[]", sc)
+        out = np.empty((C, V), dtype=np.float32)
+        check(lib.diffgemma_decoder_logits(self._c, ffi.from_buffer("int32_t[]", canvas), sc_ptr,
+                                           ffi.from_buffer("float[]", out)))
+        return out
+
+    # ---- generation ------------------------------------------------------------------------------
+    def _sampler_params(self, max_new_tokens, steps, seed, overrides: dict):
+        p = ffi.new("diffgemma_sampler_params *")
+        lib.diffgemma_sampler_default_params(self._model, p)
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
+            raise errors.InvalidArgumentError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        p.max_new_tokens = max_new_tokens
+        if steps is not None:
+            if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
+                raise errors.InvalidArgumentError(f"steps must be a positive integer, got {steps!r}")
+            p.steps = steps
+        for name in _SAMPLER_FIELDS:
+            value = overrides.get(name)
+            if value is not None:
+                setattr(p, name, value)
+        if seed is None:
+            seed = self.seed
+        if seed is None:
+            seed = int.from_bytes(os.urandom(8), "little")
+        if not isinstance(seed, int) or seed < 0:
+            raise errors.InvalidArgumentError(f"seed must be a non-negative integer, got {seed!r}")
+        p.seed = seed % (1 << 64)
+        return p
+
+    def _replay(self, replay, n_steps_max: int, keep: list):
+        """Pack {"init": [...], "sampled": [[...]], "renoise": [[...]]} (per block) into a diffgemma_replay."""
+        if replay is None:
+            return ffi.NULL
+        C = self.canvas_length
+        try:
+            init = np.asarray(replay["init"], dtype=np.int32).reshape(-1, C)
+            n_blocks = init.shape[0]
+            steps = max(len(b) for b in replay["sampled"])
+            sampled = np.zeros((n_blocks, steps, C), dtype=np.int32)
+            renoise = np.zeros((n_blocks, steps, C), dtype=np.int32)
+            for b in range(n_blocks):
+                s = np.asarray(replay["sampled"][b], dtype=np.int32).reshape(-1, C)
+                r = np.asarray(replay["renoise"][b], dtype=np.int32).reshape(-1, C)
+                sampled[b, : len(s)] = s
+                renoise[b, : len(r)] = r
+        except (KeyError, ValueError, TypeError) as exc:
+            raise errors.InvalidArgumentError(f"replay must be {{'init', 'sampled', 'renoise'}} per block of {C} ids: {exc}") from exc
+        # Steps the caller did not record were never executed by the reference; pad so the C side accepts them.
+        steps_needed = max(steps, n_steps_max)
+        if steps_needed > steps:
+            pad = np.zeros((n_blocks, steps_needed - steps, C), dtype=np.int32)
+            sampled = np.concatenate([sampled, pad], 1)
+            renoise = np.concatenate([renoise, pad], 1)
+        arrays = [np.ascontiguousarray(a) for a in (init, sampled, renoise)]
+        keep.extend(arrays)
+        r = ffi.new("diffgemma_replay *")
+        r.init = ffi.from_buffer("int32_t[]", arrays[0])
+        r.sampled = ffi.from_buffer("int32_t[]", arrays[1])
+        r.renoise = ffi.from_buffer("int32_t[]", arrays[2])
+        r.n_blocks = n_blocks
+        r.n_steps = steps_needed
+        keep.append(r)
+        return r
+
+    def generate_ids(self, prompt_ids, max_new_tokens: int = 256, steps: int | None = None, t_min=None, t_max=None,
+                     entropy_bound=None, stability_threshold=None, confidence_threshold=None, seed: int | None = None,
+                     replay=None, on_step: Callable | None = None) -> list:
+        """Prompt plus the committed canvases, exactly as HF's ``generate(...).sequences[0]`` (whole canvases;
+        after the first EOS the rest of its canvas is pad)."""
+        prompt = _ids(prompt_ids, "prompt_ids")
+        p = self._sampler_params(max_new_tokens, steps, seed, dict(t_min=t_min, t_max=t_max, entropy_bound=entropy_bound,
+                                                                 stability_threshold=stability_threshold,
+                                                                 confidence_threshold=confidence_threshold))
+        keep: list = []
+        rp = self._replay(replay, p.steps, keep)
+        C = self.canvas_length
+        cap = -(-p.max_new_tokens // C) * C
+        out = np.empty(cap, dtype=np.int32)
+        n_out = ffi.new("size_t *")
+        n_steps = ffi.new("int32_t *")
+        relay = _StepRelay(on_step)
+        handle = ffi.new_handle(relay)
+        status = lib.diffgemma_generate(self._c, ffi.from_buffer("int32_t[]", prompt), len(prompt), p, rp,
+                                        lib._dg_py_step_callback, handle, ffi.from_buffer("int32_t[]", out), cap, n_out,
+                                        n_steps)
+        if relay.error is not None:
+            raise relay.error
+        check(status)
+        self.last_steps = int(n_steps[0])
+        return prompt.tolist() + out[: n_out[0]].tolist()
+
+    def generate_blocks(self, prompt_ids, max_new_tokens: int = 256, steps: int | None = None, seed: int | None = None,
+                        t_min=None, t_max=None, entropy_bound=None, stability_threshold=None, confidence_threshold=None,
+                        on_step: Callable | None = None) -> Iterator[Block]:
+        """Yield each committed canvas as soon as it is denoised (see Block). The KV cache keeps the prompt
+        prefix between calls, so a chat's history is not re-encoded. Raises Cancelled after cancel()."""
+        prompt = _ids(prompt_ids, "prompt_ids")
+        p = self._sampler_params(max_new_tokens, steps, seed, dict(t_min=t_min, t_max=t_max, entropy_bound=entropy_bound,
+                                                                 stability_threshold=stability_threshold,
+                                                                 confidence_threshold=confidence_threshold))
+        C = self.canvas_length
+        n_blocks = -(-p.max_new_tokens // C)
+        eos = set(self.eos_ids)
+        check(lib.diffgemma_prefill(self._c, ffi.from_buffer("int32_t[]", prompt), len(prompt)))
+        lib.diffgemma_seed(self._c, p.seed)
+        relay = _StepRelay(on_step)
+        handle = ffi.new_handle(relay)
+        canvas = np.empty(C, dtype=np.int32)
+        n_steps = ffi.new("int32_t *")
+        for b in range(n_blocks):
+            status = lib.diffgemma_denoise(self._c, p, ffi.NULL, b, lib._dg_py_step_callback, handle,
+                                           ffi.from_buffer("int32_t[]", canvas), n_steps)
+            if relay.error is not None:
+                raise relay.error
+            check(status)
+            ids = canvas.tolist()
+            cut = next((i for i, t in enumerate(ids) if t in eos), None)
+            if cut is not None:
+                yield Block(ids[:cut], True, int(n_steps[0]))
+                return
+            yield Block(ids, False, int(n_steps[0]))
+            if b + 1 < n_blocks:
+                check(lib.diffgemma_encode(self._c, ffi.from_buffer("int32_t[]", canvas), C))
+
+    def cancel(self) -> None:
+        """Stop the running generation within one denoising step (safe from any thread)."""
+        if self._ctx is not None:
+            lib.diffgemma_cancel(self._ctx)
