@@ -143,7 +143,8 @@ def main() -> int:
     wall = time.time() - t0
     peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     largest = max(int(np.prod(s)) for s in tensor_shapes(args.layers).values()) * 2
-    result = {"checkpoint_GB": round(size / 1e9, 3), "outtype": args.outtype, "output_GB": round(out.stat().st_size / 1e9, 3),
+    result = {"checkpoint_GB": round(size / 1e9, 3), "outtype": args.outtype,
+              "output_GB": round(out.stat().st_size / 1e9, 3),
               "wall_s": round(wall, 1), "MB_per_s": round(size / 1e6 / wall, 1), "peak_rss_MB": round(peak_kb / 1024),
               "largest_tensor_MB": round(largest / 1e6), "threads": args.threads or min(32, os.cpu_count() or 1)}
     print(json.dumps(result))

@@ -57,7 +57,8 @@ GLOBAL_ORDER = ["rope_freqs.weight", "token_embd.weight", "output_norm.weight", 
                 "self_cond_gate.weight", "self_cond_pre_norm.weight", "self_cond_up.weight"]
 
 # GGUF name -> HF name (decoder unless noted), for value checks.
-HF_GLOBAL = {"token_embd.weight": "model.decoder.embed_tokens.weight", "output_norm.weight": "model.decoder.norm.weight",
+HF_GLOBAL = {"token_embd.weight": "model.decoder.embed_tokens.weight",
+             "output_norm.weight": "model.decoder.norm.weight",
              "self_cond_pre_norm.weight": "model.decoder.self_conditioning.pre_norm.weight",
              "self_cond_gate.weight": "model.decoder.self_conditioning.gate_proj.weight",
              "self_cond_up.weight": "model.decoder.self_conditioning.up_proj.weight",

@@ -14,7 +14,6 @@ Error bounds (measured on the "wide" tiny model, weights ~N(0, 0.3) and norms ~N
 """
 import json
 import math
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -22,7 +21,6 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
 
-import tiny_hf
 from convert_helpers import checkpoints, dequant, ggml_quantize, hf_name, hf_tensors, read_gguf  # noqa: F401
 from diffgemma_cpp import cli
 from diffgemma_cpp.convert import convert_checkpoint, requantize_gguf

@@ -114,7 +114,8 @@ def load_hparams(directory) -> HParams:
 
     canvas = cfg.get("canvas_length")
     if not isinstance(canvas, int) or canvas <= 0:
-        raise UnsupportedModelError(f"config.json: canvas_length must be a positive integer at the root, got {canvas!r}")
+        raise UnsupportedModelError(f"config.json: canvas_length must be a positive integer at the root, "
+                                    f"got {canvas!r}")
 
     hp = HParams(
         n_vocab=int(_need(tc, "vocab_size", where)),

@@ -79,7 +79,8 @@ def load_vocab(directory, generation_eos: list | None = None) -> Vocab:
     for tok in added:
         i, text = int(tok["id"]), tok["content"]
         if i in by_id and by_id[i] != text:
-            raise ModelFileError(f"tokenizer.json: id {i} is {by_id[i]!r} in the vocabulary but {text!r} in added_tokens")
+            raise ModelFileError(f"tokenizer.json: id {i} is {by_id[i]!r} in the vocabulary but {text!r} in "
+                                 "added_tokens")
         if i not in by_id:
             added_outside.add(i)
         by_id[i] = text
