@@ -101,3 +101,20 @@ def test_cuda_sources_compile_through_cmake(tmp_path):
     assert "sm_90" in res.stdout or "compute_90" in res.stdout  # the architecture option reached nvcc
     for obj in objects:
         assert (build / obj).stat().st_size > 0
+
+
+def test_sampler_launchers_reject_bad_arguments_without_a_gpu(tmp_path):
+    """The CUDA launchers validate before touching the device, so their error paths run here: every invalid
+    call returns cudaErrorInvalidValue (for the caller to map to a DIFFGEMMA_ERR_*), and none aborts."""
+    nvcc = _nvcc()
+    if nvcc is None:
+        pytest.skip("nvcc not installed")
+    exe = tmp_path / "sampler_cuda_driver"
+    subprocess.run([nvcc, "-std=c++17", "-O2", "-arch=sm_90", "-I", str(REPO / "csrc"), "-I", str(REPO / "csrc" / "include"),
+                    "-Xcompiler", "-ffp-contract=off,-fno-trapping-math", str(REPO / "tests" / "gpu" / "sampler_cuda_driver.cu"),
+                    str(REPO / "csrc" / "cuda" / "sampler.cu"), str(REPO / "csrc" / "sampler_math.cpp"), "-o", str(exe)],
+                   check=True)
+    res = subprocess.run([str(exe), "--check-args"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = res.stdout.splitlines()
+    assert len(lines) >= 18 and all(line.startswith("ok") for line in lines)

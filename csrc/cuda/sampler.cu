@@ -180,13 +180,16 @@ write_probs_kernel(const float * __restrict__ logits, int n_vocab, int64_t row_s
 
 bool inv_temp_ok(float inv_temp) { return std::isfinite(inv_temp) && inv_temp > 0.0f; }
 
+// Index arithmetic in the kernels is int; 2^30 leaves room for a tile past the end of the row.
+constexpr int64_t kMaxVocab = int64_t(1) << 30;
+
 }  // namespace
 
 extern "C" cudaError_t dg_cuda_sampler_row_stats(const float * logits, int64_t n_rows, int64_t n_vocab, int64_t row_stride,
                                                  float inv_temp, const float * uniforms,
                                                  int32_t * argmax, int32_t * sampled, float * entropy, float * log_z,
                                                  cudaStream_t stream) {
-    if (n_rows < 0 || n_vocab <= 0 || n_vocab > INT_MAX || row_stride < n_vocab || !inv_temp_ok(inv_temp))
+    if (n_rows < 0 || n_vocab <= 0 || n_vocab > kMaxVocab || row_stride < n_vocab || !inv_temp_ok(inv_temp))
         return cudaErrorInvalidValue;
     if (n_rows > INT_MAX) return cudaErrorInvalidValue;  // gridDim.x limit is 2^31-1
     if (n_rows == 0) return cudaSuccess;
@@ -200,7 +203,7 @@ extern "C" cudaError_t dg_cuda_sampler_write_probs(const float * logits, int64_t
                                                    float inv_temp, const float * log_z,
                                                    void * probs, dg_cuda_probs_type probs_type, int64_t probs_row_stride,
                                                    cudaStream_t stream) {
-    if (n_rows < 0 || n_rows > 65535 || n_vocab <= 0 || n_vocab > INT_MAX || row_stride < n_vocab ||
+    if (n_rows < 0 || n_rows > 65535 || n_vocab <= 0 || n_vocab > kMaxVocab || row_stride < n_vocab ||
         probs_row_stride < n_vocab || !inv_temp_ok(inv_temp))
         return cudaErrorInvalidValue;
     if (n_rows == 0) return cudaSuccess;

@@ -52,7 +52,8 @@ typedef enum {
 //   sampled    device, n_rows int32 (may be NULL: the CDF walk is then skipped)
 //   entropy    device, n_rows float (required)
 //   log_z      device, n_rows float (may be NULL; dg_cuda_sampler_write_probs needs it)
-// Requires 0 < n_vocab <= INT32_MAX, n_rows >= 0, row_stride >= n_vocab, inv_temp finite and > 0.
+// Requires 0 < n_vocab <= 2^30, n_rows >= 0, row_stride >= n_vocab, inv_temp finite and > 0. The uniforms
+// must lie in [0,1) (the host reference rejects others; here u >= 1 gives the last id with p > 0).
 cudaError_t dg_cuda_sampler_row_stats(const float * logits, int64_t n_rows, int64_t n_vocab, int64_t row_stride,
                                       float inv_temp, const float * uniforms,
                                       int32_t * argmax, int32_t * sampled, float * entropy, float * log_z,
@@ -60,7 +61,7 @@ cudaError_t dg_cuda_sampler_row_stats(const float * logits, int64_t n_rows, int6
 
 // probs[r][i] = exp(logits[r][i]*inv_temp - log_z[r]) as f16/bf16, row r at probs + r*probs_row_stride
 // elements. log_z comes from dg_cuda_sampler_row_stats with the same inv_temp (a NaN log_z, i.e. an
-// invalid row, writes zeros). Requires probs_row_stride >= n_vocab.
+// invalid row, writes zeros). Requires probs_row_stride >= n_vocab and n_rows <= 65535 (grid y).
 cudaError_t dg_cuda_sampler_write_probs(const float * logits, int64_t n_rows, int64_t n_vocab, int64_t row_stride,
                                         float inv_temp, const float * log_z,
                                         void * probs, dg_cuda_probs_type probs_type, int64_t probs_row_stride,

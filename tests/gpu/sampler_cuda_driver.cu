@@ -7,6 +7,8 @@
 //                                                        written as f16 or bf16 and widened to float; PAD extra
 //                                                        floats per device row (PAD % 4 != 0 takes the scalar path)
 //   sampler_cuda_driver --bench V ROWS REPS              key=value timings and CPU/GPU agreement on one line
+//   sampler_cuda_driver --check-args                     the launchers' argument checks (no device needed:
+//                                                        invalid calls return before touching the GPU)
 #include "cuda/sampler_cuda.h"
 #include "sampler_math.h"
 
@@ -197,9 +199,42 @@ int run_bench(int64_t V, int64_t n_rows, int reps) {
     return 0;
 }
 
+int check_args() {
+    int failures = 0;
+    auto expect = [&](const char * what, cudaError_t got, cudaError_t want) {
+        const bool ok = got == want;
+        std::printf("%s %s (%s)\n", ok ? "ok  " : "FAIL", what, cudaGetErrorName(got));
+        failures += ok ? 0 : 1;
+    };
+    // Plausible-looking device pointers: never dereferenced, as every call below must fail validation first.
+    float * f = reinterpret_cast<float *>(0x1000);
+    int32_t * i = reinterpret_cast<int32_t *>(0x2000);
+    const cudaError_t bad = cudaErrorInvalidValue;
+    expect("vocab 0", dg_cuda_sampler_row_stats(f, 4, 0, 0, 1.0f, f, i, i, f, f, nullptr), bad);
+    expect("vocab 2^30 + 1", dg_cuda_sampler_row_stats(f, 4, (int64_t(1) << 30) + 1, int64_t(1) << 31, 1.0f, f, i, i, f, f, nullptr), bad);
+    expect("row stride < vocab", dg_cuda_sampler_row_stats(f, 4, 100, 99, 1.0f, f, i, i, f, f, nullptr), bad);
+    expect("negative rows", dg_cuda_sampler_row_stats(f, -1, 100, 100, 1.0f, f, i, i, f, f, nullptr), bad);
+    expect("inv_temp 0", dg_cuda_sampler_row_stats(f, 4, 100, 100, 0.0f, f, i, i, f, f, nullptr), bad);
+    expect("inv_temp nan", dg_cuda_sampler_row_stats(f, 4, 100, 100, NAN, f, i, i, f, f, nullptr), bad);
+    expect("inv_temp inf", dg_cuda_sampler_row_stats(f, 4, 100, 100, INFINITY, f, i, i, f, f, nullptr), bad);
+    expect("null logits", dg_cuda_sampler_row_stats(nullptr, 4, 100, 100, 1.0f, f, i, i, f, f, nullptr), bad);
+    expect("null argmax", dg_cuda_sampler_row_stats(f, 4, 100, 100, 1.0f, f, nullptr, i, f, f, nullptr), bad);
+    expect("null entropy", dg_cuda_sampler_row_stats(f, 4, 100, 100, 1.0f, f, i, i, nullptr, f, nullptr), bad);
+    expect("sampled without uniforms", dg_cuda_sampler_row_stats(f, 4, 100, 100, 1.0f, nullptr, i, i, f, f, nullptr), bad);
+    expect("no rows is a no-op", dg_cuda_sampler_row_stats(nullptr, 0, 100, 100, 1.0f, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr), cudaSuccess);
+    expect("probs: unknown type", dg_cuda_sampler_write_probs(f, 4, 100, 100, 1.0f, f, f, static_cast<dg_cuda_probs_type>(7), 100, nullptr), bad);
+    expect("probs: 65536 rows", dg_cuda_sampler_write_probs(f, 65536, 100, 100, 1.0f, f, f, DG_CUDA_PROBS_BF16, 100, nullptr), bad);
+    expect("probs: out stride < vocab", dg_cuda_sampler_write_probs(f, 4, 100, 100, 1.0f, f, f, DG_CUDA_PROBS_F16, 99, nullptr), bad);
+    expect("probs: null log_z", dg_cuda_sampler_write_probs(f, 4, 100, 100, 1.0f, nullptr, f, DG_CUDA_PROBS_F16, 100, nullptr), bad);
+    expect("probs: inv_temp -1", dg_cuda_sampler_write_probs(f, 4, 100, 100, -1.0f, f, f, DG_CUDA_PROBS_F16, 100, nullptr), bad);
+    expect("probs: no rows is a no-op", dg_cuda_sampler_write_probs(nullptr, 0, 100, 100, 1.0f, nullptr, nullptr, DG_CUDA_PROBS_F16, 100, nullptr), cudaSuccess);
+    return failures == 0 ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char ** argv) {
+    if (argc == 2 && std::strcmp(argv[1], "--check-args") == 0) return check_args();
     if (argc == 2 && std::strcmp(argv[1], "--probe") == 0) return probe();
     if (argc == 5 && std::strcmp(argv[1], "--bench") == 0)
         return run_bench(std::atoll(argv[2]), std::atoll(argv[3]), std::atoi(argv[4]));
@@ -209,6 +244,6 @@ int main(int argc, char ** argv) {
         return run_file(argv[1], argv[2], type == "f16" ? DG_CUDA_PROBS_F16 : DG_CUDA_PROBS_BF16,
                         argc == 5 ? std::atoll(argv[4]) : 0);
     }
-    std::fprintf(stderr, "usage: %s --probe | IN OUT [f16|bf16] [PAD] | --bench V ROWS REPS\n", argv[0]);
+    std::fprintf(stderr, "usage: %s --probe | --check-args | IN OUT [f16|bf16] [PAD] | --bench V ROWS REPS\n", argv[0]);
     return 2;
 }
