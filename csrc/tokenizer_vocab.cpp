@@ -204,6 +204,7 @@ void Vocab::load_merges(const gguf_context * ctx) {
     const int64_t k = require_key(ctx, KEY_TOKENIZER_MERGES);
     const size_t n = require_array(ctx, k, KEY_TOKENIZER_MERGES, GGUF_TYPE_STRING);
     merges_.reserve(n * 2);
+    std::string joined;
     for (size_t r = 0; r < n; ++r) {
         const std::string_view m = gguf_get_arr_str(ctx, k, r);
         // "left right". Gemma pieces hold no U+0020 (spaces are "▁"), so there is normally exactly one
@@ -222,7 +223,8 @@ void Vocab::load_merges(const gguf_context * ctx) {
                 raise(DIFFGEMMA_ERR_BAD_FORMAT, "GGUF key '%s': merge %zu %s refers to %s, which is not a token",
                       KEY_TOKENIZER_MERGES, r, quoted(m).c_str(), quoted(left < 0 ? a : b).c_str());
             }
-            result = find(std::string(a) + std::string(b));
+            joined.assign(a.data(), a.size()).append(b.data(), b.size());  // one buffer reused for every merge
+            result = find(joined);
             if (result < 0) {
                 raise(DIFFGEMMA_ERR_BAD_FORMAT, "GGUF key '%s': merge %zu %s makes %s, which is not a token",
                       KEY_TOKENIZER_MERGES, r, quoted(m).c_str(), quoted(std::string(a) + std::string(b)).c_str());
