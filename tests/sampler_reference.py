@@ -53,6 +53,22 @@ def reference(row: np.ndarray, inv_temp: float, u: float) -> RefStats:
     return RefStats(argmax, sampled, float(m + np.log1p(s_rest)), float(max(entropy, 0.0)), cdf, x)
 
 
+def bf16_round(x: np.ndarray) -> np.ndarray:
+    """float32 -> nearest bfloat16 (ties to even), returned as float32 (finite inputs and +-inf)."""
+    bits = np.asarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.astype(np.uint32).view(np.float32)
+
+
+def hf_soft_probs(row: np.ndarray, inv_temp: float) -> np.ndarray:
+    """The HF reference's self-conditioning probabilities (model-spec 4.5): the processed logits cast to bf16
+    before the softmax, the probabilities cast to bf16 after it. float64 softmax here, bf16 values out."""
+    x = bf16_round(scaled(row, inv_temp)).astype(np.float64)
+    m = x.max()
+    e = np.exp(x - m)
+    return bf16_round((e / e.sum()).astype(np.float32))
+
+
 def boundary_gap(ref: RefStats, u: float) -> float:
     """Distance of u*Z to the nearest CDF boundary, relative to Z."""
     z = ref.cdf[-1]

@@ -178,6 +178,29 @@ write_probs_kernel(const float * __restrict__ logits, int n_vocab, int64_t row_s
     }
 }
 
+// The HF reference's self-conditioning numerics: the processed logits are cast to bf16 BEFORE the softmax
+// and the probabilities to bf16 after it. Its log Z is that of the rounded logits, so this kernel normalises
+// each row itself (one block per row: a reduction pass, then a writing pass).
+__global__ void __launch_bounds__(kStatsThreads)
+write_probs_of_bf16_logits_kernel(const float * __restrict__ logits, int n_vocab, int64_t row_stride, float inv_temp,
+                                  __nv_bfloat16 * __restrict__ probs, int64_t probs_row_stride) {
+    const int64_t r = blockIdx.x;
+    const float * row = logits + r * row_stride;
+    __nv_bfloat16 * out = probs + r * probs_row_stride;
+    Partial p = empty_partial();
+    bool bad = false;
+    for (int i = threadIdx.x; i < n_vocab; i += kStatsThreads)
+        add_element(p, __bfloat162float(__float2bfloat16_rn(__fmul_rn(__ldg(row + i), inv_temp))), i, bad);
+    const bool row_bad = __syncthreads_or(bad ? 1 : 0) != 0;
+    const Partial total = block_reduce(p);
+    const bool valid = !row_bad && total.m != -INFINITY;
+    const float lz = valid ? dg_cuda::partial_log_z(total) : 0.0f;
+    for (int i = threadIdx.x; i < n_vocab; i += kStatsThreads) {
+        const float x = __bfloat162float(__float2bfloat16_rn(__fmul_rn(__ldg(row + i), inv_temp)));
+        out[i] = __float2bfloat16_rn(valid ? expf(x - lz) : 0.0f);
+    }
+}
+
 bool inv_temp_ok(float inv_temp) { return std::isfinite(inv_temp) && inv_temp > 0.0f; }
 
 // Index arithmetic in the kernels is int; 2^30 leaves room for a tile past the end of the row.
@@ -207,7 +230,13 @@ extern "C" cudaError_t dg_cuda_sampler_write_probs(const float * logits, int64_t
         probs_row_stride < n_vocab || !inv_temp_ok(inv_temp))
         return cudaErrorInvalidValue;
     if (n_rows == 0) return cudaSuccess;
-    if (!logits || !log_z || !probs) return cudaErrorInvalidValue;
+    if (!logits || !probs) return cudaErrorInvalidValue;
+    if (probs_type == DG_CUDA_PROBS_BF16_OF_BF16_LOGITS) {
+        write_probs_of_bf16_logits_kernel<<<static_cast<unsigned>(n_rows), kStatsThreads, 0, stream>>>(
+            logits, static_cast<int>(n_vocab), row_stride, inv_temp, static_cast<__nv_bfloat16 *>(probs), probs_row_stride);
+        return cudaGetLastError();
+    }
+    if (!log_z) return cudaErrorInvalidValue;
     constexpr int64_t kPerBlock = kProbsThreads * kProbsPerThread;
     const dim3 grid(static_cast<unsigned>((n_vocab + kPerBlock - 1) / kPerBlock), static_cast<unsigned>(n_rows));
     switch (probs_type) {

@@ -42,6 +42,9 @@ extern "C" {
 typedef enum {
     DG_CUDA_PROBS_F16  = 0,  // IEEE half: probabilities below ~6e-8 flush to 0 (tail mass is lost)
     DG_CUDA_PROBS_BF16 = 1,  // bfloat16: full float range, 8-bit mantissa
+    // bfloat16 with the HF reference's numerics (model-spec 4.5): x is rounded to bf16 BEFORE the softmax,
+    // so the row is normalised by the log Z of the rounded x, computed here (log_z is ignored, may be NULL).
+    DG_CUDA_PROBS_BF16_OF_BF16_LOGITS = 2,
 } dg_cuda_probs_type;
 
 // Per-row sampler statistics, one block per row, one pass over the row for the statistics plus a
@@ -61,7 +64,7 @@ cudaError_t dg_cuda_sampler_row_stats(const float * logits, int64_t n_rows, int6
 
 // probs[r][i] = exp(logits[r][i]*inv_temp - log_z[r]) as f16/bf16, row r at probs + r*probs_row_stride
 // elements. log_z comes from dg_cuda_sampler_row_stats with the same inv_temp (a NaN log_z, i.e. an
-// invalid row, writes zeros). Requires probs_row_stride >= n_vocab and n_rows <= 65535 (grid y).
+// invalid row, writes zeros). DG_CUDA_PROBS_BF16_OF_BF16_LOGITS: see the enum; an invalid row writes zeros. Requires probs_row_stride >= n_vocab and n_rows <= 65535 (grid y).
 cudaError_t dg_cuda_sampler_write_probs(const float * logits, int64_t n_rows, int64_t n_vocab, int64_t row_stride,
                                         float inv_temp, const float * log_z,
                                         void * probs, dg_cuda_probs_type probs_type, int64_t probs_row_stride,

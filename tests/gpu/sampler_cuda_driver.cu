@@ -3,9 +3,10 @@
 // reference dg::row_stats on a full 256 x 262144 canvas.
 //
 //   sampler_cuda_driver --probe                          exit 0 when a CUDA device is usable, 77 when not
-//   sampler_cuda_driver IN OUT [f16|bf16] [PAD]          IN/OUT as tests/c/test_sampler_math.cpp; probabilities
-//                                                        written as f16 or bf16 and widened to float; PAD extra
-//                                                        floats per device row (PAD % 4 != 0 takes the scalar path)
+//   sampler_cuda_driver IN OUT [f16|bf16|bf16x] [PAD]    IN/OUT as tests/c/test_sampler_math.cpp; probabilities
+//                                                        written as f16 or bf16 (bf16x: of bf16-rounded logits,
+//                                                        HF numerics) and widened to float; PAD extra floats per
+//                                                        device row (PAD % 4 != 0 takes the scalar path)
 //   sampler_cuda_driver --bench V ROWS REPS              key=value timings and CPU/GPU agreement on one line
 //   sampler_cuda_driver --check-args                     the launchers' argument checks (no device needed:
 //                                                        invalid calls return before touching the GPU)
@@ -112,7 +113,7 @@ int run_file(const char * in_path, const char * out_path, dg_cuda_probs_type pty
     }
     std::vector<float> widened(probs16.size());
     for (size_t i = 0; i < probs16.size(); ++i) {
-        if (ptype == DG_CUDA_PROBS_F16) {
+        if (ptype == DG_CUDA_PROBS_F16) {  // else bf16: both bf16 modes
             __half_raw raw; raw.x = probs16[i];
             widened[i] = __half2float(__half(raw));
         } else {
@@ -161,6 +162,16 @@ int run_bench(int64_t V, int64_t n_rows, int reps) {
     stats_ms /= reps;
     probs_ms /= reps;
 
+    // The HF-numerics probabilities (own normalisation pass over bf16-rounded logits).
+    CHECK(cudaEventRecord(t0));
+    for (int rep = 0; rep < reps; ++rep)
+        CHECK(dg_cuda_sampler_write_probs(d.logits, n_rows, V, V, inv_temp, nullptr, d.probs, DG_CUDA_PROBS_BF16_OF_BF16_LOGITS, V, nullptr));
+    CHECK(cudaEventRecord(t1));
+    CHECK(cudaEventSynchronize(t1));
+    float probs_hf_ms = 0.0f;
+    CHECK(cudaEventElapsedTime(&probs_hf_ms, t0, t1));
+    probs_hf_ms /= reps;
+
     // Statistics-only variant (no CDF walk), to split the cost.
     CHECK(cudaEventRecord(t0));
     for (int rep = 0; rep < reps; ++rep)
@@ -192,9 +203,9 @@ int run_bench(int64_t V, int64_t n_rows, int reps) {
     }
     const double cpu_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - c0).count();
     const double gbytes = 4.0 * double(V) * double(n_rows) / 1e9;
-    std::printf("V=%lld rows=%lld stats_ms=%.4f stats_no_walk_ms=%.4f probs_bf16_ms=%.4f stats_GBps=%.0f "
-                "argmax_agree=%d/%lld sampled_agree=%d/%lld max_rel_entropy_diff=%.3g cpu_single_thread_ms=%.1f\n",
-                (long long)V, (long long)n_rows, stats_ms, no_walk_ms, probs_ms, gbytes / (no_walk_ms / 1e3), argmax_agree,
+    std::printf("V=%lld rows=%lld stats_ms=%.4f stats_no_walk_ms=%.4f probs_bf16_ms=%.4f probs_bf16_of_bf16_logits_ms=%.4f "
+                "stats_GBps=%.0f argmax_agree=%d/%lld sampled_agree=%d/%lld max_rel_entropy_diff=%.3g cpu_single_thread_ms=%.1f\n",
+                (long long)V, (long long)n_rows, stats_ms, no_walk_ms, probs_ms, probs_hf_ms, gbytes / (no_walk_ms / 1e3), argmax_agree,
                 (long long)n_rows, sampled_agree, (long long)n_rows, max_rel_h, cpu_ms);
     return 0;
 }
@@ -240,9 +251,14 @@ int main(int argc, char ** argv) {
         return run_bench(std::atoll(argv[2]), std::atoll(argv[3]), std::atoi(argv[4]));
     if (argc >= 3 && argc <= 5) {
         const std::string type = argc >= 4 ? argv[3] : "bf16";
-        if (type != "f16" && type != "bf16") { std::fprintf(stderr, "probs type must be f16 or bf16\n"); return 2; }
-        return run_file(argv[1], argv[2], type == "f16" ? DG_CUDA_PROBS_F16 : DG_CUDA_PROBS_BF16,
-                        argc == 5 ? std::atoll(argv[4]) : 0);
+        if (type != "f16" && type != "bf16" && type != "bf16x") {
+            std::fprintf(stderr, "probs type must be f16, bf16 or bf16x\n");
+            return 2;
+        }
+        const dg_cuda_probs_type ptype = type == "f16"    ? DG_CUDA_PROBS_F16
+                                         : type == "bf16" ? DG_CUDA_PROBS_BF16
+                                                          : DG_CUDA_PROBS_BF16_OF_BF16_LOGITS;
+        return run_file(argv[1], argv[2], ptype, argc == 5 ? std::atoll(argv[4]) : 0);
     }
     std::fprintf(stderr, "usage: %s --probe | --check-args | IN OUT [f16|bf16] [PAD] | --bench V ROWS REPS\n", argv[0]);
     return 2;

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sampler_reference import read_results, reference, safe_uniform, stress_canvas, write_cases
+from sampler_reference import hf_soft_probs, read_results, reference, safe_uniform, stress_canvas, write_cases
 
 pytestmark = pytest.mark.gpu
 
@@ -83,6 +83,21 @@ def test_kernel_matches_reference_on_full_vocab(driver, tmp_path, probs_type, pa
     check(res, logits, uniforms, probs_type)
     assert res.argmax[2] == 5 and res.sampled[3] == V_REAL // 21 and res.sampled[4] % 2 == 1
     assert res.sampled[7] == V_REAL // 300
+
+
+def test_probs_of_bf16_rounded_logits_follow_the_hf_numerics(driver, tmp_path):
+    """DG_CUDA_PROBS_BF16_OF_BF16_LOGITS: bf16(softmax(bf16(x))), each row normalised by its own log Z; the
+    value is the bf16 nearest the exact probability, so at most one bf16 step (2^-8 relative) away."""
+    rng = np.random.default_rng(12)
+    logits, uniforms = stress_canvas(rng, V_REAL, INV_TEMP)
+    res = run_rows(driver, tmp_path, logits, uniforms, "bf16x")
+    for r, row in enumerate(logits):
+        ref = hf_soft_probs(row, INV_TEMP)
+        big = ref > 1e-30
+        np.testing.assert_allclose(res.probs[r][big], ref[big], rtol=2 ** -7, err_msg=f"row {r}")
+        assert res.probs[r].sum(dtype=np.float64) == pytest.approx(1.0, abs=0.02)
+        exact = np.mean(res.probs[r][big] == ref[big])
+        assert exact > 0.99, f"row {r}: only {exact:.3f} of the probabilities are the reference's bf16 value"
 
 
 @pytest.mark.parametrize("vocab", [1, 3, 17, 2047, 2048, 2049, 5000])
