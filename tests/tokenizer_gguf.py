@@ -15,9 +15,8 @@ from pathlib import Path
 import gguf
 
 from diffgemma_cpp.names import ARCH, key
+from tiny_hf import GEMMA4_VISIBLE_MARKERS
 
-GEMMA4_VISIBLE_MARKERS = ["<|channel>", "<channel|>", "<|tool_call>", "<tool_call|>", "<|tool_response>",
-                          "<tool_response|>", '<|"|>']
 T = gguf.GGUFValueType
 
 
