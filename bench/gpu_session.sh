@@ -15,7 +15,8 @@
 # so a slow ggml build still leaves the kernel numbers behind:
 #   env         nvidia-smi, nvcc, python, the image's build tools
 #   kernels     tests/gpu (fused sampler kernels vs the NumPy reference and the host twin), built by nvcc
-#               directly: needs neither ggml nor our package
+#               directly: needs neither ggml nor our package (the dg::CudaSampler-on-ggml tests skip here and
+#               run in `tests`, once the CUDA ggml is installed)
 #   kernel_bench  sampler kernels on a 256 x 262144 canvas: ms, GB/s, CPU/GPU agreement
 #   ggml_cuda   USE_CUDA=1 pip install of the libggml-python sdist, CMAKE_ARGS=-DCMAKE_CUDA_ARCHITECTURES=90
 #               (the sdist is scikit-build-core: its pyproject turns USE_CUDA=1 into GGML_CUDA=1 through an
@@ -119,7 +120,8 @@ run() {
 
     # Not the CLI tests: pip --target puts console scripts in $site/bin, not next to the interpreter.
     step tests 180 "python3 -m pytest tests/test_foundation.py tests/test_sampler_math.py -v -p no:cacheprovider -k 'not cli' \
-        --junitxml=$out/package_tests.xml; python3 -m pytest tests -m gpu -v -p no:cacheprovider --junitxml=$out/package_gpu_tests.xml"
+        --junitxml=$out/package_tests.xml; python3 -m pytest tests -m gpu -v -p no:cacheprovider --continue-on-collection-errors \
+        --junitxml=$out/package_gpu_tests.xml"
 
     local bench
     for bench in "$root"/bench/gpu_bench_*.py; do

@@ -69,6 +69,8 @@ def check(res, logits, uniforms, probs_type, inv_temp=INV_TEMP):
         assert res.log_z[r] == pytest.approx(ref.log_z, rel=1e-6, abs=1e-6), f"row {r}: log_z"
         # abs: the device may keep terms below exp(-87) that the host drops (< 1e-30 nats, see sampler_cuda.h).
         assert res.entropy[r] == pytest.approx(ref.entropy, rel=1e-4, abs=1e-29), f"row {r}: entropy"
+        if probs_type == "skip-probs":
+            continue
         p_ref = np.exp(ref.x.astype(np.float64) - ref.log_z)
         big = p_ref > floor
         np.testing.assert_allclose(res.probs[r][big], p_ref[big], rtol=rtol, err_msg=f"row {r}: probs")
@@ -128,3 +130,55 @@ def test_cpu_and_gpu_agree_on_a_real_size_canvas(driver):
     assert agree >= 255, "more than one disagreement in 256 draws: not rounding, a real mismatch"
     assert float(fields["max_rel_entropy_diff"]) < 1e-4
     assert float(re.sub(r"[^\d.]", "", fields["stats_ms"])) > 0
+
+
+# ---- dg::CudaSampler on ggml tensors (needs a ggml built with CUDA) ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def ggml_driver(tmp_path_factory, driver):  # `driver` first: it skips without a GPU or nvcc
+    libggml = pytest.importorskip("libggml")
+    root = Path(libggml.__file__).parent
+    libdir = next((root / d for d in ("lib64", "lib") if (root / d / "libggml.so").exists()), None)
+    if libdir is None:
+        pytest.skip("libggml-python ships no libggml.so")
+    if not list(libdir.glob("libggml-cuda.so*")):
+        pytest.skip(f"the installed ggml ({libdir}) was built without CUDA")
+    exe = tmp_path_factory.mktemp("cuda_ggml") / "cuda_sampler_ggml_test"
+    arch = os.environ.get("DIFFGEMMA_CUDA_ARCH", "native")
+    subprocess.run([_nvcc(), "-std=c++17", "-O2", f"-arch={arch}", "-I", str(REPO / "csrc"), "-I", str(REPO / "csrc" / "include"),
+                    "-I", str(root / "include"), str(REPO / "tests" / "gpu" / "cuda_sampler_ggml_test.cpp"),
+                    str(REPO / "csrc" / "cuda" / "sampler_ggml.cu"), str(REPO / "csrc" / "cuda" / "sampler.cu"),
+                    str(REPO / "csrc" / "sampler_math.cpp"), str(REPO / "csrc" / "errors.cpp"),
+                    "-L", str(libdir), "-lggml", "-lggml-base", "-Xlinker", "-rpath", "-Xlinker", str(libdir), "-o", str(exe)],
+                   check=True)
+    return exe
+
+
+def test_cuda_sampler_on_ggml_tensors_reports_errors_as_statuses(ggml_driver):
+    res = subprocess.run([str(ggml_driver), "--check-errors"], capture_output=True, text=True)
+    print(res.stdout)
+    if res.returncode == 77:
+        pytest.skip("ggml sees no CUDA device")
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("mode", ["bf16", "f16", "bf16x"])
+def test_cuda_sampler_on_ggml_tensors_matches_reference(ggml_driver, tmp_path, mode):
+    rng = np.random.default_rng(13)
+    logits, uniforms = stress_canvas(rng, V_REAL, INV_TEMP)
+    src, dst = tmp_path / "in.bin", tmp_path / "out.bin"
+    write_cases(src, logits, INV_TEMP, np.asarray(uniforms, dtype=np.float32))
+    run = subprocess.run([str(ggml_driver), str(src), str(dst), mode], capture_output=True, text=True)
+    if run.returncode == 77:
+        pytest.skip("ggml sees no CUDA device")
+    assert run.returncode == 0, run.stderr
+    res = read_results(dst, *logits.shape)
+    if mode == "bf16x":
+        for r, row in enumerate(logits):
+            ref = hf_soft_probs(row, INV_TEMP)
+            big = ref > 1e-30
+            np.testing.assert_allclose(res.probs[r][big], ref[big], rtol=2 ** -7, err_msg=f"row {r}")
+        res.probs[:] = np.nan  # the statistics are still checked below; the probabilities were checked here
+        check(res, logits, uniforms, "skip-probs")
+    else:
+        check(res, logits, uniforms, mode)
