@@ -119,7 +119,7 @@ run() {
         -C build-dir=/tmp/dg-build . && python3 -c 'import diffgemma_cpp; print(diffgemma_cpp.system_info())'" || return 1
 
     # Not the CLI tests: pip --target puts console scripts in $site/bin, not next to the interpreter.
-    step tests 180 "python3 -m pytest tests/test_foundation.py tests/test_sampler_math.py -v -p no:cacheprovider -k 'not cli' \
+    step tests 180 "export DIFFGEMMA_CUDA_ARCH=sm_90; python3 -m pytest tests/test_foundation.py tests/test_sampler_math.py -v -p no:cacheprovider -k 'not cli' \
         --junitxml=$out/package_tests.xml; python3 -m pytest tests -m gpu -v -p no:cacheprovider --continue-on-collection-errors \
         --junitxml=$out/package_gpu_tests.xml"
 
