@@ -107,8 +107,11 @@ run() {
         echo "cuBLAS not in the system toolkit; using: ${cublas_args:-nothing found}" | tee -a "$summary"
     fi
 
+    # GGML_CUDA_FA=OFF compiles ggml's ~90 flash-attention kernel files empty, about half the CUDA build: the
+    # engine's graphs (csrc/graph.cpp) use soft_max_ext, not ggml_flash_attn_ext. Override if that changes.
+    local ggml_extra=${GGML_EXTRA_CMAKE_ARGS--DGGML_CUDA_FA=OFF}
     step ggml_cuda 420 "USE_CUDA=1 SETUPTOOLS_SCM_PRETEND_VERSION=$GGML_VERSION \
-        CMAKE_ARGS='-DCMAKE_CUDA_ARCHITECTURES=90 $cublas_args ${GGML_EXTRA_CMAKE_ARGS:-}' \
+        CMAKE_ARGS='-DCMAKE_CUDA_ARCHITECTURES=90 $cublas_args $ggml_extra' \
         python3 -m pip install -v --no-index --no-deps --no-build-isolation --no-cache-dir --target $site $carry/$GGML_SDIST &&
         ls -la $site/libggml/lib*/ && ls $site/libggml/lib*/libggml-cuda.so" || return 1
 
