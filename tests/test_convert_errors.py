@@ -101,6 +101,26 @@ def test_unreadable_or_missing_tokenizer(small, tmp_path):
         _convert(small, tmp_path / "o.gguf")
 
 
+@pytest.mark.parametrize("flags, match", [
+    ({"lstrip": True}, "sets lstrip=true"),
+    ({"rstrip": True}, "sets rstrip=true"),
+    ({"single_word": True}, "sets single_word=true"),
+    ({"content": "<unused 0>", "normalized": True}, "matched after normalization and contains a space"),
+], ids=["lstrip", "rstrip", "single_word", "normalized_space"])
+def test_added_token_flags_a_gguf_cannot_record_are_refused(small, tmp_path, flags, match):
+    """HF moves whitespace into such tokens (or matches them only as whole words / in normalized text); a GGUF
+    has no field for that, so the converter refuses rather than write a file that tokenizes differently."""
+    tj = json.loads((small / "tokenizer.json").read_text())
+    entry = next(a for a in tj["added_tokens"] if a["content"] == "<unused0>")
+    if "content" in flags:
+        tj["model"]["vocab"][flags["content"]] = tj["model"]["vocab"].pop("<unused0>")
+    entry.update(flags)
+    (small / "tokenizer.json").write_text(json.dumps(tj))
+    with pytest.raises(UnsupportedModelError, match=match):
+        _convert(small, tmp_path / "o.gguf")
+    assert _no_leftovers(tmp_path) == []
+
+
 def test_not_enough_disk_space_is_reported_before_writing(small, tmp_path, monkeypatch):
     real = shutil.disk_usage
     monkeypatch.setattr(writer.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))

@@ -128,7 +128,9 @@ def test_rope_freqs_matches_hf_proportional_rope(f32_files, name):
 
 def test_tokenizer_data_token_for_token(f32_files, checkpoints):
     """tokens, types, merges and special ids equal tokenizer.json as llama.cpp's own HF-vocab reader sees it
-    (gguf.LlamaHfVocab, with the Gemma 4 USER_DEFINED markers)."""
+    (gguf.LlamaHfVocab, with the Gemma 4 USER_DEFINED markers), but for one intentional difference: special added
+    tokens that transformers does not list in all_special_ids (the <unusedN>) are CONTROL here, NORMAL there, so
+    that our tokenizer cuts them out of the text whole, as HF `tokenizers` does."""
     import gguf
 
     path = checkpoints["small"]
@@ -145,8 +147,16 @@ def test_tokenizer_data_token_for_token(f32_files, checkpoints):
         ref_tokens.append(text.decode())
         ref_types.append(gguf.TokenType.USER_DEFINED if text.decode() in tiny_hf.GEMMA4_VISIBLE_MARKERS else toktype)
     assert values["tokenizer.ggml.tokens"] == ref_tokens
-    assert values["tokenizer.ggml.token_type"] == [int(t) for t in ref_types]
     types = values["tokenizer.ggml.token_type"]
+    special_added = {a["id"] for a in tj["added_tokens"] if a["special"]}
+    differ = {i for i, (ours, theirs) in enumerate(zip(types, ref_types)) if ours != theirs}
+    # The one intentional difference: exactly the special added tokens llama.cpp leaves NORMAL, all <unusedN>.
+    expected_differ = {i for i in special_added if ref_types[i] == gguf.TokenType.NORMAL}
+    assert differ == expected_differ
+    assert len(differ) == sum(t.startswith("<unused") for t in ref_tokens) > 80
+    assert all(ref_tokens[i].startswith("<unused") for i in differ)
+    assert all(types[i] == gguf.TokenType.CONTROL for i in differ)
+    assert len(types) == len(ref_types)
     assert types[48] == types[50] == types[52] == types[100] == gguf.TokenType.USER_DEFINED
     assert types[105] == types[106] == types[2] == gguf.TokenType.CONTROL
     assert types[tiny_hf.FIRST_BYTE_ID + 0x41] == gguf.TokenType.BYTE

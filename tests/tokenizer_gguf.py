@@ -1,8 +1,9 @@
 """Vocab-only GGUFs from a `tokenizers.Tokenizer`, for the tokenizer tests.
 
-Writes the tokenizer.* keys exactly as shared/docs/gguf-format.md lists them (what llama.cpp's LlamaHfVocab +
-Gemma4Model.set_vocab write): token types BYTE for <0xNN>, CONTROL for special added tokens, USER_DEFINED for
-non-special added tokens and for Gemma 4's visible markers (<|channel>, <|"|>, ...), NORMAL otherwise.
+Writes the tokenizer.* keys as shared/docs/gguf-format.md lists them, with the token types our converter writes:
+BYTE for <0xNN>, CONTROL for special added tokens (llama.cpp's LlamaHfVocab differs here: it leaves special added
+tokens outside transformers' all_special_ids, e.g. <unusedN>, NORMAL), USER_DEFINED for non-special added tokens
+and for Gemma 4's visible markers (<|channel>, <|"|>, ...), NORMAL otherwise.
 
 `overrides` replaces or removes keys ({key: None} drops it; {key: (value, GGUFValueType)} writes that exact
 type), so the malformed-vocab tests can build each broken file from a good one.

@@ -1,9 +1,15 @@
 """tokenizer.json + tokenizer_config.json + chat template -> the `tokenizer.*` GGUF keys, as llama.cpp writes Gemma 4.
 
-Token types follow llama.cpp's HF-vocab rules: `<0xXX>` byte tokens are BYTE, ids that transformers lists as
-special (bos/eos/unk/pad/mask/... and `extra_special_tokens` / `additional_special_tokens`) are CONTROL, added
-tokens outside the model vocabulary are USER_DEFINED, the rest NORMAL; then the Gemma 4 chat/tool markers are
-forced to USER_DEFINED so the chat parser sees them in the output. Every score is -1000 (BPE ranks by merges).
+Token types: `<0xXX>` byte tokens are BYTE; every tokenizer.json added token is CONTROL if it is `special`,
+else USER_DEFINED; ids that transformers lists as special (bos/eos/unk/pad/mask/... and `extra_special_tokens` /
+`additional_special_tokens`) are CONTROL too; the rest NORMAL. Then the Gemma 4 chat/tool markers are forced to
+USER_DEFINED so the chat parser sees them in the output. Every score is -1000 (BPE ranks by merges).
+
+One intentional difference from llama.cpp (whose LlamaHfVocab types a token CONTROL only if it is in
+transformers' all_special_ids): a `special` added token that transformers does not list, e.g. every
+`<unusedN>` of Gemma 4, is CONTROL here where llama.cpp writes NORMAL. HF `tokenizers` cuts every added token out
+of the text before BPE, and so does our tokenizer for CONTROL/USER_DEFINED tokens; typed NORMAL, "<unused3>" in a
+prompt would be spelled out in pieces and the ids would differ from HF's.
 """
 from __future__ import annotations
 
@@ -57,6 +63,31 @@ def _token_content(value):
     return value
 
 
+def _check_added_token_flags(tok: dict) -> None:
+    """Refuse added-token flags that a GGUF cannot carry and our tokenizer would therefore get wrong.
+
+    HF's AddedVocabulary (checked on the tiny test tokenizers, tokenizers 0.23):
+    - lstrip / rstrip: the token swallows the whitespace before / after it ("a <unused0>" -> "a", " <unused0>");
+    - single_word: the token matches only when not glued to word characters ("a<unused0>b" is spelled out);
+    - normalized: the token is matched in the normalized text (Gemma's normalizer turns " " into "▁"), so
+      a token containing " " or "▁" would also match the other spelling.
+    GGUF has no per-token field for any of these (llama.cpp guesses lstrip/rstrip from model names only), and our
+    tokenizer matches added tokens exactly as written in the raw text. Our tiny test tokenizers (like the Gemma
+    tokenizers we know of) set all four false; a token that relies on one is refused here rather than converted
+    into a file that tokenizes differently from HF. `normalized` on text without a space is harmless (the same
+    spans match in the raw and the normalized text) and is accepted.
+    """
+    text = tok["content"]
+    for flag in ("lstrip", "rstrip", "single_word"):
+        if tok.get(flag, False):
+            raise UnsupportedModelError(f"tokenizer.json: added token {text!r} sets {flag}=true, which GGUF cannot "
+                                        "record; our tokenizer would split text around it differently from HF")
+    if tok.get("normalized", not tok.get("special", False)) and (" " in text or "\u2581" in text):
+        raise UnsupportedModelError(f"tokenizer.json: added token {text!r} is matched after normalization and "
+                                    "contains a space, which GGUF cannot record; our tokenizer would match it "
+                                    "differently from HF")
+
+
 def load_vocab(directory, generation_eos: list | None = None) -> Vocab:
     directory = Path(directory)
     tj = _read_json(directory / "tokenizer.json", "tokenizer")
@@ -75,14 +106,17 @@ def load_vocab(directory, generation_eos: list | None = None) -> Vocab:
     by_id: dict[int, str] = {}
     for text, i in base_vocab.items():
         by_id[int(i)] = text
-    added_outside = set()
+    added_types: dict[int, TokenType] = {}
     for tok in added:
-        i, text = int(tok["id"]), tok["content"]
+        try:
+            i, text = int(tok["id"]), tok["content"]
+        except (KeyError, TypeError, ValueError):
+            raise ModelFileError(f"tokenizer.json: unreadable added_tokens entry {tok!r:.200}") from None
         if i in by_id and by_id[i] != text:
             raise ModelFileError(f"tokenizer.json: id {i} is {by_id[i]!r} in the vocabulary but {text!r} in "
                                  "added_tokens")
-        if i not in by_id:
-            added_outside.add(i)
+        _check_added_token_flags(tok)
+        added_types[i] = TokenType.CONTROL if tok.get("special", False) else TokenType.USER_DEFINED
         by_id[i] = text
     n = max(by_id) + 1
     holes = [i for i in range(n) if i not in by_id]
@@ -109,12 +143,12 @@ def load_vocab(directory, generation_eos: list | None = None) -> Vocab:
         tokens.append(text)
         if text in VISIBLE_MARKERS:
             types.append(TokenType.USER_DEFINED)
-        elif _BYTE_TOKEN.fullmatch(text):
+        elif _BYTE_TOKEN.fullmatch(text):  # stays BYTE even if tokenizer.json lists it as an added token
             types.append(TokenType.BYTE)
         elif i in control:
             types.append(TokenType.CONTROL)
-        elif i in added_outside:
-            types.append(TokenType.USER_DEFINED)
+        elif i in added_types:
+            types.append(added_types[i])
         else:
             types.append(TokenType.NORMAL)
 
