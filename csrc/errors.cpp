@@ -13,6 +13,10 @@ namespace {
 thread_local std::string t_last_error;
 thread_local int32_t t_last_status = DIFFGEMMA_OK;
 
+thread_local bool t_capture_active = false;   // a GgmlErrorCapture is alive on this thread
+thread_local bool t_capture_in_error = false;  // the last captured fragment was an ERROR (CONT lines follow it)
+thread_local std::string t_capture;
+
 std::atomic<diffgemma_log_callback> g_log_callback{nullptr};
 std::atomic<void *> g_log_user_data{nullptr};
 
@@ -40,6 +44,16 @@ void emit(int32_t level, const char * text) {
 
 // ggml logs in fragments (GGML_LOG_LEVEL_CONT continues the previous line); we forward them as they come.
 void ggml_log_bridge(enum ggml_log_level level, const char * text, void * /*user_data*/) {
+    if (t_capture_active) {
+        const bool error = level == GGML_LOG_LEVEL_ERROR || (level == GGML_LOG_LEVEL_CONT && t_capture_in_error);
+        t_capture_in_error = error;
+        if (error) {
+            t_capture += text;
+            if (g_log_callback.load() == nullptr) {
+                return;  // the reason reaches the caller in the error message; stderr stays quiet
+            }
+        }
+    }
     int32_t ours = DIFFGEMMA_LOG_DEBUG;
     switch (level) {
         case GGML_LOG_LEVEL_INFO:  ours = DIFFGEMMA_LOG_INFO; break;
@@ -93,6 +107,45 @@ void log(int32_t level, const char * fmt, ...) {
         line.push_back('\n');
     }
     emit(level, line.c_str());
+}
+
+GgmlErrorCapture::GgmlErrorCapture() {
+    // The bridge must be ggml's sink for the capture to see anything; installing it again is harmless.
+    ggml_log_set(ggml_log_bridge, nullptr);
+    t_capture.clear();
+    t_capture_in_error = false;
+    t_capture_active = true;
+}
+
+GgmlErrorCapture::~GgmlErrorCapture() {
+    t_capture_active = false;
+    t_capture.clear();
+}
+
+std::string GgmlErrorCapture::text() const {
+    std::string out;
+    size_t pos = 0;
+    while (pos < t_capture.size()) {
+        size_t end = t_capture.find('\n', pos);
+        if (end == std::string::npos) {
+            end = t_capture.size();
+        }
+        std::string line = t_capture.substr(pos, end - pos);
+        pos = end + 1;
+        // ggml prefixes its messages with the C function name ("gguf_init_from_file_impl: ..."): drop it.
+        const size_t colon = line.find(": ");
+        if (colon != std::string::npos && colon > 0 &&
+            line.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_") == colon) {
+            line.erase(0, colon + 2);
+        }
+        while (!line.empty() && (line.back() == ' ' || line.back() == '\r')) {
+            line.pop_back();
+        }
+        if (!line.empty() && out.find(line) == std::string::npos) {
+            out += (out.empty() ? "" : "; ") + line;
+        }
+    }
+    return out;
 }
 
 }  // namespace dg

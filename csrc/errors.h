@@ -30,6 +30,20 @@ struct Error {
 
 [[noreturn]] void raise(int32_t status, const char * fmt, ...) __attribute__((format(printf, 2, 3)));
 
+// Collects the ERROR lines ggml logs on this thread while it is alive. gguf_init_from_file returns NULL
+// without a reason and only its log says what was wrong (bad type id, duplicate name, offset mismatch, ...);
+// the loader quotes the captured text in its error message instead of a generic "corrupt file".
+// Captured lines are not printed to stderr (they travel in the message); a user log callback still gets them.
+class GgmlErrorCapture {
+  public:
+    GgmlErrorCapture();
+    ~GgmlErrorCapture();
+    GgmlErrorCapture(const GgmlErrorCapture &) = delete;
+    GgmlErrorCapture & operator=(const GgmlErrorCapture &) = delete;
+    // The captured lines, without ggml's "function_name: " prefixes, joined by "; " ("" if none).
+    std::string text() const;
+};
+
 // Runs `fn` and turns any escaping exception into a recorded status, so no C++ exception crosses the C API.
 template <typename Fn>
 int32_t guard(Fn && fn) {

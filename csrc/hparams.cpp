@@ -28,6 +28,32 @@ void check_positive(const char * what, int64_t v) {
     }
 }
 
+// GGUF stores counts as u32, we keep them in int32: a value above INT32_MAX would turn negative (or wrap
+// into a small positive one) in the cast, so it is refused with the key and the value.
+int32_t read_count(const GgufMeta & meta, Key key) {
+    const uint32_t v = meta.u32(key);
+    if (v > static_cast<uint32_t>(INT32_MAX)) {
+        raise(DIFFGEMMA_ERR_UNSUPPORTED_MODEL, "GGUF key '%s' = %u is out of range (at most %d)", key_name(key).c_str(), v,
+              INT32_MAX);
+    }
+    return static_cast<int32_t>(v);
+}
+
+int32_t read_count(const GgufMeta & meta, Key key, int32_t fallback) {
+    return meta.has(key) ? read_count(meta, key) : fallback;
+}
+
+// Float hyper-parameters feed divisions, square roots and exponents in every pass: a NaN, an infinity or a
+// zero/negative value would only show up later as NaN logits, so it is refused here with the key.
+float read_float(const GgufMeta & meta, Key key, float fallback, bool zero_ok) {
+    const float v = meta.f32(key, fallback);
+    if (!std::isfinite(v) || v < 0.0f || (v == 0.0f && !zero_ok)) {
+        raise(DIFFGEMMA_ERR_UNSUPPORTED_MODEL, "GGUF key '%s' = %g is invalid (it must be finite and %s)",
+              key_name(key).c_str(), v, zero_ok ? ">= 0" : "> 0");
+    }
+    return v;
+}
+
 }  // namespace
 
 HParams read_hparams(const gguf_context * ctx) {
@@ -38,26 +64,26 @@ HParams read_hparams(const gguf_context * ctx) {
               arch.c_str(), arch_name());
     }
     HParams hp;
-    hp.n_layer = static_cast<int32_t>(meta.u32(Key::BLOCK_COUNT));
+    hp.n_layer = read_count(meta, Key::BLOCK_COUNT);
     check_positive("block_count", hp.n_layer);
     if (hp.n_layer > 4096) {
         raise(DIFFGEMMA_ERR_UNSUPPORTED_MODEL, "block_count %d is implausible", hp.n_layer);
     }
-    hp.n_embd = static_cast<int32_t>(meta.u32(Key::EMBEDDING_LENGTH));
-    hp.n_ff = static_cast<int32_t>(meta.u32(Key::FEED_FORWARD_LENGTH));
-    hp.n_head = static_cast<int32_t>(meta.u32(Key::HEAD_COUNT));
-    hp.n_expert = static_cast<int32_t>(meta.u32(Key::EXPERT_COUNT));
-    hp.n_expert_used = static_cast<int32_t>(meta.u32(Key::EXPERT_USED_COUNT));
-    hp.n_ff_exp = static_cast<int32_t>(meta.u32(Key::EXPERT_FEED_FORWARD_LENGTH));
-    hp.head_dim_full = static_cast<int32_t>(meta.u32(Key::KEY_LENGTH));
-    hp.head_dim_swa = static_cast<int32_t>(meta.u32(Key::KEY_LENGTH_SWA));
-    hp.n_ctx_train = static_cast<int32_t>(meta.u32(Key::CONTEXT_LENGTH, 262144));
-    hp.n_swa = static_cast<int32_t>(meta.u32(Key::SLIDING_WINDOW));
-    hp.canvas_length = static_cast<int32_t>(meta.u32(Key::CANVAS_LENGTH));
-    hp.rms_eps = meta.f32(Key::RMS_EPS, 1e-6f);
-    hp.rope_base_full = meta.f32(Key::ROPE_FREQ_BASE, 1e6f);
-    hp.rope_base_swa = meta.f32(Key::ROPE_FREQ_BASE_SWA, 1e4f);
-    hp.softcap = meta.f32(Key::FINAL_LOGIT_SOFTCAPPING, 30.0f);
+    hp.n_embd = read_count(meta, Key::EMBEDDING_LENGTH);
+    hp.n_ff = read_count(meta, Key::FEED_FORWARD_LENGTH);
+    hp.n_head = read_count(meta, Key::HEAD_COUNT);
+    hp.n_expert = read_count(meta, Key::EXPERT_COUNT);
+    hp.n_expert_used = read_count(meta, Key::EXPERT_USED_COUNT);
+    hp.n_ff_exp = read_count(meta, Key::EXPERT_FEED_FORWARD_LENGTH);
+    hp.head_dim_full = read_count(meta, Key::KEY_LENGTH);
+    hp.head_dim_swa = read_count(meta, Key::KEY_LENGTH_SWA);
+    hp.n_ctx_train = read_count(meta, Key::CONTEXT_LENGTH, 262144);
+    hp.n_swa = read_count(meta, Key::SLIDING_WINDOW);
+    hp.canvas_length = read_count(meta, Key::CANVAS_LENGTH);
+    hp.rms_eps = read_float(meta, Key::RMS_EPS, 1e-6f, false);
+    hp.rope_base_full = read_float(meta, Key::ROPE_FREQ_BASE, 1e6f, false);
+    hp.rope_base_swa = read_float(meta, Key::ROPE_FREQ_BASE_SWA, 1e4f, false);
+    hp.softcap = read_float(meta, Key::FINAL_LOGIT_SOFTCAPPING, 30.0f, false);
     check_positive("embedding_length", hp.n_embd);
     check_positive("feed_forward_length", hp.n_ff);
     check_positive("attention.head_count", hp.n_head);
@@ -68,6 +94,11 @@ HParams read_hparams(const gguf_context * ctx) {
     check_positive("attention.key_length_swa", hp.head_dim_swa);
     check_positive("attention.sliding_window", hp.n_swa);
     check_positive("diffusion.canvas_length", hp.canvas_length);
+    // Nothing ties the canvas to a tensor shape, yet it sizes every decoder pass ([canvas, n_vocab] logits)
+    // and n_ctx defaults to twice it: bound it so those products stay far from int32 overflow.
+    if (hp.canvas_length > (1 << 16)) {
+        raise(DIFFGEMMA_ERR_UNSUPPORTED_MODEL, "diffusion.canvas_length %d is implausible (at most 65536)", hp.canvas_length);
+    }
     if (hp.n_expert_used > hp.n_expert) {
         raise(DIFFGEMMA_ERR_UNSUPPORTED_MODEL, "expert_used_count %d exceeds expert_count %d", hp.n_expert_used, hp.n_expert);
     }
@@ -87,15 +118,20 @@ HParams read_hparams(const gguf_context * ctx) {
         }
     }
     const float exact = std::sqrt(static_cast<float>(hp.n_embd));
-    hp.embed_scale = meta.f32(Key::EMBED_SCALE, bf16_round(exact));
+    hp.embed_scale = read_float(meta, Key::EMBED_SCALE, bf16_round(exact), false);
 
     SamplerDefaults & s = hp.sampler;
-    s.max_steps = static_cast<int32_t>(meta.u32(Key::EB_MAX_STEPS, static_cast<uint32_t>(s.max_steps)));
-    s.t_min = meta.f32(Key::EB_T_MIN, s.t_min);
-    s.t_max = meta.f32(Key::EB_T_MAX, s.t_max);
-    s.entropy_bound = meta.f32(Key::EB_ENTROPY_BOUND, s.entropy_bound);
-    s.stability_threshold = static_cast<int32_t>(meta.u32(Key::EB_STABILITY_THRESHOLD, static_cast<uint32_t>(s.stability_threshold)));
-    s.confidence_threshold = meta.f32(Key::EB_CONFIDENCE_THRESHOLD, s.confidence_threshold);
+    s.max_steps = read_count(meta, Key::EB_MAX_STEPS, s.max_steps);
+    s.t_min = read_float(meta, Key::EB_T_MIN, s.t_min, false);
+    s.t_max = read_float(meta, Key::EB_T_MAX, s.t_max, false);
+    s.entropy_bound = read_float(meta, Key::EB_ENTROPY_BOUND, s.entropy_bound, true);
+    s.stability_threshold = read_count(meta, Key::EB_STABILITY_THRESHOLD, s.stability_threshold);
+    s.confidence_threshold = read_float(meta, Key::EB_CONFIDENCE_THRESHOLD, s.confidence_threshold, true);
+    // The sampler's own argument check (check_params) would blame the caller for a bad default from the file.
+    if (hp.sampler.max_steps <= 0 || hp.sampler.max_steps > 100000) {
+        raise(DIFFGEMMA_ERR_UNSUPPORTED_MODEL, "diffusion.eb_max_steps must be positive and at most 100000, got %d",
+              hp.sampler.max_steps);
+    }
     return hp;
 }
 

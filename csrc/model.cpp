@@ -10,12 +10,18 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <sys/stat.h>
 #include <thread>
 
 namespace {
 
 // A friendlier reason than gguf's NULL for the common cases: missing file, not a GGUF at all.
 void precheck_file(const char * path) {
+    struct stat st {};
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+        // fopen succeeds on a directory and a FIFO would block the read: name the problem instead.
+        dg::raise(DIFFGEMMA_ERR_IO, "model path %s is not a regular file%s", path, S_ISDIR(st.st_mode) ? " (it is a directory)" : "");
+    }
     FILE * f = std::fopen(path, "rb");
     if (f == nullptr) {
         dg::raise(DIFFGEMMA_ERR_IO, "cannot open model file %s: %s", path, std::strerror(errno));
@@ -107,9 +113,14 @@ int32_t diffgemma_model_load(const char * path, const diffgemma_model_params * p
         auto model = std::make_unique<diffgemma_model>();
         model->path = path;
         gguf_init_params gp = {true, &model->meta_ctx};
-        model->gguf = gguf_init_from_file(path, gp);
-        if (model->gguf == nullptr) {
-            dg::raise(DIFFGEMMA_ERR_BAD_FORMAT, "%s is a corrupt or truncated GGUF file (ggml's GGUF parser rejected it)", path);
+        {
+            dg::GgmlErrorCapture ggml_errors;  // ggml's parser says why only in its log
+            model->gguf = gguf_init_from_file(path, gp);
+            if (model->gguf == nullptr) {
+                const std::string why = ggml_errors.text();
+                dg::raise(DIFFGEMMA_ERR_BAD_FORMAT, "%s is a corrupt or truncated GGUF file: %s", path,
+                          why.empty() ? "ggml's GGUF parser rejected it" : why.c_str());
+            }
         }
         model->hp = dg::read_hparams(model->gguf);
         for (int64_t i = 0; i < gguf_get_n_kv(model->gguf); ++i) {

@@ -7,6 +7,7 @@
 #include "gguf.h"
 
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -48,7 +49,8 @@ std::string shape_str(const int64_t * ne, int n) {
 
 class Binder {
   public:
-    Binder(ggml_context * meta, std::set<std::string> & used) : meta_(meta), used_(used) {}
+    Binder(ggml_context * meta, std::set<std::string> & used, std::vector<ggml_tensor *> & vectors)
+        : meta_(meta), used_(used), vectors_(vectors) {}
 
     ggml_tensor * get(const std::string & name, std::initializer_list<int64_t> shape, bool required, Role role) {
         ggml_tensor * t = ggml_get_tensor(meta_, name.c_str());
@@ -77,21 +79,70 @@ class Binder {
                   name.c_str(), ggml_type_name(t->type),
                   role == Role::Vector ? " (norms and scalars must be f32)" : "");
         }
+        if (role == Role::Vector) {
+            vectors_.push_back(t);
+        }
         return t;
     }
 
   private:
     ggml_context * meta_;
     std::set<std::string> & used_;
+    std::vector<ggml_tensor *> & vectors_;
 };
 
+// Norm weights and scales multiply every activation: one NaN or infinity in them turns every logit into NaN,
+// which would surface only as a sampler failure much later. They are small (f32 vectors), so all are read.
+void check_finite(const std::vector<ggml_tensor *> & vectors) {
+    for (const ggml_tensor * t : vectors) {
+        const float * v = static_cast<const float *>(t->data);
+        const int64_t n = ggml_nelements(t);
+        for (int64_t i = 0; i < n; ++i) {
+            if (!std::isfinite(v[i])) {
+                raise(DIFFGEMMA_ERR_BAD_FORMAT, "tensor '%s' holds %s at index %lld (norm and scale weights must be finite)",
+                      ggml_get_name(t), std::isnan(v[i]) ? "NaN" : (v[i] > 0 ? "inf" : "-inf"), static_cast<long long>(i));
+            }
+        }
+    }
+}
+
+// The tensor's size in bytes from its shape and type, or false if a product overflows. ggml's parser has
+// an element-count check, but it is skipped when the count itself wraps to zero (e.g. [2^32, 2^32, 6]), after
+// which ggml_nbytes is garbage; an unused tensor like that would otherwise reach ggml_backend_tensor_alloc,
+// which aborts on a size outside the buffer.
+bool checked_nbytes(const ggml_tensor * t, size_t * out) {
+    const int64_t blck = ggml_blck_size(t->type);
+    if (blck <= 0 || t->ne[0] % blck != 0) {
+        return false;
+    }
+    uint64_t bytes = static_cast<uint64_t>(t->ne[0] / blck) * ggml_type_size(t->type);  // ne0 < 2^63, size <= 256
+    if (t->ne[0] != 0 && bytes / ggml_type_size(t->type) != static_cast<uint64_t>(t->ne[0] / blck)) {
+        return false;
+    }
+    for (int d = 1; d < GGML_MAX_DIMS; ++d) {
+        if (t->ne[d] < 0 || __builtin_mul_overflow(bytes, static_cast<uint64_t>(t->ne[d]), &bytes)) {
+            return false;
+        }
+    }
+    *out = static_cast<size_t>(bytes);
+    return true;
+}
+
 // Fills w from the meta context; shapes follow shared/docs/gguf-format.md (ggml ne order).
-void bind_tensors(ggml_context * meta, HParams & hp, Weights & w) {
+// Returns the bound f32 vectors (norms, scales) for check_finite.
+std::vector<ggml_tensor *> bind_tensors(ggml_context * meta, HParams & hp, Weights & w) {
     std::set<std::string> used;
-    Binder b(meta, used);
+    std::vector<ggml_tensor *> vectors;
+    Binder b(meta, used, vectors);
     ggml_tensor * embd = ggml_get_tensor(meta, tensor_name(Tensor::TOKEN_EMBD).c_str());
     if (embd == nullptr) {
         raise(DIFFGEMMA_ERR_UNSUPPORTED_MODEL, "tensor '%s' is missing from the GGUF", tensor_name(Tensor::TOKEN_EMBD).c_str());
+    }
+    // The vocabulary size comes from this shape alone: 0 rows would leave the sampler nothing to draw from
+    // (a division by zero), and more than INT32_MAX would wrap in the int32 token ids.
+    if (embd->ne[1] < 1 || embd->ne[1] > INT32_MAX) {
+        raise(DIFFGEMMA_ERR_UNSUPPORTED_MODEL, "tensor '%s' has %lld rows; the vocabulary must hold 1 .. %d tokens",
+              ggml_get_name(embd), static_cast<long long>(embd->ne[1]), INT32_MAX);
     }
     hp.n_vocab = static_cast<int32_t>(embd->ne[1]);
     const int64_t E = hp.n_embd;
@@ -151,6 +202,7 @@ void bind_tensors(ggml_context * meta, HParams & hp, Weights & w) {
             log(DIFFGEMMA_LOG_WARN, "unused tensor in the GGUF: %s", ggml_get_name(t));
         }
     }
+    return vectors;
 }
 
 // probs @ E contracts over the vocabulary, which is ggml's ne1 of tok_embd; mul_mat contracts over ne0, so
@@ -204,7 +256,7 @@ WeightStore::~WeightStore() {
 
 void WeightStore::load(const std::string & path, gguf_context * gguf, ggml_context * meta_ctx, HParams & hp, Weights & w,
                        int n_threads) {
-    bind_tensors(meta_ctx, hp, w);
+    const std::vector<ggml_tensor *> vectors = bind_tensors(meta_ctx, hp, w);
 
     const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
@@ -241,8 +293,19 @@ void WeightStore::load(const std::string & path, gguf_context * gguf, ggml_conte
     for (int64_t i = 0; i < n_tensors; ++i) {
         const char * name = gguf_get_tensor_name(gguf, i);
         ggml_tensor * t = ggml_get_tensor(meta_ctx, name);
+        if (t == nullptr) {
+            raise(DIFFGEMMA_ERR_INTERNAL, "tensor '%s' of the GGUF has no descriptor in the metadata context", name);
+        }
         const size_t offset = gguf_get_tensor_offset(gguf, i);
-        const size_t nbytes = ggml_nbytes(t);
+        size_t nbytes = 0;
+        if (!checked_nbytes(t, &nbytes) || nbytes != ggml_nbytes(t)) {
+            raise(DIFFGEMMA_ERR_BAD_FORMAT, "tensor '%s' has shape %s of type %s, whose size in bytes overflows", name,
+                  shape_str(t->ne, GGML_MAX_DIMS).c_str(), ggml_type_name(t->type));
+        }
+        if (offset % gguf_get_alignment(gguf) != 0) {
+            raise(DIFFGEMMA_ERR_BAD_FORMAT, "tensor '%s' starts at offset %zu, which is not a multiple of the file's alignment %zu",
+                  name, offset, gguf_get_alignment(gguf));
+        }
         if (offset > data_size || nbytes > data_size - offset) {
             raise(DIFFGEMMA_ERR_BAD_FORMAT, "tensor '%s' (%zu bytes at offset %zu) lies outside the file's %zu bytes of tensor data (truncated file?)",
                   name, nbytes, offset, data_size);
@@ -251,6 +314,7 @@ void WeightStore::load(const std::string & path, gguf_context * gguf, ggml_conte
             raise(DIFFGEMMA_ERR_BACKEND, "cannot place tensor '%s' in the weights buffer", name);
         }
     }
+    check_finite(vectors);
 
     if (w.sc_gate != nullptr) {
         const ggml_type t_type = w.tok_embd->type == GGML_TYPE_F32 ? GGML_TYPE_F32 : GGML_TYPE_F16;
