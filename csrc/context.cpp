@@ -109,6 +109,7 @@ void encode_tokens(diffgemma_context * c, const int32_t * tokens, int32_t n_toke
               n_tokens, c->n_past, static_cast<long long>(c->n_past) + n_tokens, c->kv.n_ctx());
     }
     for (int32_t start = 0; start < n_tokens; start += c->n_batch) {
+        const auto t0 = Clock::now();
         const int32_t T = std::min(c->n_batch, n_tokens - start);
         GraphScope g(c);
         GraphBuilder b{hp, c->model->w, c->kv, g.ctx, g.gf};
@@ -127,9 +128,13 @@ void encode_tokens(diffgemma_context * c, const int32_t * tokens, int32_t n_toke
             fill_encoder_mask(m.data(), begin, c->n_past, T, window);
             set_input(mask, m.data(), m.size() * sizeof(float));
         }
+        c->timing.last_node = Clock::now();
         run(c, g.gf, "encoder");
         c->cached_tokens.insert(c->cached_tokens.end(), tokens + start, tokens + start + T);
         c->n_past += T;
+        c->timing.totals.encode_ms += ms_since(t0);
+        c->timing.totals.n_encode_tokens += T;
+        c->timing.totals.n_encode_passes += 1;
     }
 }
 
@@ -145,6 +150,7 @@ void decoder_pass(diffgemma_context * c, const int32_t * canvas, const float * s
         raise(DIFFGEMMA_ERR_CONTEXT_OVERFLOW, "a canvas of %d after %d cached positions needs %lld positions, but n_ctx is %d",
               C, c->n_past, static_cast<long long>(c->n_past) + C, c->kv.n_ctx());
     }
+    const auto t_setup = Clock::now();
     GraphScope g(c);
     GraphBuilder b{hp, c->model->w, c->kv, g.ctx, g.gf};
     GraphInputs in = b.build_decoder(c->n_past, C, sc_logits != nullptr, sc_scale);
@@ -159,8 +165,15 @@ void decoder_pass(diffgemma_context * c, const int32_t * canvas, const float * s
     if (sc_logits != nullptr) {
         set_input(in.sc_logits, sc_logits, sizeof(float) * static_cast<size_t>(C) * static_cast<size_t>(hp.n_vocab));
     }
+    Timings & tm = c->timing;
+    tm.totals.decoder_setup_ms += ms_since(t_setup);
+    tm.compute_begin = tm.last_node = Clock::now();
     run(c, g.gf, "decoder");
+    tm.add_decoder_compute(ms_since(tm.compute_begin));
+    const auto t_read = Clock::now();
     ggml_backend_tensor_get(in.logits, out_logits, 0, ggml_nbytes(in.logits));
+    tm.totals.readback_ms += ms_since(t_read);
+    tm.totals.n_decoder += 1;
 }
 
 }  // namespace dg

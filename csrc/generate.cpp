@@ -114,6 +114,7 @@ int32_t denoise_canvas(diffgemma_context * c, const diffgemma_sampler_params & p
             raise(DIFFGEMMA_ERR_CANCELLED, "generation cancelled before step %d of block %d", steps + 1, block);
         }
         decoder_pass(c, canvas.data(), have_sc ? sc.data() : nullptr, 1.0f, logits.data());
+        const auto t_sampler = Clock::now();
         // Processed logits lg = raw / T (a true division, as HF does), reused as the next step's SC input.
         const float T = static_cast<float>(p.t_min + (static_cast<double>(p.t_max) - p.t_min) * n / N);
         for (size_t i = 0; i < CV; ++i) {
@@ -138,6 +139,8 @@ int32_t denoise_canvas(diffgemma_context * c, const diffgemma_sampler_params & p
             canvas[js] = accept[js] ? sampled : noise;
         }
         mean_entropy /= C;
+        c->timing.totals.sampler_ms += ms_since(t_sampler);
+        c->timing.totals.n_steps += 1;
         const int32_t k = p.stability_threshold;
         bool stable = k == 0;
         if (k > 0 && static_cast<int32_t>(history.size()) == k) {

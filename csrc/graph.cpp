@@ -1,5 +1,7 @@
 #include "graph.h"
 
+#include "timing.h"
+
 #include <cmath>
 #include <limits>
 
@@ -182,9 +184,11 @@ GraphInputs GraphBuilder::build_decoder(int32_t n_past, int32_t n_canvas, bool w
         x = ggml_add(ctx, x, ggml_mul_mat(ctx, w.sc_down, act));
     }
     x = rms(x, nullptr);  // self_conditioning.post_norm (no weight), applied on every step
+    ggml_set_name(x, kNodeScOut);
     for (int il = 0; il < hp.n_layer; ++il) {
         x = layer(il, x, in.pos, n_past, false, nullptr);
     }
+    ggml_set_name(x, kNodeHeadIn);
     x = rms(x, w.output_norm);
     ggml_tensor * logits = ggml_mul_mat(ctx, w.tok_embd, x);  // tied head: [V, C]
     logits = ggml_scale(ctx, ggml_tanh(ctx, ggml_scale(ctx, logits, 1.0f / hp.softcap)), hp.softcap);

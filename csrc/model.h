@@ -4,6 +4,7 @@
 #include "diffgemma.h"
 #include "hparams.h"
 #include "kv_cache.h"
+#include "timing.h"
 #include "weights.h"
 
 #include "ggml-backend.h"
@@ -42,6 +43,7 @@ struct diffgemma_context {
     std::vector<int32_t> cached_tokens;   // the ids whose K/V are in the cache, in order (prefix reuse)
     std::vector<uint8_t> graph_meta;      // storage for graph-building contexts
     std::mt19937_64 rng;
+    dg::Timings timing;                   // diffgemma_timings_* (timing.h)
     std::atomic<bool> busy{false};
     std::atomic<bool> cancel{false};
     ~diffgemma_context();

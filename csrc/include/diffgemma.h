@@ -354,6 +354,44 @@ DIFFGEMMA_API int32_t diffgemma_generate(diffgemma_context * ctx, const int32_t 
  * encoder graph. Safe from any thread. */
 DIFFGEMMA_API void diffgemma_cancel(diffgemma_context * ctx);
 
+/* ---- timing ---- */
+/*
+ * Wall-clock accounting of a context's work since it was created or last reset (benchmarks, profiling).
+ * The counters are always kept; diffgemma_timings_enable(ctx, 1) also splits each decoder pass into
+ * self-conditioning / backbone / head (the graph is then computed in three pieces, which costs a few
+ * thread wake-ups per pass).
+ */
+typedef struct diffgemma_timings {
+    int64_t n_encode_tokens;    /* tokens through the encoder */
+    int32_t n_encode_passes;    /* encoder graphs (one per n_batch chunk) */
+    double encode_ms;           /* encoder passes, whole (build + compute) */
+    int32_t n_decoder;          /* decoder passes */
+    double decoder_setup_ms;    /* graph build, allocation and input upload of the decoder passes */
+    double decoder_compute_ms;  /* decoder graph compute */
+    double readback_ms;         /* copy of the logits to the host */
+    int32_t n_split;            /* decoder passes timed per part (split mode) */
+    double sc_ms;               /* self-conditioning: softmax(sc) @ E, the MLP, the input embeddings */
+    double backbone_ms;         /* the layers */
+    double head_ms;             /* final norm, tied LM head, softcap */
+    int32_t n_steps;            /* denoising steps */
+    double sampler_ms;          /* host sampler: lg = raw / T, per-row statistics, acceptance, renoise */
+} diffgemma_timings;
+
+/* mode 0: counters only; 1: also time the three parts of each decoder pass (sc_ms, backbone_ms, head_ms);
+ * 2: also time every graph node of decoder passes (a profile, see diffgemma_timings_op_report; slower). */
+DIFFGEMMA_API int32_t diffgemma_timings_enable(diffgemma_context * ctx, int32_t mode);
+
+/* Per-node profile (mode 2) since the last reset, as text: one line per op kind, "ms<TAB>nodes<TAB>kind\n",
+ * slowest first. Same buffer contract as diffgemma_token_to_piece. */
+DIFFGEMMA_API int32_t diffgemma_timings_op_report(const diffgemma_context * ctx, char * out, size_t capacity,
+                                                  size_t * n_out);
+
+/* Copies the totals accumulated so far. */
+DIFFGEMMA_API int32_t diffgemma_timings_get(const diffgemma_context * ctx, diffgemma_timings * out);
+
+/* Zeroes the totals (NULL is fine). */
+DIFFGEMMA_API void diffgemma_timings_reset(diffgemma_context * ctx);
+
 // cffi-end
 
 #ifdef __cplusplus

@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .demo import register as add_demo_parser
 
     add_demo_parser(sub)  # sudoku demo on the bundled model
+
+    from .bench import add_bench_parser
+
+    add_bench_parser(sub)
     return parser
 
 
