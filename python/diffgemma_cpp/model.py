@@ -13,6 +13,7 @@ raises ``ModelBusyError``; ``cancel()`` is safe from any thread).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from dataclasses import dataclass
@@ -78,6 +79,10 @@ class Model(CompletionMixin):
                  n_batch: int | None = None, seed: int | None = None, kv_type: str = "f32", verbose: bool = False):
         self._model = None
         self._ctx = None
+        # Held by every call that uses the KV cache, for its whole run: a generate_blocks stream keeps it
+        # between its blocks too (the C side guards only one C call at a time, and another call's prefill
+        # between two blocks would silently replace the stream's cache).
+        self._cache_lock = threading.Lock()
         self.model_path = str(model_path)
         if not Path(model_path).is_file():
             raise errors.ModelFileError(f"no such model file: {model_path}")
@@ -135,6 +140,17 @@ class Model(CompletionMixin):
         except Exception:  # pragma: no cover - interpreter shutdown
             pass
 
+    @contextlib.contextmanager
+    def _exclusive(self):
+        if not self._cache_lock.acquire(blocking=False):
+            raise errors.ModelBusyError(
+                "this Model is in use by another call (another thread, or an unfinished generate_blocks stream); "
+                "one call at a time per Model: wait for it, cancel() it, or close the stream")
+        try:
+            yield
+        finally:
+            self._cache_lock.release()
+
     @property
     def _c(self):
         if self._ctx is None:
@@ -171,12 +187,14 @@ class Model(CompletionMixin):
     # ---- low-level passes (tests, tools) -----------------------------------------------------------
     def reset(self) -> None:
         """Empty the KV cache."""
-        check(lib.diffgemma_kv_truncate(self._c, 0))
+        with self._exclusive():
+            check(lib.diffgemma_kv_truncate(self._c, 0))
 
     def encode(self, ids) -> None:
         """Encoder pass: append clean tokens to the KV cache."""
         arr = _ids(ids, "ids")
-        check(lib.diffgemma_encode(self._c, ffi.from_buffer("int32_t[]", arr), len(arr)))
+        with self._exclusive():
+            check(lib.diffgemma_encode(self._c, ffi.from_buffer("int32_t[]", arr), len(arr)))
 
     def decoder_logits(self, canvas_ids, sc_logits=None) -> np.ndarray:
         """Softcapped logits [canvas_length, n_vocab] of one decoder pass; the KV cache is unchanged.
@@ -196,8 +214,9 @@ class Model(CompletionMixin):
                 raise errors.InvalidArgumentError(f"sc_logits must have shape ({C}, {V}), got {sc.shape}")
             sc_ptr = ffi.from_buffer("float[]", sc)
         out = np.empty((C, V), dtype=np.float32)
-        check(lib.diffgemma_decoder_logits(self._c, ffi.from_buffer("int32_t[]", canvas), sc_ptr,
-                                           ffi.from_buffer("float[]", out)))
+        with self._exclusive():
+            check(lib.diffgemma_decoder_logits(self._c, ffi.from_buffer("int32_t[]", canvas), sc_ptr,
+                                               ffi.from_buffer("float[]", out)))
         return out
 
     # ---- generation ------------------------------------------------------------------------------
@@ -277,9 +296,10 @@ class Model(CompletionMixin):
         n_steps = ffi.new("int32_t *")
         relay = _StepRelay(on_step)
         handle = ffi.new_handle(relay)
-        status = lib.diffgemma_generate(self._c, ffi.from_buffer("int32_t[]", prompt), len(prompt), p, rp,
-                                        lib._dg_py_step_callback, handle, ffi.from_buffer("int32_t[]", out), cap, n_out,
-                                        n_steps)
+        with self._exclusive():
+            status = lib.diffgemma_generate(self._c, ffi.from_buffer("int32_t[]", prompt), len(prompt), p, rp,
+                                            lib._dg_py_step_callback, handle, ffi.from_buffer("int32_t[]", out), cap,
+                                            n_out, n_steps)
         if relay.error is not None:
             raise relay.error
         check(status)
@@ -297,6 +317,17 @@ class Model(CompletionMixin):
                                                                  confidence_threshold=confidence_threshold))
         C = self.canvas_length
         n_blocks = -(-p.max_new_tokens // C)
+        # Checked up front, as diffgemma_generate does, rather than failing after some blocks were streamed.
+        needed = len(prompt) + n_blocks * C
+        if needed > self.n_ctx:
+            raise errors.ContextOverflowError(
+                f"prompt ({len(prompt)} tokens) + {n_blocks} canvas(es) x {C} = {needed} positions exceed "
+                f"n_ctx = {self.n_ctx} (hint: a larger n_ctx or fewer max_new_tokens)")
+        with self._exclusive():
+            yield from self._stream_blocks(prompt, p, n_blocks, on_step)
+
+    def _stream_blocks(self, prompt, p, n_blocks: int, on_step) -> Iterator[Block]:
+        C = self.canvas_length
         eos = set(self.eos_ids)
         check(lib.diffgemma_prefill(self._c, ffi.from_buffer("int32_t[]", prompt), len(prompt)))
         lib.diffgemma_seed(self._c, p.seed)

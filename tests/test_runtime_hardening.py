@@ -1,0 +1,242 @@
+"""Runtime hardening: context overflow with the arithmetic, cancel() from another thread during encoding and
+during denoising, two threads on one Model (the thread contract in diffgemma_cpp.completion), and repeated
+load/generate/close cycles without memory growth."""
+from __future__ import annotations
+
+import gc
+import os
+import re
+import threading
+import time
+
+import pytest
+
+import engine_fixtures as fx
+from diffgemma_cpp import Model
+from diffgemma_cpp.errors import Cancelled, ContextOverflowError, ModelBusyError
+
+SANITIZED = os.environ.get("DG_SANITIZED") == "1"  # scripts/sanitize_tests.sh: timings and RSS mean nothing there
+
+
+@pytest.fixture(scope="module")
+def path():
+    return fx.gguf("small", "f32")
+
+
+def _numbers(msg: str) -> list:
+    return [int(x) for x in re.findall(r"\d+", msg)]
+
+
+# ---- context overflow ------------------------------------------------------------------------------------------
+
+def test_generate_overflow_names_the_arithmetic(path):
+    with Model(path, n_threads=1, n_ctx=64) as m:
+        C = m.canvas_length
+        with pytest.raises(ContextOverflowError) as e:
+            m.generate_ids(list(range(1, 51)), max_new_tokens=2 * C, steps=2, seed=1)
+        msg = str(e.value)
+        assert f"prompt (50 tokens) + 2 canvas(es) x {C} = {50 + 2 * C} positions exceed n_ctx = 64" in msg, msg
+        assert m.n_past == 0, "a refused generation must not touch the cache"
+
+
+def test_streamed_generation_overflow_is_refused_before_any_work(path):
+    with Model(path, n_threads=1, n_ctx=64) as m:
+        C = m.canvas_length
+        with pytest.raises(ContextOverflowError) as e:
+            next(m.generate_blocks(list(range(1, 51)), max_new_tokens=2 * C, steps=2, seed=1))
+        assert f"= {50 + 2 * C} positions exceed n_ctx = 64" in str(e.value), str(e.value)
+
+
+def test_encode_and_decoder_overflow_name_the_arithmetic(path):
+    with Model(path, n_threads=1, n_ctx=64) as m:
+        C = m.canvas_length
+        with pytest.raises(ContextOverflowError) as e:
+            m.encode(list(range(1, 70)))
+        assert "encoding 69 tokens after 0 cached positions needs 69 positions, but n_ctx is 64" in str(e.value)
+        m.encode(list(range(1, 61)))
+        with pytest.raises(ContextOverflowError) as e:
+            m.decoder_logits([5] * C)
+        assert f"a canvas of {C} after 60 cached positions needs {60 + C} positions, but n_ctx is 64" in str(e.value)
+        # The failed calls left the model usable.
+        m.reset()
+        m.encode([1, 2, 3])
+        assert m.decoder_logits([5] * C).shape == (C, m.n_vocab)
+
+
+# ---- cancel ----------------------------------------------------------------------------------------------------
+
+class _Canceller(threading.Thread):
+    """Calls model.cancel() every millisecond from `start_event` on, until stopped; remembers the first call."""
+
+    def __init__(self, model, start_event: threading.Event):
+        super().__init__(daemon=True)
+        self.model, self.start_event, self.stop, self.first = model, start_event, threading.Event(), None
+
+    def run(self):
+        self.start_event.wait()
+        while not self.stop.is_set():
+            if self.first is None:
+                self.first = time.perf_counter()
+            self.model.cancel()
+            time.sleep(0.001)
+
+
+def test_cancel_during_encoding_stops_promptly(path):
+    n = 1536
+    with Model(path, n_threads=1, n_ctx=n + 64, n_batch=n) as m:
+        prompt = [(7 * i) % (m.n_vocab - 1) + 1 for i in range(n)]
+        t0 = time.perf_counter()
+        m.encode(prompt)  # one graph of n tokens: the reference duration
+        full = time.perf_counter() - t0
+        m.reset()
+        go = threading.Event()
+        c = _Canceller(m, go)
+        c.start()
+        go.set()
+        with pytest.raises(Cancelled, match="encoder pass was cancelled"):
+            m.encode(prompt)
+        stopped = time.perf_counter()
+        c.stop.set()
+        c.join()
+        latency = stopped - c.first
+        print(f"encode of {n} tokens: {full * 1e3:.0f} ms; stopped {latency * 1e3:.1f} ms after cancel()")
+        assert m.n_past == 0, "a cancelled batch must not count as cached"
+        if not SANITIZED:
+            assert latency < max(0.5 * full, 0.05), (latency, full)
+        # The context works again after the cancel.
+        m.encode(prompt[:10])
+        assert m.n_past == 10
+
+
+def test_cancel_during_denoising_stops_within_one_step(path):
+    with Model(path, n_threads=1, n_ctx=128) as m:
+        steps_seen = []
+        third_step = threading.Event()
+
+        def on_step(step, total, canvas):
+            steps_seen.append(step)
+            if step == 3:
+                third_step.set()
+
+        c = _Canceller(m, third_step)
+        c.start()
+        with pytest.raises(Cancelled):
+            # No early stop: the run would take 1000 steps without the cancel.
+            m.generate_ids([2, 10, 11, 12], max_new_tokens=m.canvas_length, steps=1000, stability_threshold=0,
+                           confidence_threshold=0.0, seed=3, on_step=on_step)
+        c.stop.set()
+        c.join()
+        print(f"steps run: {len(steps_seen)} (cancel requested after step 3)")
+        assert 3 <= len(steps_seen) <= 4, steps_seen  # the step in flight may finish, no further one starts
+        # And the model generates normally afterwards.
+        out = m.generate_ids([2, 10, 11, 12], max_new_tokens=m.canvas_length, steps=2, seed=3)
+        assert len(out) == 4 + m.canvas_length
+
+
+# ---- two threads on one Model ------------------------------------------------------------------------------------
+
+def _hold_model_busy(m, started: threading.Event, release: threading.Event, errors: list):
+    """Thread body: a long generation that signals once it runs and ends when `release` is set (via cancel)."""
+    def on_step(step, total, canvas):
+        started.set()
+        if release.is_set():
+            m.cancel()
+    try:
+        m.generate_ids([2, 10, 11], max_new_tokens=m.canvas_length, steps=100000, stability_threshold=0,
+                       confidence_threshold=0.0, seed=5, on_step=on_step)
+    except Cancelled:
+        pass
+    except BaseException as exc:  # reported to the main thread
+        errors.append(exc)
+
+
+def test_second_thread_gets_model_busy_while_a_generation_runs(path):
+    with Model(path, n_threads=1, n_ctx=128) as m:
+        started, release, errors = threading.Event(), threading.Event(), []
+        t = threading.Thread(target=_hold_model_busy, args=(m, started, release, errors))
+        t.start()
+        try:
+            assert started.wait(60)
+            with pytest.raises(ModelBusyError):
+                m.generate_ids([2, 3], max_new_tokens=m.canvas_length, steps=2, seed=1)
+            with pytest.raises(ModelBusyError):
+                next(m.generate_blocks([2, 3], max_new_tokens=m.canvas_length, steps=2, seed=1))
+            with pytest.raises(ModelBusyError):
+                m.encode([2, 3])
+            with pytest.raises(ModelBusyError):
+                m.create_completion("hi", max_tokens=m.canvas_length, steps=2, seed=1)
+            assert m.tokenize("hello")  # the tokenizer is read-only and stays usable
+        finally:
+            release.set()
+            t.join(60)
+        assert not t.is_alive() and not errors, errors
+        # Free again: the same call now runs.
+        assert len(m.generate_ids([2, 3], max_new_tokens=m.canvas_length, steps=2, seed=1)) == 2 + m.canvas_length
+
+
+def test_interleaved_streams_cannot_corrupt_each_other(path):
+    # A stream holds the model between its blocks: a second stream started meanwhile must be refused, or its
+    # prefill would overwrite the first one's KV cache without either noticing.
+    with Model(path, n_threads=1, n_ctx=128) as m:
+        C = m.canvas_length
+        first = m.generate_blocks([2, 10, 11], max_new_tokens=3 * C, steps=2, seed=1)
+        next(first)
+        with pytest.raises(ModelBusyError):
+            next(m.generate_blocks([2, 20, 21], max_new_tokens=C, steps=2, seed=1))
+        first.close()  # closing the stream frees the model
+        assert len(list(m.generate_blocks([2, 20, 21], max_new_tokens=C, steps=2, seed=1))) == 1
+
+
+def test_many_threads_hammering_one_model(path):
+    """8 threads x 4 calls at once: each call either completes with the serial result or raises
+    ModelBusyError; nothing else (no crash, no mixed-up output)."""
+    with Model(path, n_threads=1, n_ctx=128) as m:
+        prompt = [2, 30, 31, 32]
+        expected = m.generate_ids(prompt, max_new_tokens=m.canvas_length, steps=3, seed=9)
+        outcomes, barrier = [], threading.Barrier(8)
+
+        def worker():
+            barrier.wait()
+            for _ in range(4):
+                try:
+                    outcomes.append(m.generate_ids(prompt, max_new_tokens=m.canvas_length, steps=3, seed=9) == expected)
+                except ModelBusyError:
+                    outcomes.append("busy")
+                except BaseException as exc:  # noqa: BLE001 - reported below
+                    outcomes.append(repr(exc))
+
+        threads = [threading.Thread(target=worker) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        print(f"ok: {outcomes.count(True)}, busy: {outcomes.count('busy')}")
+        assert len(outcomes) == 32 and set(outcomes) <= {True, "busy"}, outcomes
+        assert outcomes.count(True) >= 1
+
+
+# ---- memory ------------------------------------------------------------------------------------------------------
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+@pytest.mark.skipif(SANITIZED, reason="ASan's allocator keeps freed memory in quarantine")
+def test_load_generate_close_cycles_keep_rss_flat(path):
+    def cycle():
+        with Model(path, n_threads=1, n_ctx=64) as m:
+            m.generate_ids([2, 10, 11], max_new_tokens=m.canvas_length, steps=2, seed=1)
+
+    for _ in range(5):  # warm-up: allocator pools, ggml's one-time CPU feature setup, lazy imports
+        cycle()
+    gc.collect()
+    before = _rss_kib()
+    for _ in range(50):
+        cycle()
+    gc.collect()
+    after = _rss_kib()
+    print(f"RSS before {before} KiB, after 50 load/generate/close cycles {after} KiB ({after - before:+d} KiB)")
+    # One model here maps ~0.9 MB and allocates a few MB of KV/compute buffers: a per-cycle leak of any of
+    # them would add tens of MB over 50 cycles.
+    assert after - before < 4096, (before, after)
