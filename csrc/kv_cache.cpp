@@ -33,7 +33,12 @@ void KvCache::init(const HParams & hp, int32_t n_ctx, ggml_type type, ggml_backe
     for (int il = 0; il < hp.n_layer; ++il) {
         need += ggml_nbytes(k_[il]) + ggml_nbytes(v_[il]);
     }
-    buf_ = ggml_backend_alloc_ctx_tensors_from_buft(ctx_, buft);
+    {
+        // A failed allocation is reported once, by the error below; ggml's own three log lines about it would
+        // only repeat it on stderr (a log callback still receives them).
+        GgmlErrorCapture quiet_ggml;
+        buf_ = ggml_backend_alloc_ctx_tensors_from_buft(ctx_, buft);
+    }
     if (buf_ == nullptr) {
         raise(DIFFGEMMA_ERR_OUT_OF_MEMORY,
               "cannot allocate the KV cache: %.1f MiB for n_ctx=%d (hint: a smaller n_ctx or an f16 cache)",

@@ -13,7 +13,7 @@ import pytest
 
 import engine_fixtures as fx
 from diffgemma_cpp import Model
-from diffgemma_cpp.errors import Cancelled, ContextOverflowError, ModelBusyError
+from diffgemma_cpp.errors import Cancelled, ContextOverflowError, ModelBusyError, OutOfMemoryError
 
 SANITIZED = os.environ.get("DG_SANITIZED") == "1"  # scripts/sanitize_tests.sh: timings and RSS mean nothing there
 
@@ -61,6 +61,13 @@ def test_encode_and_decoder_overflow_name_the_arithmetic(path):
         m.reset()
         m.encode([1, 2, 3])
         assert m.decoder_logits([5] * C).shape == (C, m.n_vocab)
+
+
+def test_kv_cache_allocation_failure_is_an_error(path, capfd):
+    # 2^31-1 positions need terabytes: the allocation fails and must surface as an exception, not an abort.
+    with pytest.raises(OutOfMemoryError, match=r"cannot allocate the KV cache: \d+\.\d MiB for n_ctx=2147483647"):
+        Model(path, n_threads=1, n_ctx=2**31 - 1)
+    assert "failed to allocate" not in capfd.readouterr().err, "the reason belongs in the exception, not on stderr"
 
 
 # ---- cancel ----------------------------------------------------------------------------------------------------
