@@ -247,3 +247,61 @@ def test_load_generate_close_cycles_keep_rss_flat(path):
     # One model here maps ~0.9 MB and allocates a few MB of KV/compute buffers: a per-cycle leak of any of
     # them would add tens of MB over 50 cycles.
     assert after - before < 4096, (before, after)
+
+
+# ---- close() while in use ----------------------------------------------------------------------------------------
+
+def test_tokenizer_kept_after_close_raises_instead_of_reading_freed_memory(path):
+    # Regression: the Tokenizer borrowed the model's vocab, and using it after Model.close() read freed memory
+    # (a segfault). Run in a child so a regression fails this test rather than killing pytest.
+    code = ("import sys; from diffgemma_cpp import Model; from diffgemma_cpp.errors import InvalidArgumentError\n"
+            "m = Model(sys.argv[1], n_threads=1, n_ctx=64); tok = m.tokenizer; m.close()\n"
+            "for call in (lambda: tok.tokenize('hello'), lambda: m.tokenize('hello'),\n"
+            "             lambda: m.generate_ids([2, 3], max_new_tokens=4), lambda: m.decoder_logits([1] * 12)):\n"
+            "    try:\n"
+            "        call()\n"
+            "    except InvalidArgumentError as e:\n"
+            "        assert 'closed' in str(e), e\n"
+            "    else:\n"
+            "        raise SystemExit('a closed model still answered')\n"
+            "print('ok')\n")
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", (proc.returncode, proc.stdout, proc.stderr[-2000:])
+
+
+def test_close_from_another_thread_during_generation_cancels_then_frees(path):
+    m = Model(path, n_threads=1, n_ctx=128)
+    started, errors, outcome = threading.Event(), [], []
+
+    def generate():
+        try:
+            m.generate_ids([2, 10, 11], max_new_tokens=m.canvas_length, steps=100000, stability_threshold=0,
+                           confidence_threshold=0.0, seed=5, on_step=lambda *a: started.set())
+            outcome.append("finished")
+        except Cancelled:
+            outcome.append("cancelled")
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    t = threading.Thread(target=generate)
+    t.start()
+    assert started.wait(60)
+    m.close()  # must not free under the running call
+    t.join(60)
+    assert not t.is_alive() and not errors and outcome == ["cancelled"], (outcome, errors)
+    assert m._ctx is None and m._model is None, "freed once the generation let go"
+    with pytest.raises(Exception, match="closed"):
+        m.generate_ids([2, 3], max_new_tokens=4)
+
+
+def test_close_with_an_open_stream_frees_when_the_stream_ends(path):
+    m = Model(path, n_threads=1, n_ctx=128)
+    stream = m.generate_blocks([2, 10, 11], max_new_tokens=3 * m.canvas_length, steps=2, seed=1)
+    next(stream)
+    m.close()
+    assert m._model is not None, "the paused stream still holds the model"
+    with pytest.raises(Exception, match="closed"):
+        next(stream)  # the stream ends with a clear error, and the model is freed on its way out
+    assert m._ctx is None and m._model is None

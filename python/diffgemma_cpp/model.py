@@ -120,7 +120,27 @@ class Model(CompletionMixin):
 
     # ---- lifetime -------------------------------------------------------------------------------
     def close(self) -> None:
-        """Free the context and the weights now (idempotent)."""
+        """Free the context and the weights (idempotent). Called while a generation runs (from another thread,
+        from its on_step callback, or with a generate_blocks stream still open), it cancels that generation and
+        the memory is freed as soon as the generation lets go of the model."""
+        lock = getattr(self, "_cache_lock", None)
+        if lock is not None and not lock.acquire(blocking=False):
+            # Freeing now would pull the KV cache and weights from under the running C call (a crash).
+            self._close_pending = True
+            self.cancel()
+            return
+        try:
+            self._free()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _free(self) -> None:
+        # The tokenizer borrows the model's vocab: detach it first, so a Tokenizer kept by the caller raises
+        # "closed" instead of reading freed memory.
+        tokenizer = getattr(self, "tokenizer", None)
+        if tokenizer is not None:
+            tokenizer.close()
         if getattr(self, "_ctx", None) is not None:
             lib.diffgemma_context_free(self._ctx)
             self._ctx = None
@@ -149,11 +169,13 @@ class Model(CompletionMixin):
         try:
             yield
         finally:
+            if self.__dict__.pop("_close_pending", False):  # close() was called meanwhile: free on the way out
+                self._free()
             self._cache_lock.release()
 
     @property
     def _c(self):
-        if self._ctx is None:
+        if self._ctx is None or self.__dict__.get("_close_pending"):
             raise errors.InvalidArgumentError("this Model is closed")
         return self._ctx
 
@@ -201,6 +223,7 @@ class Model(CompletionMixin):
 
         sc_logits: None, or HF's ``self_conditioning_logits`` (the previous step's temperature-scaled
         logits), shape [canvas_length, n_vocab]."""
+        self._c  # raises if closed
         C, V = self.canvas_length, self.n_vocab
         canvas = _ids(canvas_ids, "canvas_ids")
         if canvas.shape != (C,):
@@ -221,6 +244,7 @@ class Model(CompletionMixin):
 
     # ---- generation ------------------------------------------------------------------------------
     def _sampler_params(self, max_new_tokens, steps, seed, overrides: dict):
+        self._c  # a closed Model says so here, before its zeroed facts (canvas_length 0) are used
         p = ffi.new("diffgemma_sampler_params *")
         lib.diffgemma_sampler_default_params(self._model, p)
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
