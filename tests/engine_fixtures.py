@@ -17,18 +17,23 @@ from diffgemma_cpp.convert.pipeline import convert_checkpoint
 _ROOT = Path(tempfile.mkdtemp(prefix="dg-engine-"))
 
 
-# Weight matrices with std 0.3 (tiny_hf's default) make a chaotic network: a 1e-5 change of the
-# self-conditioning input grows to whole-logit changes within three denoising steps, for HF float32 against
-# HF float64 as much as for us. Token-for-token replay of several steps therefore uses a calmer "<name>:calm"
-# variant (std 0.08), whose dynamics are as well-conditioned as a trained model's.
-CALM_WEIGHT_SCALE = 0.08
+# Variants of the tiny configs, "<name>:<variant>". tiny_hf's defaults (matrices with std 0.3, q/k norm
+# weights ~1) make a harshly conditioned network: the strictest test of exact F32 arithmetic, but one that
+# amplifies rounding far beyond what a trained model does.
+# - "replay": matrices with std 0.08 and the self-conditioning MLP's output scaled by 0.1. With random weights
+#   the self-conditioning feedback from one denoising step to the next amplifies rounding noise 5-10x per
+#   step: HF float32 against HF float64 on the same draws differs by 1e-4 after step 1 and by 0.5 in the
+#   logits after step 6 (measured on std-0.08 "small"), so no float32 engine can follow a float64 reference
+#   token for token over several steps. Damped, the same comparison stays at ~1e-4 for all six steps, as in a
+#   trained model. The exactness of the self-conditioning path itself is tested on the undamped models
+#   (test_f32_decoder_logits_match_hf, where SC moves the logits by > 1).
+_VARIANTS = {"": {}, "replay": dict(weight_scale=0.08, self_conditioning_gain=0.1)}
 
 
 @functools.lru_cache(maxsize=None)
 def checkpoint(name: str) -> Path:
     base, _, variant = name.partition(":")
-    scale = CALM_WEIGHT_SCALE if variant == "calm" else 0.3
-    return tiny_hf.save_checkpoint(base, _ROOT / name.replace(":", "-"), weight_scale=scale)
+    return tiny_hf.save_checkpoint(base, _ROOT / name.replace(":", "-"), **_VARIANTS[variant])
 
 
 @functools.lru_cache(maxsize=None)

@@ -60,12 +60,16 @@ def test_f32_decoder_logits_match_hf(name):
     assert np.max(np.abs(ref["sc"] - ref["plain"])) > 1.0
 
 
-# Quantized files: normalised MSE of the logits against HF float64 on the source checkpoint. bf16 has 8 mantissa
-# bits, so a BF16 file is compared with HF computing on the same bf16-rounded weights (its rounding alone moves
-# these random models' logits by NMSE ~5e-3); the other types include their own rounding in the error.
-_OPEN = "known gap (issue 4 stays open): measured above the bound, see CHANGELOG 'Known gaps'"
+# Quantized files: normalised MSE of the logits against HF float64 on the source checkpoint, so each type's
+# own rounding (and ggml's rounding of activations to the weight's dot-product type) is part of the error.
+# BF16, Q8_0 and Q4_K_M are above the bounds on these harshly conditioned models (measured NMSE 5e-3, 6e-2,
+# 0.58): almost all of it comes from the attention projections, where ggml's rounding of the activations to
+# the weight's dot-product type (bf16, int8 blocks) meets Gemma-4's unscaled q.k (q8_0 on attn_* alone, all
+# else f32: NMSE 0.24; on the experts alone: 2.6e-3). Open in issue 4 until judged on a realistically
+# conditioned model or fixed; strict, so a fix shows up as an XPASS.
+_OPEN = "known gap: quantized attention on harshly conditioned random models (see comment above)"
 QUANT_BOUNDS = [("f16", 1e-4, None),
-                pytest.param("bf16", 1e-4, "bf16", marks=pytest.mark.xfail(strict=True, reason=_OPEN)),
+                pytest.param("bf16", 1e-4, None, marks=pytest.mark.xfail(strict=True, reason=_OPEN)),
                 pytest.param("q8_0", 1e-3, None, marks=pytest.mark.xfail(strict=True, reason=_OPEN)),
                 pytest.param("q4_k_m", 3e-2, None, marks=pytest.mark.xfail(strict=True, reason=_OPEN))]
 
@@ -81,24 +85,24 @@ def test_quantized_decoder_logits_nmse(outtype, bound, weights_as):
         assert err <= bound, f"{outtype} {case}: NMSE {err} > {bound}"
 
 
-_MULTI_STEP_GAP = ("known gap (issue 4 stays open): canvases denoised over several steps diverge from HF after "
-                   "~3 steps; single-step blocks (EOS, padding, re-encoding, several blocks) match 20/20")
-SAMPLER_SETTINGS = [  # (entropy_bound, stability_threshold, confidence_threshold)
-    pytest.param((6.0, 1, 2.5), marks=pytest.mark.xfail(strict=True, reason=_MULTI_STEP_GAP)),  # many accepted per step
-    (0.5, 0, 100.0),   # stability 0: every block stops after its first step
-    pytest.param((0.1, 2, 100.0), marks=pytest.mark.xfail(strict=True, reason=_MULTI_STEP_GAP)),  # release bound
+SAMPLER_SETTINGS = [  # (entropy_bound, stability_threshold, confidence_threshold, max steps)
+    (6.0, 1, 2.5, 6),      # large bound: many positions accepted per step
+    (0.5, 0, 100.0, 6),    # stability 0: every block stops after its first step
+    (0.1, 2, 100.0, 6),    # release bound; would stop once the argmax is stable for 2 steps
 ]
+# Random weights never settle (the argmax keeps moving, even at low temperature), so early stops after
+# several steps are exercised by the trained Sudoku model, not here.
 
 
 @pytest.mark.parametrize("setting", SAMPLER_SETTINGS)
 def test_generate_replay_matches_hf_token_for_token(setting):
     from transformers import DiffusionGemmaGenerationConfig, EntropyBoundSamplerConfig
 
-    name = "small:calm"
-    eb, stab, conf = setting
+    name = "small:replay"
+    eb, stab, conf, n_steps = setting
     hf = fx.hf_model(name)
     C = hf.config.canvas_length
-    n_steps, t_min, t_max = 6, 0.4, 0.8
+    t_min, t_max = 0.4, 0.8
     identical, with_eos, multi_block, early = 0, 0, 0, 0
     with Model(fx.gguf(name, "f32"), n_threads=2) as m:
         eos = m.eos_ids

@@ -86,7 +86,8 @@ def _text_config_kwargs(name: str) -> dict:
     return spec
 
 
-def build_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32, weight_scale: float = 0.3):
+def build_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32, weight_scale: float = 0.3,
+                self_conditioning_gain: float = 1.0):
     """A random `DiffusionGemmaForBlockDiffusion` with geometry CONFIGS[name] (text + a 1-layer vision tower)."""
     from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion, DiffusionGemmaTextConfig
     from transformers.models.gemma4.configuration_gemma4 import Gemma4VisionConfig
@@ -105,6 +106,9 @@ def build_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32, we
             noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
             # Norm weights / scales around 1 (so a dropped or swapped one shows), matrices small and centred.
             p.copy_(1.0 + 0.3 * noise if (p.ndim == 1 or "norm" in pname) else weight_scale * noise)
+        # Scales the self-conditioning MLP's output: with random weights its feedback from one denoising step
+        # to the next can amplify rounding noise (see tests/engine_fixtures.py).
+        model.model.decoder.self_conditioning.down_proj.weight.mul_(self_conditioning_gain)
         dec = model.model.decoder.layers
         enc = model.model.encoder.language_model.layers
         for i, (d, e) in enumerate(zip(dec, enc)):
@@ -116,7 +120,8 @@ def build_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32, we
 
 def save_checkpoint(name: str, out_dir, seed: int = 0, generation_config: dict | None = None,
                     dtype: torch.dtype = torch.float32, released_config_layout: bool = True,
-                    max_shard_size: str | None = None, weight_scale: float = 0.3) -> Path:
+                    max_shard_size: str | None = None, weight_scale: float = 0.3,
+                    self_conditioning_gain: float = 1.0) -> Path:
     """Build model `name` and write a complete HF checkpoint directory; returns its path.
 
     generation_config: the dict written as generation_config.json (default: the release's nested layout);
@@ -126,7 +131,8 @@ def save_checkpoint(name: str, out_dir, seed: int = 0, generation_config: dict |
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model = build_model(name, seed=seed, dtype=dtype, weight_scale=weight_scale)
+    model = build_model(name, seed=seed, dtype=dtype, weight_scale=weight_scale,
+                        self_conditioning_gain=self_conditioning_gain)
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(out, **kwargs)
     if released_config_layout:
