@@ -335,3 +335,30 @@ def test_missing_and_non_regular_paths(tmp_path):
     out = probe([tmp_path / "nope.gguf", tmp_path])
     assert [r["exc"] for r in out] == ["ModelFileError", "ModelFileError"], out
     assert "no such model file" in out[0]["msg"]
+
+
+def test_concurrent_loads_keep_their_own_reasons(results, outdir):
+    """ggml's parse errors are captured per thread: loads racing in 6 threads each report their own file's
+    reason (the same message as alone), never a neighbour's."""
+    import threading
+
+    from diffgemma_cpp import Model
+
+    ids = ["bad-magic", "version-99", "duplicate-key", "unknown-ggml-type", "negative-dim", "alignment-zero"]
+    got: dict = {}
+
+    def load(cid):
+        for _ in range(20):
+            try:
+                Model(outdir / f"{cid}.gguf", n_threads=1, n_ctx=64).close()
+                got.setdefault(cid, set()).add("loaded")
+            except Exception as exc:  # compared below
+                got.setdefault(cid, set()).add(str(exc))
+
+    threads = [threading.Thread(target=load, args=(cid,)) for cid in ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for cid in ids:
+        assert got[cid] == {results[cid]["msg"]}, (cid, got[cid])
