@@ -121,3 +121,14 @@ def test_wrong_files_name_the_problem(model_path, tmp_path):
 def test_gpu_layers_without_a_gpu_build_say_how_to_get_one(model_path):
     with pytest.raises(errors.BackendError, match="DIFFGEMMA_CUDA=ON"):
         Model(model_path, n_gpu_layers=-1)
+
+
+def test_chunked_encoding_of_a_long_prompt_matches_one_pass(model_path):
+    """A prompt longer than the window and the chunk, encoded 5 tokens at a time, gives the same cache."""
+    logits = []
+    for n_batch in (5, 512):
+        with Model(model_path, n_batch=n_batch) as m:
+            prompt = _prompt(m, 37, seed=11)  # window 8, so chunks straddle the sliding window edge
+            m.encode(prompt)
+            logits.append(m.decoder_logits(_prompt(m, m.canvas_length, seed=12)))
+    assert np.max(np.abs(logits[0] - logits[1])) <= 1e-4
