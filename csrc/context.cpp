@@ -203,6 +203,10 @@ int32_t diffgemma_context_new(diffgemma_model * model, const diffgemma_context_p
         if (p.kv_type != DIFFGEMMA_KV_F32 && p.kv_type != DIFFGEMMA_KV_F16) {
             dg::raise(DIFFGEMMA_ERR_INVALID_ARGUMENT, "kv_type %d is not a diffgemma_kv_type", p.kv_type);
         }
+        if (p.n_threads > GGML_MAX_N_THREADS) {  // see diffgemma_model_load: ggml's pools hold at most this many
+            dg::raise(DIFFGEMMA_ERR_INVALID_ARGUMENT, "n_threads=%d exceeds ggml's maximum of %d threads", p.n_threads,
+                      GGML_MAX_N_THREADS);
+        }
         if (p.n_ctx < 0 || p.n_batch < 0) {
             dg::raise(DIFFGEMMA_ERR_INVALID_ARGUMENT, "n_ctx (%d) and n_batch (%d) must not be negative", p.n_ctx, p.n_batch);
         }

@@ -109,6 +109,12 @@ int32_t diffgemma_model_load(const char * path, const diffgemma_model_params * p
                       "n_gpu_layers=%d requested, but this build runs on the CPU only (hint: n_gpu_layers=0; GPU offload "
                       "needs a CUDA build: CMAKE_ARGS=\"-DDIFFGEMMA_CUDA=ON\" pip install .)", p.n_gpu_layers);
         }
+        // ggml sizes its thread pools and CPU masks for at most GGML_MAX_N_THREADS: more would index past
+        // them, and a typo like 100000 would otherwise spawn that many threads (an apparent hang).
+        if (p.n_threads > GGML_MAX_N_THREADS) {
+            dg::raise(DIFFGEMMA_ERR_INVALID_ARGUMENT, "n_threads=%d exceeds ggml's maximum of %d threads", p.n_threads,
+                      GGML_MAX_N_THREADS);
+        }
         precheck_file(path);
         auto model = std::make_unique<diffgemma_model>();
         model->path = path;

@@ -13,7 +13,7 @@ import pytest
 
 import engine_fixtures as fx
 from diffgemma_cpp import Model
-from diffgemma_cpp.errors import Cancelled, ContextOverflowError, ModelBusyError, OutOfMemoryError
+from diffgemma_cpp.errors import Cancelled, ContextOverflowError, InvalidArgumentError, ModelBusyError, OutOfMemoryError
 
 SANITIZED = os.environ.get("DG_SANITIZED") == "1"  # scripts/sanitize_tests.sh: timings and RSS mean nothing there
 
@@ -305,3 +305,19 @@ def test_close_with_an_open_stream_frees_when_the_stream_ends(path):
     with pytest.raises(Exception, match="closed"):
         next(stream)  # the stream ends with a clear error, and the model is freed on its way out
     assert m._ctx is None and m._model is None
+
+
+def test_absurd_thread_counts_are_refused_not_spawned(path):
+    # 100000 threads used to be attempted (ggml's pools hold 512): the load crawled for minutes.
+    t0 = time.perf_counter()
+    with pytest.raises(InvalidArgumentError, match="n_threads=100000 exceeds ggml's maximum of 512"):
+        Model(path, n_threads=100000)
+    from diffgemma_cpp._native import check, ffi, lib
+    with Model(path, n_threads=1, n_ctx=64) as m:  # the C context constructor checks too
+        cp = ffi.new("diffgemma_context_params *")
+        lib.diffgemma_context_default_params(cp)
+        cp.n_threads = 513
+        out = ffi.new("diffgemma_context **")
+        with pytest.raises(InvalidArgumentError, match="n_threads=513 exceeds"):
+            check(lib.diffgemma_context_new(m._model, cp, out))
+    assert time.perf_counter() - t0 < 30
