@@ -30,7 +30,10 @@ flags=(-std=c++17 -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,addre
        -I"$root/csrc/include" -I"$root/csrc" -I"$ggml/include")
 objs=()
 pids=()
-for src in "$root"/csrc/*.cpp "$root"/tests/fuzz/fuzz_gguf_loader.cpp; do
+# Exactly the library's sources, as CMakeLists.txt lists them (a glob would pick up half-written files).
+mapfile -t lib_sources < <(sed -n '/^set(DIFFGEMMA_SOURCES/,/^)/{s/^ *\(csrc\/[^ ]*\.cpp\).*/\1/p}' "$root/CMakeLists.txt")
+[ ${#lib_sources[@]} -gt 0 ] || { echo "fuzz_gguf.sh: no DIFFGEMMA_SOURCES in CMakeLists.txt" >&2; exit 2; }
+for src in "${lib_sources[@]/#/$root/}" "$root"/tests/fuzz/fuzz_gguf_loader.cpp; do
   obj="$out/obj/$(basename "${src%.cpp}").o"
   objs+=("$obj")
   if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ -n "$(find "$root/csrc" -name '*.h' -newer "$obj" -print -quit)" ]; then
