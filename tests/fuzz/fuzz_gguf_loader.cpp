@@ -1,5 +1,6 @@
 // libFuzzer harness for the model loader: arbitrary bytes -> diffgemma_model_load must return a status (and,
-// for a file it accepts, expose consistent metadata), never crash, leak or read outside the file.
+// for a file it accepts, expose consistent metadata and run an encoder and a decoder pass), never crash, leak
+// or read outside the file.
 //
 // The bytes go to an in-memory file (memfd), so the real entry point runs as an app calls it: stat, ggml's
 // GGUF parser, hparams, tokenizer tables, tensor binding against the mmap. Built by scripts/fuzz_gguf.sh with
@@ -13,9 +14,36 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <vector>
+
 namespace {
 
 void quiet(int32_t /*level*/, const char * /*text*/, void * /*user_data*/) {}
+
+// A file the loader accepts must also compute: one encoder and one decoder pass over whatever hyper-parameters
+// the mutation produced (graph building asserts in ggml would abort here). Small canvases only, to keep each
+// input fast; every failure must still be a status.
+void run_one_pass(diffgemma_model * model) {
+    const int32_t canvas = diffgemma_model_canvas_length(model);
+    const int32_t n_vocab = diffgemma_model_n_vocab(model);
+    if (canvas > 64 || static_cast<int64_t>(canvas) * n_vocab > (1 << 20)) {
+        return;
+    }
+    diffgemma_context_params cp;
+    diffgemma_context_default_params(&cp);
+    cp.n_ctx = 2 * canvas + 8;
+    cp.n_threads = 1;
+    diffgemma_context * ctx = nullptr;
+    if (diffgemma_context_new(model, &cp, &ctx) != DIFFGEMMA_OK) {
+        return;
+    }
+    std::vector<int32_t> ids(static_cast<size_t>(canvas), n_vocab - 1);
+    std::vector<float> logits(static_cast<size_t>(canvas) * static_cast<size_t>(n_vocab));
+    if (diffgemma_encode(ctx, ids.data(), 3 < canvas ? 3 : canvas) == DIFFGEMMA_OK) {
+        diffgemma_decoder_logits(ctx, ids.data(), nullptr, logits.data());
+    }
+    diffgemma_context_free(ctx);
+}
 
 }  // namespace
 
@@ -57,6 +85,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t * data, size_t size) {
             std::fprintf(stderr, "loaded model with inconsistent facts\n");
             std::abort();
         }
+        run_one_pass(model);
         diffgemma_model_free(model);
     } else if (model != nullptr || diffgemma_last_error()[0] == '\0') {
         std::fprintf(stderr, "status %d without a reason or with a model\n", status);
