@@ -123,15 +123,23 @@ def run(args) -> dict:
         for t, e in engines.items():
             for k, v in {**e.encode(), **e.denoise(args.steps, seed=r)}.items():
                 rep[f"ours_{t}_{k}"] = v
+            if args.ab_gemm and t == "f32":  # the same engine with ggml's own f32 mul_mat (gemm_f32.h off)
+                os.environ["DIFFGEMMA_NO_GEMM"] = "1"
+                try:
+                    for k, v in {**e.encode(), **e.denoise(args.steps, seed=r)}.items():
+                        rep[f"ours_f32-ggml-mulmat_{k}"] = v
+                finally:
+                    del os.environ["DIFFGEMMA_NO_GEMM"]
         for name, h in hf.items():
             rep[f"hf_{name}_step_ms"] = h.denoise(args.steps)["step_ms"]
             rep[f"hf_{name}_encode_tok_s"] = h.encode()["encode_tok_s"]
         step_gflop = sum(flops.values()) / 1e9
-        for side in [f"ours_{t}" for t in engines] + [f"hf_{n}" for n in hf]:
+        arms = list(engines) + (["f32-ggml-mulmat"] if args.ab_gemm and "f32" in engines else [])
+        for side in [f"ours_{t}" for t in arms] + [f"hf_{n}" for n in hf]:
             rep[f"{side}_step_gflop_s"] = step_gflop / (rep[f"{side}_step_ms"] / 1e3)
             rep[f"{side}_step_peak_frac"] = rep[f"{side}_step_gflop_s"] / rep["gemm_peak_gflop_s"]
         if "f32" in hf:
-            for t in engines:
+            for t in arms:
                 rep[f"speedup_{t}_step_vs_hf_f32"] = rep["hf_f32_step_ms"] / rep[f"ours_{t}_step_ms"]
                 rep[f"speedup_{t}_encode_vs_hf_f32"] = rep[f"ours_{t}_encode_tok_s"] / rep["hf_f32_encode_tok_s"]
         reps.append(rep)
@@ -194,6 +202,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("-p", "--prompt-tokens", type=int, default=512)
     ap.add_argument("-r", "--repetitions", type=int, default=3)
+    ap.add_argument("--ab-gemm", action="store_true",
+                    help="also time the F32 engine with ggml's own f32 mul_mat (DIFFGEMMA_NO_GEMM=1)")
     ap.add_argument("-o", "--output", choices=("md", "json"), default="md")
     args = ap.parse_args(argv)
     res = run(args)

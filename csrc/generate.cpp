@@ -30,13 +30,20 @@ void check_params(const diffgemma_sampler_params & p) {
     }
 }
 
-// Per-position statistics of one step, computed in parallel over positions (each row is independent).
-void step_stats(const float * lg, int32_t C, int32_t V, const float * uniforms, int n_threads, std::vector<RowStats> & out) {
+// Turns raw logits into the processed lg = raw / T in place (a true division, as HF does; lg is also the next
+// step's self-conditioning input) and computes the per-position statistics of lg, in parallel over
+// positions: each row is divided and then read again while it is still in cache, one pass over memory.
+void step_stats(float * lg, int32_t C, int32_t V, float temperature, const float * uniforms, int n_threads,
+                std::vector<RowStats> & out) {
     out.resize(static_cast<size_t>(C));
     auto work = [&](int32_t begin, int32_t end) {
         for (int32_t j = begin; j < end; ++j) {
+            float * row = lg + static_cast<size_t>(j) * V;
+            for (int32_t i = 0; i < V; ++i) {
+                row[i] = row[i] / temperature;
+            }
             const float u = uniforms ? uniforms[j] : 0.0f;
-            if (!row_stats(lg + static_cast<size_t>(j) * V, V, 1.0f, u, &out[static_cast<size_t>(j)])) {
+            if (!row_stats(row, V, 1.0f, u, &out[static_cast<size_t>(j)])) {
                 out[static_cast<size_t>(j)].argmax = -1;
             }
         }
@@ -115,18 +122,14 @@ int32_t denoise_canvas(diffgemma_context * c, const diffgemma_sampler_params & p
         }
         decoder_pass(c, canvas.data(), have_sc ? sc.data() : nullptr, 1.0f, logits.data());
         const auto t_sampler = Clock::now();
-        // Processed logits lg = raw / T (a true division, as HF does), reused as the next step's SC input.
         const float T = static_cast<float>(p.t_min + (static_cast<double>(p.t_max) - p.t_min) * n / N);
-        for (size_t i = 0; i < CV; ++i) {
-            logits[i] = logits[i] / T;
-        }
         const size_t step_offset = (static_cast<size_t>(block) * (replay ? replay->n_steps : 0) + static_cast<size_t>(steps)) * C;
         if (replay == nullptr) {
             for (auto & u : uniforms) {
                 u = draw_uniform(c->rng);
             }
         }
-        step_stats(logits.data(), C, V, replay ? nullptr : uniforms.data(), c->n_threads, st);
+        step_stats(logits.data(), C, V, T, replay ? nullptr : uniforms.data(), c->n_threads, st);
         const std::vector<bool> accept = accept_set(st, p.entropy_bound);
         double mean_entropy = 0.0;
         for (int32_t j = 0; j < C; ++j) {

@@ -1,5 +1,7 @@
 #include "graph.h"
 
+#include "cpu_ops.h"
+#include "gemm_f32.h"
 #include "timing.h"
 
 #include <cmath>
@@ -27,14 +29,20 @@ ggml_tensor * GraphBuilder::rms(ggml_tensor * x, ggml_tensor * weight) {
     return weight != nullptr ? ggml_mul(ctx, y, weight) : y;
 }
 
-// gelu with the tanh approximation, from exact element-wise ops: ggml_gelu on the CPU reads an f16 table,
-// whose ~1e-3 relative error would show in HF parity.
-ggml_tensor * GraphBuilder::gelu_tanh(ggml_tensor * x) {
-    const float c = 0.7978845608028654f;  // sqrt(2/pi)
-    ggml_tensor * x3 = ggml_mul(ctx, ggml_sqr(ctx, x), x);
-    ggml_tensor * inner = ggml_add(ctx, x, ggml_scale(ctx, x3, 0.044715f));
-    ggml_tensor * t = ggml_tanh(ctx, ggml_scale(ctx, inner, c));
-    return ggml_mul(ctx, ggml_scale(ctx, x, 0.5f), ggml_scale_bias(ctx, t, 1.0f, 1.0f));
+// A weight matrix times activations: our f32 GEMM (gemm_f32.h) where it applies, else ggml's mul_mat.
+ggml_tensor * GraphBuilder::matmul(ggml_tensor * weight, ggml_tensor * x) {
+    if (!gemm_f32_applies(weight, x)) {
+        return ggml_mul_mat(ctx, weight, x);
+    }
+    ggml_tensor * args[2] = {weight, x};
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, weight->ne[1], x->ne[1], 1, 1, args, 2, gemm_f32_kernel, GGML_N_TASKS_MAX,
+                          nullptr);
+}
+
+// gelu_tanh(gate) * up as one exact custom node (cpu_ops.h): ggml_gelu on the CPU reads an f16 table, whose
+// ~1e-3 relative error would show in HF parity, and the exact op chain costs ten graph nodes.
+ggml_tensor * GraphBuilder::geglu(ggml_tensor * gate, ggml_tensor * up) {
+    return ggml_map_custom2(ctx, gate, up, geglu_tanh_kernel, GGML_N_TASKS_MAX, nullptr);
 }
 
 ggml_tensor * GraphBuilder::attention(int il, ggml_tensor * h, ggml_tensor * pos, int32_t n_past, bool encoder,
@@ -50,10 +58,10 @@ ggml_tensor * GraphBuilder::attention(int il, ggml_tensor * h, ggml_tensor * pos
                              1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
     };
 
-    ggml_tensor * q = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, l.wq, h), D, hp.n_head, T);
+    ggml_tensor * q = ggml_reshape_3d(ctx, matmul(l.wq, h), D, hp.n_head, T);
     q = rope(rms(q, l.q_norm));
-    ggml_tensor * k_raw = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, l.wk, h), D, n_kv, T);
-    ggml_tensor * v_raw = l.wv != nullptr ? ggml_reshape_3d(ctx, ggml_mul_mat(ctx, l.wv, h), D, n_kv, T) : k_raw;
+    ggml_tensor * k_raw = ggml_reshape_3d(ctx, matmul(l.wk, h), D, n_kv, T);
+    ggml_tensor * v_raw = l.wv != nullptr ? ggml_reshape_3d(ctx, matmul(l.wv, h), D, n_kv, T) : k_raw;
     ggml_tensor * k = rope(rms(k_raw, l.k_norm));
     ggml_tensor * v = rms(v_raw, nullptr);  // v_norm has no weight
     if (kv.type() != GGML_TYPE_F32) {
@@ -80,14 +88,14 @@ ggml_tensor * GraphBuilder::attention(int il, ggml_tensor * h, ggml_tensor * pos
     ggml_tensor * vt = ggml_cont(ctx, ggml_permute(ctx, v, 1, 2, 0, 3));  // [Nk, D, Hkv]
     ggml_tensor * out = ggml_mul_mat(ctx, vt, kq);                        // [D, T, H]
     out = ggml_cont_2d(ctx, ggml_permute(ctx, out, 0, 2, 1, 3), D * hp.n_head, T);
-    return ggml_mul_mat(ctx, l.wo, out);
+    return matmul(l.wo, out);
 }
 
 ggml_tensor * GraphBuilder::dense_ffn(int il, ggml_tensor * r) {
     const LayerWeights & l = w.layers[static_cast<size_t>(il)];
     ggml_tensor * h = rms(r, l.ffn_norm);
-    ggml_tensor * act = ggml_mul(ctx, gelu_tanh(ggml_mul_mat(ctx, l.ffn_gate, h)), ggml_mul_mat(ctx, l.ffn_up, h));
-    return rms(ggml_mul_mat(ctx, l.ffn_down, act), l.post_ffw_norm_1);
+    ggml_tensor * act = geglu(matmul(l.ffn_gate, h), matmul(l.ffn_up, h));
+    return rms(matmul(l.ffn_down, act), l.post_ffw_norm_1);
 }
 
 ggml_tensor * GraphBuilder::moe(int il, ggml_tensor * r) {
@@ -99,7 +107,7 @@ ggml_tensor * GraphBuilder::moe(int il, ggml_tensor * r) {
     // Router on the un-normalised residual: rms(r) * scale / sqrt(n_embd).
     ggml_tensor * z = ggml_scale(ctx, ggml_mul(ctx, ggml_rms_norm(ctx, r, hp.rms_eps), l.gate_inp_scale),
                                  1.0f / std::sqrt(static_cast<float>(hp.n_embd)));
-    ggml_tensor * probs = ggml_soft_max(ctx, ggml_mul_mat(ctx, l.gate_inp, z));   // [E, T]
+    ggml_tensor * probs = ggml_soft_max(ctx, matmul(l.gate_inp, z));   // [E, T]
     ggml_tensor * ids = ggml_cont(ctx, ggml_top_k(ctx, probs, k));                 // [k, T] i32
     ggml_tensor * weights = ggml_get_rows(ctx, ggml_reshape_3d(ctx, probs, 1, hp.n_expert, T), ids);  // [1, k, T]
     weights = ggml_reshape_2d(ctx, weights, k, T);
@@ -114,13 +122,13 @@ ggml_tensor * GraphBuilder::moe(int il, ggml_tensor * r) {
     ggml_tensor * up;
     if (l.gate_up_exps != nullptr) {
         ggml_tensor * gu = ggml_mul_mat_id(ctx, l.gate_up_exps, x, ids);  // [2F, k, T], gate rows first
-        gate = ggml_cont(ctx, ggml_view_3d(ctx, gu, F, k, T, gu->nb[1], gu->nb[2], 0));
-        up = ggml_cont(ctx, ggml_view_3d(ctx, gu, F, k, T, gu->nb[1], gu->nb[2], static_cast<size_t>(F) * gu->nb[0]));
+        gate = ggml_view_3d(ctx, gu, F, k, T, gu->nb[1], gu->nb[2], 0);  // strided halves: geglu reads them in place
+        up = ggml_view_3d(ctx, gu, F, k, T, gu->nb[1], gu->nb[2], static_cast<size_t>(F) * gu->nb[0]);
     } else {
         gate = ggml_mul_mat_id(ctx, l.gate_exps, x, ids);
         up = ggml_mul_mat_id(ctx, l.up_exps, x, ids);
     }
-    ggml_tensor * act = ggml_mul(ctx, gelu_tanh(gate), up);                      // [F, k, T]
+    ggml_tensor * act = geglu(gate, up);                                          // [F, k, T]
     ggml_tensor * y = ggml_mul(ctx, ggml_mul_mat_id(ctx, l.down_exps, act, ids), weights);  // [E, k, T]
     ggml_tensor * sum = nullptr;
     for (int j = 0; j < k; ++j) {
@@ -178,10 +186,10 @@ GraphInputs GraphBuilder::build_decoder(int32_t n_past, int32_t n_canvas, bool w
         if (w.embd_t->type != GGML_TYPE_F32) {
             probs = ggml_cast(ctx, probs, w.embd_t->type);
         }
-        ggml_tensor * soft = ggml_scale(ctx, ggml_mul_mat(ctx, w.embd_t, probs), hp.embed_scale);  // [n_embd, C]
+        ggml_tensor * soft = ggml_scale(ctx, matmul(w.embd_t, probs), hp.embed_scale);  // [n_embd, C]
         ggml_tensor * u = rms(soft, w.sc_pre_norm);
-        ggml_tensor * act = ggml_mul(ctx, gelu_tanh(ggml_mul_mat(ctx, w.sc_gate, u)), ggml_mul_mat(ctx, w.sc_up, u));
-        x = ggml_add(ctx, x, ggml_mul_mat(ctx, w.sc_down, act));
+        ggml_tensor * act = geglu(matmul(w.sc_gate, u), matmul(w.sc_up, u));
+        x = ggml_add(ctx, x, matmul(w.sc_down, act));
     }
     x = rms(x, nullptr);  // self_conditioning.post_norm (no weight), applied on every step
     ggml_set_name(x, kNodeScOut);
@@ -190,7 +198,7 @@ GraphInputs GraphBuilder::build_decoder(int32_t n_past, int32_t n_canvas, bool w
     }
     ggml_set_name(x, kNodeHeadIn);
     x = rms(x, w.output_norm);
-    ggml_tensor * logits = ggml_mul_mat(ctx, w.tok_embd, x);  // tied head: [V, C]
+    ggml_tensor * logits = matmul(w.tok_embd, x);  // tied head: [V, C]
     logits = ggml_scale(ctx, ggml_tanh(ctx, ggml_scale(ctx, logits, 1.0f / hp.softcap)), hp.softcap);
     ggml_set_output(logits);
     in.logits = logits;

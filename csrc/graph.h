@@ -44,7 +44,8 @@ struct GraphBuilder {
 
   private:
     ggml_tensor * rms(ggml_tensor * x, ggml_tensor * weight);
-    ggml_tensor * gelu_tanh(ggml_tensor * x);
+    ggml_tensor * geglu(ggml_tensor * gate, ggml_tensor * up);
+    ggml_tensor * matmul(ggml_tensor * weight, ggml_tensor * x);
     ggml_tensor * attention(int il, ggml_tensor * h, ggml_tensor * pos, int32_t n_past, bool encoder,
                             ggml_tensor * mask);
     ggml_tensor * dense_ffn(int il, ggml_tensor * r);

@@ -15,7 +15,7 @@ namespace {
 // Profile key of a node: the op, and for matrix products the weight it multiplies ("MUL_MAT attn_q f32").
 std::string op_key(const ggml_tensor * t) {
     std::string key = ggml_op_desc(t);
-    if ((t->op == GGML_OP_MUL_MAT || t->op == GGML_OP_MUL_MAT_ID) && t->src[0] != nullptr) {
+    if ((t->op == GGML_OP_MUL_MAT || t->op == GGML_OP_MUL_MAT_ID || t->op == GGML_OP_CUSTOM) && t->src[0] != nullptr) {
         const char * name = t->src[0]->name;
         std::string w = (std::strncmp(name, "blk.", 4) == 0 && std::strchr(name + 4, '.') != nullptr)
                             ? std::strchr(name + 4, '.') + 1 : name;

@@ -1,0 +1,144 @@
+// See gemm_f32.h.
+#include "gemm_f32.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <vector>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define DG_GEMM_AVX512 1
+#endif
+
+namespace dg {
+
+namespace {
+
+constexpr int kNR = 32;   // output features per panel: two 16-float registers
+constexpr int kTR = 6;    // tokens per register tile: 12 accumulators + 2 weight registers + 1 broadcast
+constexpr int kKC = 256;  // K block: a packed panel is 32 KiB, resident in L1 while all tokens stream past
+
+#ifdef DG_GEMM_AVX512
+
+// Packs rows [n0, n0 + n_valid) x columns [k0, k0 + kc) of w transposed: wp[k * 32 + j] = w[n0 + j][k0 + k],
+// zero for j >= n_valid.
+void pack_panel(const ggml_tensor * w, int64_t n0, int n_valid, int64_t k0, int kc, float * wp) {
+    for (int j = 0; j < kNR; ++j) {
+        if (j < n_valid) {
+            const float * row = reinterpret_cast<const float *>(static_cast<const char *>(w->data) + (n0 + j) * w->nb[1]) + k0;
+            for (int k = 0; k < kc; ++k) {
+                wp[k * kNR + j] = row[k];
+            }
+        } else {
+            for (int k = 0; k < kc; ++k) {
+                wp[k * kNR + j] = 0.0f;
+            }
+        }
+    }
+}
+
+// c[r][0..32) (+)= sum_k x[r][k] * wp[k][0..32) for R tokens; masks select the valid output features.
+template <int R>
+__attribute__((target("avx512f"))) void micro_tile(const float * wp, const char * x, size_t x_stride, int kc, char * c,
+                                                   size_t c_stride, __mmask16 m0, __mmask16 m1, bool accumulate) {
+    __m512 acc0[R], acc1[R];
+    const float * xr[R];
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) {
+        acc0[r] = _mm512_setzero_ps();
+        acc1[r] = _mm512_setzero_ps();
+        xr[r] = reinterpret_cast<const float *>(x + r * x_stride);
+    }
+    for (int k = 0; k < kc; ++k) {
+        const __m512 w0 = _mm512_load_ps(wp + k * kNR);
+        const __m512 w1 = _mm512_load_ps(wp + k * kNR + 16);
+#pragma GCC unroll 6
+        for (int r = 0; r < R; ++r) {
+            const __m512 xv = _mm512_set1_ps(xr[r][k]);
+            acc0[r] = _mm512_fmadd_ps(xv, w0, acc0[r]);
+            acc1[r] = _mm512_fmadd_ps(xv, w1, acc1[r]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) {
+        float * cr = reinterpret_cast<float *>(c + r * c_stride);
+        if (accumulate) {
+            acc0[r] = _mm512_add_ps(acc0[r], _mm512_maskz_loadu_ps(m0, cr));
+            acc1[r] = _mm512_add_ps(acc1[r], _mm512_maskz_loadu_ps(m1, cr + 16));
+        }
+        _mm512_mask_storeu_ps(cr, m0, acc0[r]);
+        _mm512_mask_storeu_ps(cr + 16, m1, acc1[r]);
+    }
+}
+
+using TileFn = void (*)(const float *, const char *, size_t, int, char *, size_t, __mmask16, __mmask16, bool);
+constexpr TileFn kTiles[kTR + 1] = {nullptr, micro_tile<1>, micro_tile<2>, micro_tile<3>,
+                                    micro_tile<4>, micro_tile<5>, micro_tile<6>};
+
+bool cpu_has_avx512f() {
+    static const bool has = __builtin_cpu_supports("avx512f");
+    return has;
+}
+
+#endif  // DG_GEMM_AVX512
+
+}  // namespace
+
+bool gemm_f32_applies(const ggml_tensor * w, const ggml_tensor * x) {
+#ifdef DG_GEMM_AVX512
+    const char * off = std::getenv("DIFFGEMMA_NO_GEMM");
+    if (off != nullptr && off[0] != '\0' && off[0] != '0') {
+        return false;
+    }
+    return cpu_has_avx512f() && w->type == GGML_TYPE_F32 && x->type == GGML_TYPE_F32 && w->ne[0] == x->ne[0] &&
+           w->nb[0] == sizeof(float) && x->nb[0] == sizeof(float) && w->ne[2] == 1 && w->ne[3] == 1 &&
+           x->ne[2] == 1 && x->ne[3] == 1 && x->ne[1] >= kTR;
+#else
+    (void) w;
+    (void) x;
+    return false;
+#endif
+}
+
+void gemm_f32_kernel(ggml_tensor * dst, int ith, int nth, void *) {
+#ifdef DG_GEMM_AVX512
+    const ggml_tensor * w = dst->src[0];
+    const ggml_tensor * x = dst->src[1];
+    const int64_t K = w->ne[0];
+    const int64_t N = w->ne[1];
+    const int64_t T = x->ne[1];
+    const int64_t n_panels = (N + kNR - 1) / kNR;
+    const int64_t p_begin = n_panels * ith / nth;
+    const int64_t p_end = n_panels * (ith + 1) / nth;
+    thread_local std::vector<float, std::allocator<float>> storage;
+    if (storage.size() < static_cast<size_t>(kNR * kKC + 16)) {
+        storage.resize(kNR * kKC + 16);
+    }
+    // 64-byte aligned panel inside the storage (aligned loads).
+    float * wp = reinterpret_cast<float *>((reinterpret_cast<uintptr_t>(storage.data()) + 63) & ~uintptr_t(63));
+    for (int64_t p = p_begin; p < p_end; ++p) {
+        const int64_t n0 = p * kNR;
+        const int n_valid = static_cast<int>(std::min<int64_t>(kNR, N - n0));
+        const __mmask16 m0 = static_cast<__mmask16>(n_valid >= 16 ? 0xFFFF : (1u << n_valid) - 1);
+        const __mmask16 m1 = static_cast<__mmask16>(n_valid >= 32 ? 0xFFFF : n_valid <= 16 ? 0 : (1u << (n_valid - 16)) - 1);
+        for (int64_t k0 = 0; k0 < K; k0 += kKC) {
+            const int kc = static_cast<int>(std::min<int64_t>(kKC, K - k0));
+            pack_panel(w, n0, n_valid, k0, kc, wp);
+            const bool accumulate = k0 > 0;
+            for (int64_t t0 = 0; t0 < T; t0 += kTR) {
+                const int rows = static_cast<int>(std::min<int64_t>(kTR, T - t0));
+                const char * xs = static_cast<const char *>(x->data) + t0 * x->nb[1] + k0 * sizeof(float);
+                char * cs = static_cast<char *>(dst->data) + t0 * dst->nb[1] + n0 * sizeof(float);
+                kTiles[rows](wp, xs, x->nb[1], kc, cs, dst->nb[1], m0, m1, accumulate);
+            }
+        }
+    }
+#else
+    (void) dst;
+    (void) ith;
+    (void) nth;
+#endif
+}
+
+}  // namespace dg

@@ -1,0 +1,19 @@
+// A float32 matrix product for the CPU backend, run as a ggml custom op in place of ggml_mul_mat when both
+// operands are f32: ggml's own f32 path is a row-by-row dot product (two loads per FMA), which reaches a
+// fraction of the FMA units' throughput. This one packs 32 weight rows per K block transposed (one 64-byte
+// load serves 16 output features) and keeps a 6-token x 32-feature tile of accumulators in registers.
+#pragma once
+
+#include "ggml.h"
+
+namespace dg {
+
+// True when dst = gemm_f32(w, x) can replace ggml_mul_mat(w, x): f32 2-D operands with contiguous rows,
+// enough rows of x to fill the register tile, and a CPU with AVX-512F.
+bool gemm_f32_applies(const ggml_tensor * w, const ggml_tensor * x);
+
+// ggml_custom_op_t: dst[t][n] = sum_k w[n][k] * x[t][k] with w = dst->src[0] [K, N], x = dst->src[1] [K, T],
+// dst [N, T] contiguous (ggml_mul_mat's layout). Threads split the output features.
+void gemm_f32_kernel(ggml_tensor * dst, int ith, int nth, void * userdata);
+
+}  // namespace dg
