@@ -38,17 +38,16 @@ void pack_panel(const ggml_tensor * w, int64_t n0, int n_valid, int64_t k0, int 
     }
 }
 
-// c[r][0..32) (+)= sum_k x[r][k] * wp[k][0..32) for R tokens; masks select the valid output features.
+// c[r][0..32) (+)= sum_k x[r][k] * wp[k][0..32) for R tokens (row pointers already at the K block);
+// masks select the valid output features.
 template <int R>
-__attribute__((target("avx512f"))) void micro_tile(const float * wp, const char * x, size_t x_stride, int kc, char * c,
-                                                   size_t c_stride, __mmask16 m0, __mmask16 m1, bool accumulate) {
+__attribute__((target("avx512f"))) void micro_tile(const float * wp, const float * const * xr, int kc, float * const * c,
+                                                   __mmask16 m0, __mmask16 m1, bool accumulate) {
     __m512 acc0[R], acc1[R];
-    const float * xr[R];
 #pragma GCC unroll 6
     for (int r = 0; r < R; ++r) {
         acc0[r] = _mm512_setzero_ps();
         acc1[r] = _mm512_setzero_ps();
-        xr[r] = reinterpret_cast<const float *>(x + r * x_stride);
     }
     for (int k = 0; k < kc; ++k) {
         const __m512 w0 = _mm512_load_ps(wp + k * kNR);
@@ -62,7 +61,7 @@ __attribute__((target("avx512f"))) void micro_tile(const float * wp, const char 
     }
 #pragma GCC unroll 6
     for (int r = 0; r < R; ++r) {
-        float * cr = reinterpret_cast<float *>(c + r * c_stride);
+        float * cr = c[r];
         if (accumulate) {
             acc0[r] = _mm512_add_ps(acc0[r], _mm512_maskz_loadu_ps(m0, cr));
             acc1[r] = _mm512_add_ps(acc1[r], _mm512_maskz_loadu_ps(m1, cr + 16));
@@ -72,9 +71,38 @@ __attribute__((target("avx512f"))) void micro_tile(const float * wp, const char 
     }
 }
 
-using TileFn = void (*)(const float *, const char *, size_t, int, char *, size_t, __mmask16, __mmask16, bool);
+using TileFn = void (*)(const float *, const float * const *, int, float * const *, __mmask16, __mmask16, bool);
 constexpr TileFn kTiles[kTR + 1] = {nullptr, micro_tile<1>, micro_tile<2>, micro_tile<3>,
                                     micro_tile<4>, micro_tile<5>, micro_tile<6>};
+
+// One weight panel (rows [n0, n0 + 32) of w) times the rows x_rows[i], results into c_rows[i] + n0, i < n.
+void panel_product(const ggml_tensor * w, int64_t n0, const float * const * x_rows, float * const * c_rows, int64_t n,
+                   float * wp) {
+    const int64_t K = w->ne[0];
+    const int n_valid = static_cast<int>(std::min<int64_t>(kNR, w->ne[1] - n0));
+    const __mmask16 m0 = static_cast<__mmask16>(n_valid >= 16 ? 0xFFFF : (1u << n_valid) - 1);
+    const __mmask16 m1 = static_cast<__mmask16>(n_valid >= 32 ? 0xFFFF : n_valid <= 16 ? 0 : (1u << (n_valid - 16)) - 1);
+    const float * xr[kTR];
+    float * cr[kTR];
+    for (int64_t k0 = 0; k0 < K; k0 += kKC) {
+        const int kc = static_cast<int>(std::min<int64_t>(kKC, K - k0));
+        pack_panel(w, n0, n_valid, k0, kc, wp);
+        for (int64_t t0 = 0; t0 < n; t0 += kTR) {
+            const int rows = static_cast<int>(std::min<int64_t>(kTR, n - t0));
+            for (int r = 0; r < rows; ++r) {
+                xr[r] = x_rows[t0 + r] + k0;
+                cr[r] = c_rows[t0 + r] + n0;
+            }
+            kTiles[rows](wp, xr, kc, cr, m0, m1, k0 > 0);
+        }
+    }
+}
+
+// A 64-byte aligned panel buffer per thread.
+float * panel_buffer() {
+    thread_local std::vector<float> storage(kNR * kKC + 16);
+    return reinterpret_cast<float *>((reinterpret_cast<uintptr_t>(storage.data()) + 63) & ~uintptr_t(63));
+}
 
 bool cpu_has_avx512f() {
     static const bool has = __builtin_cpu_supports("avx512f");
@@ -105,32 +133,80 @@ void gemm_f32_kernel(ggml_tensor * dst, int ith, int nth, void *) {
 #ifdef DG_GEMM_AVX512
     const ggml_tensor * w = dst->src[0];
     const ggml_tensor * x = dst->src[1];
-    const int64_t K = w->ne[0];
     const int64_t N = w->ne[1];
     const int64_t T = x->ne[1];
-    const int64_t n_panels = (N + kNR - 1) / kNR;
-    const int64_t p_begin = n_panels * ith / nth;
-    const int64_t p_end = n_panels * (ith + 1) / nth;
-    thread_local std::vector<float, std::allocator<float>> storage;
-    if (storage.size() < static_cast<size_t>(kNR * kKC + 16)) {
-        storage.resize(kNR * kKC + 16);
+    std::vector<const float *> x_rows(static_cast<size_t>(T));
+    std::vector<float *> c_rows(static_cast<size_t>(T));
+    for (int64_t t = 0; t < T; ++t) {
+        x_rows[t] = reinterpret_cast<const float *>(static_cast<const char *>(x->data) + t * x->nb[1]);
+        c_rows[t] = reinterpret_cast<float *>(static_cast<char *>(dst->data) + t * dst->nb[1]);
     }
-    // 64-byte aligned panel inside the storage (aligned loads).
-    float * wp = reinterpret_cast<float *>((reinterpret_cast<uintptr_t>(storage.data()) + 63) & ~uintptr_t(63));
-    for (int64_t p = p_begin; p < p_end; ++p) {
-        const int64_t n0 = p * kNR;
-        const int n_valid = static_cast<int>(std::min<int64_t>(kNR, N - n0));
-        const __mmask16 m0 = static_cast<__mmask16>(n_valid >= 16 ? 0xFFFF : (1u << n_valid) - 1);
-        const __mmask16 m1 = static_cast<__mmask16>(n_valid >= 32 ? 0xFFFF : n_valid <= 16 ? 0 : (1u << (n_valid - 16)) - 1);
-        for (int64_t k0 = 0; k0 < K; k0 += kKC) {
-            const int kc = static_cast<int>(std::min<int64_t>(kKC, K - k0));
-            pack_panel(w, n0, n_valid, k0, kc, wp);
-            const bool accumulate = k0 > 0;
-            for (int64_t t0 = 0; t0 < T; t0 += kTR) {
-                const int rows = static_cast<int>(std::min<int64_t>(kTR, T - t0));
-                const char * xs = static_cast<const char *>(x->data) + t0 * x->nb[1] + k0 * sizeof(float);
-                char * cs = static_cast<char *>(dst->data) + t0 * dst->nb[1] + n0 * sizeof(float);
-                kTiles[rows](wp, xs, x->nb[1], kc, cs, dst->nb[1], m0, m1, accumulate);
+    const int64_t n_panels = (N + kNR - 1) / kNR;
+    float * wp = panel_buffer();
+    for (int64_t p = n_panels * ith / nth; p < n_panels * (ith + 1) / nth; ++p) {
+        panel_product(w, p * kNR, x_rows.data(), c_rows.data(), T, wp);
+    }
+#else
+    (void) dst;
+    (void) ith;
+    (void) nth;
+#endif
+}
+
+bool gemm_f32_id_applies(const ggml_tensor * as, const ggml_tensor * b, const ggml_tensor * ids) {
+#ifdef DG_GEMM_AVX512
+    const char * off = std::getenv("DIFFGEMMA_NO_GEMM");
+    if (off != nullptr && off[0] != '\0' && off[0] != '0') {
+        return false;
+    }
+    return cpu_has_avx512f() && as->type == GGML_TYPE_F32 && b->type == GGML_TYPE_F32 && ids->type == GGML_TYPE_I32 &&
+           as->ne[0] == b->ne[0] && as->nb[0] == sizeof(float) && b->nb[0] == sizeof(float) && as->ne[3] == 1 &&
+           b->ne[3] == 1 && ids->ne[1] == b->ne[2] && (b->ne[1] == 1 || b->ne[1] == ids->ne[0]);
+#else
+    (void) as;
+    (void) b;
+    (void) ids;
+    return false;
+#endif
+}
+
+void gemm_f32_id_kernel(ggml_tensor * dst, int ith, int nth, void *) {
+#ifdef DG_GEMM_AVX512
+    const ggml_tensor * as = dst->src[0];
+    const ggml_tensor * b = dst->src[1];
+    const ggml_tensor * ids = dst->src[2];
+    const int64_t n_expert = as->ne[2];
+    const int64_t n_used = ids->ne[0];
+    const int64_t T = ids->ne[1];
+    const int64_t n_panels = (as->ne[1] + kNR - 1) / kNR;
+    // Work items (expert, panel) in a fixed order; thread ith takes every nth one.
+    std::vector<const float *> x_rows;
+    std::vector<float *> c_rows;
+    float * wp = panel_buffer();
+    int64_t item = 0;
+    for (int64_t e = 0; e < n_expert; ++e) {
+        x_rows.clear();
+        c_rows.clear();
+        for (int64_t t = 0; t < T; ++t) {
+            const int32_t * row_ids = reinterpret_cast<const int32_t *>(static_cast<const char *>(ids->data) + t * ids->nb[1]);
+            for (int64_t j = 0; j < n_used; ++j) {
+                if (row_ids[j] == e) {
+                    const int64_t jb = b->ne[1] == 1 ? 0 : j;
+                    x_rows.push_back(reinterpret_cast<const float *>(static_cast<const char *>(b->data) + jb * b->nb[1] + t * b->nb[2]));
+                    c_rows.push_back(reinterpret_cast<float *>(static_cast<char *>(dst->data) + j * dst->nb[1] + t * dst->nb[2]));
+                }
+            }
+        }
+        if (x_rows.empty()) {
+            continue;
+        }
+        // The expert's [K, N] matrix as a 2-D view for the panel packer.
+        ggml_tensor w = *as;
+        w.data = static_cast<char *>(as->data) + e * as->nb[2];
+        w.ne[2] = 1;
+        for (int64_t p = 0; p < n_panels; ++p, ++item) {
+            if (item % nth == ith) {
+                panel_product(&w, p * kNR, x_rows.data(), c_rows.data(), static_cast<int64_t>(x_rows.size()), wp);
             }
         }
     }

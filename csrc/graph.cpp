@@ -39,6 +39,16 @@ ggml_tensor * GraphBuilder::matmul(ggml_tensor * weight, ggml_tensor * x) {
                           nullptr);
 }
 
+// Expert matrices times their routed rows: our f32 GEMM where it applies, else ggml's mul_mat_id.
+ggml_tensor * GraphBuilder::matmul_id(ggml_tensor * experts, ggml_tensor * x, ggml_tensor * ids) {
+    if (!gemm_f32_id_applies(experts, x, ids)) {
+        return ggml_mul_mat_id(ctx, experts, x, ids);
+    }
+    ggml_tensor * args[3] = {experts, x, ids};
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, experts->ne[1], ids->ne[0], ids->ne[1], 1, args, 3, gemm_f32_id_kernel,
+                          GGML_N_TASKS_MAX, nullptr);
+}
+
 // gelu_tanh(gate) * up as one exact custom node (cpu_ops.h): ggml_gelu on the CPU reads an f16 table, whose
 // ~1e-3 relative error would show in HF parity, and the exact op chain costs ten graph nodes.
 ggml_tensor * GraphBuilder::geglu(ggml_tensor * gate, ggml_tensor * up) {
@@ -121,15 +131,15 @@ ggml_tensor * GraphBuilder::moe(int il, ggml_tensor * r) {
     ggml_tensor * gate;
     ggml_tensor * up;
     if (l.gate_up_exps != nullptr) {
-        ggml_tensor * gu = ggml_mul_mat_id(ctx, l.gate_up_exps, x, ids);  // [2F, k, T], gate rows first
+        ggml_tensor * gu = matmul_id(l.gate_up_exps, x, ids);  // [2F, k, T], gate rows first
         gate = ggml_view_3d(ctx, gu, F, k, T, gu->nb[1], gu->nb[2], 0);  // strided halves: geglu reads them in place
         up = ggml_view_3d(ctx, gu, F, k, T, gu->nb[1], gu->nb[2], static_cast<size_t>(F) * gu->nb[0]);
     } else {
-        gate = ggml_mul_mat_id(ctx, l.gate_exps, x, ids);
-        up = ggml_mul_mat_id(ctx, l.up_exps, x, ids);
+        gate = matmul_id(l.gate_exps, x, ids);
+        up = matmul_id(l.up_exps, x, ids);
     }
     ggml_tensor * act = geglu(gate, up);                                          // [F, k, T]
-    ggml_tensor * y = ggml_mul(ctx, ggml_mul_mat_id(ctx, l.down_exps, act, ids), weights);  // [E, k, T]
+    ggml_tensor * y = ggml_mul(ctx, matmul_id(l.down_exps, act, ids), weights);  // [E, k, T]
     ggml_tensor * sum = nullptr;
     for (int j = 0; j < k; ++j) {
         ggml_tensor * part = ggml_view_2d(ctx, y, hp.n_embd, T, y->nb[2], static_cast<size_t>(j) * y->nb[1]);
