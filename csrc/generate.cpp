@@ -63,7 +63,10 @@ void step_stats(float * lg, int32_t C, int32_t V, float temperature, const float
     }
     for (int32_t j = 0; j < C; ++j) {
         if (out[static_cast<size_t>(j)].argmax < 0) {
-            raise(DIFFGEMMA_ERR_INTERNAL, "canvas position %d has no valid distribution (NaN or infinite logits)", j);
+            // Finite weights and activations cannot produce this; NaN/Inf weights (which only the norms are
+            // scanned for at load) or an overflow in a low-precision cache can.
+            raise(DIFFGEMMA_ERR_BAD_FORMAT, "canvas position %d has NaN or infinite logits: the model's weight matrices "
+                  "probably hold NaN/Inf values (hint: check the file with `diffgemma-cpp info`, re-convert it)", j);
         }
     }
 }
@@ -182,9 +185,8 @@ void prefill(diffgemma_context * c, const int32_t * prompt, int32_t n_prompt) {
            c->cached_tokens[common] == prompt[common]) {
         ++common;
     }
-    if (common == static_cast<size_t>(n_prompt)) {
-        --common;  // re-encode the last token so the cache ends exactly at the prompt
-    }
+    // A fully cached prompt needs no encoder pass: its K/V are already there, computed exactly as before, so
+    // repeating a request reproduces it bit for bit (re-encoding a suffix alone would round differently).
     c->n_past = static_cast<int32_t>(common);
     c->cached_tokens.resize(common);
     encode_tokens(c, prompt + common, n_prompt - static_cast<int32_t>(common));

@@ -22,10 +22,11 @@ REPO = Path(__file__).resolve().parents[1]
 def _cmake():
     try:
         import cmake  # the PyPI cmake package scikit-build-core uses
+        # `python -m pytest` puts the repo root on sys.path, where our cmake/ folder shadows that package.
         exe = Path(cmake.CMAKE_BIN_DIR) / "cmake"
         if exe.exists():
             return str(exe)
-    except ImportError:
+    except (ImportError, AttributeError):
         pass
     exe = shutil.which("cmake")
     if exe is None:

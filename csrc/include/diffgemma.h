@@ -325,8 +325,7 @@ DIFFGEMMA_API int32_t diffgemma_decoder_logits(diffgemma_context * ctx, const in
                                                float * out_logits);
 
 /* Makes the KV cache hold exactly `prompt`: keeps the longest prefix it shares with the cached tokens (so a
- * multi-turn chat does not re-encode its history) and encodes the rest. At least the last token is always
- * encoded afresh. */
+ * multi-turn chat does not re-encode its history) and encodes the rest. */
 DIFFGEMMA_API int32_t diffgemma_prefill(diffgemma_context * ctx, const int32_t * prompt, int32_t n_prompt);
 
 /* Seeds the context's RNG (canvas init, sampling uniforms, renoise ids), used by diffgemma_denoise. */
