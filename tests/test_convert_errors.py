@@ -3,8 +3,10 @@
 import errno
 import json
 import os
+import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -17,7 +19,8 @@ from safetensors.numpy import load_file, save_file
 from convert_helpers import checkpoints  # noqa: F401
 from diffgemma_cpp import cli
 from diffgemma_cpp.convert import convert_checkpoint, writer
-from diffgemma_cpp.errors import ModelFileError, UnsupportedModelError, UnsupportedTypeError
+from diffgemma_cpp.errors import (InvalidArgumentError, ModelFileError, ModelLoadError, UnsupportedModelError,
+                                  UnsupportedTypeError)
 
 
 @pytest.fixture
@@ -218,3 +221,268 @@ def test_script_entry_point_converts(checkpoints, tmp_path):
                           "q8_0", "--no-progress"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert out.is_file() and f"wrote {out}" in run.stdout
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# NaN / Inf weights: checked chunk by chunk in the writer, for every output type
+# ---------------------------------------------------------------------------------------------------------------
+
+UP = "model.decoder.layers.1.mlp.up_proj.weight"            # [40, 64], quantized in q8_0 / q4_k_m
+NORM = "model.decoder.layers.2.input_layernorm.weight"       # [64], stays F32 in every recipe
+EXPERTS = "model.decoder.layers.0.experts.gate_up_proj"      # [6, 24, 64]
+BAD_AT = {UP: [(0, 5), (2, 7), (39, 0)], NORM: [(9,), (10,), (63,)], EXPERTS: [(1, 3, 2), (1, 3, 3), (5, 23, 63)]}
+GGUF_OF = {UP: "blk.1.ffn_up.weight", NORM: "blk.2.attn_norm.weight", EXPERTS: "blk.0.ffn_gate_up_exps.weight"}
+
+
+def _poison(values, name):
+    """NaN, +Inf and -Inf at the three BAD_AT positions of tensor `name` (first one NaN)."""
+    for pos, v in zip(BAD_AT[name], (np.nan, np.inf, -np.inf)):
+        values[pos] = v
+
+
+@pytest.mark.parametrize("outtype", ["f32", "f16", "bf16", "q8_0", "q4_k_m"])
+@pytest.mark.parametrize("name", [UP, NORM, EXPERTS], ids=["matrix", "norm", "experts"])
+def test_nan_or_inf_weight_is_refused_with_tensor_first_index_and_count(small, tmp_path, monkeypatch, outtype,
+                                                                        name):
+    """One row per chunk, so the three bad values sit in different chunks: the report must still give the
+    first one and count all three (the later chunks are counted after the first bad one is found)."""
+    def edit(t):
+        a = t[name].copy()
+        _poison(a, name)
+        t[name] = a
+    _edit_tensors(small, edit)
+    row_len = {UP: 64, NORM: 64, EXPERTS: 64}[name]
+    monkeypatch.setattr(writer, "CHUNK_ELEMENTS", row_len)
+    first = list(BAD_AT[name][0])
+    with pytest.raises(ModelLoadError) as info:
+        _convert(small, tmp_path / "o.gguf", outtype, threads=2)
+    msg = str(info.value)
+    assert f"tensor {name} in model.safetensors (GGUF {GGUF_OF[name]}) holds 3 NaN/Inf value(s)" in msg, msg
+    assert f"the first is nan at index {first}" in msg, msg
+    assert not isinstance(info.value, InvalidArgumentError)  # ours, not the C quantizer's late refusal
+    assert _no_leftovers(tmp_path) == []
+
+
+def test_nan_in_a_bf16_checkpoint_copied_as_bf16_is_found_in_the_raw_bits(checkpoints, tmp_path):
+    """bf16 -> bf16 copies the stored bytes without widening them; the check reads the exponent bits."""
+    import torch
+    from safetensors.torch import load_file as load_pt, save_file as save_pt
+
+    src = tmp_path / "hf"
+    shutil.copytree(checkpoints["wide_bf16"], src)
+    tensors = load_pt(str(src / "model.safetensors"))
+    name = "model.decoder.layers.0.self_attn.q_proj.weight"
+    tensors[name][3, 1] = float("inf")
+    tensors[name][4, 0] = float("nan")
+    save_pt(tensors, str(src / "model.safetensors"), metadata={"format": "pt"})
+    assert tensors[name].dtype == torch.bfloat16
+    with pytest.raises(ModelLoadError, match=rf"tensor {re.escape(name)} in model\.safetensors .* holds 2 NaN/Inf "
+                                             r"value\(s\).*the first is inf at index \[3, 1\]"):
+        _convert(src, tmp_path / "o.gguf", "bf16")
+    assert _no_leftovers(tmp_path) == []
+
+
+def test_nan_in_a_gguf_being_requantized_names_the_input_file(checkpoints, tmp_path):
+    import gguf
+
+    from diffgemma_cpp.convert import requantize_gguf
+
+    f32 = _convert(checkpoints["small"], tmp_path / "in.gguf", "f32")[0]
+    rt = next(t for t in gguf.GGUFReader(f32).tensors if t.name == "blk.3.ffn_gate.weight")
+    with open(f32, "r+b") as f:
+        f.seek(rt.data_offset + 4 * 70)  # row 1, column 6 of a [40, 64] tensor
+        f.write(np.float32(np.inf).tobytes())
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    with pytest.raises(ModelLoadError, match=rf"tensor blk\.3\.ffn_gate\.weight in {re.escape(str(f32))} holds 1 "
+                                             r"NaN/Inf value\(s\).*first is inf at index \[1, 6\]"):
+        requantize_gguf(f32, out_dir / "q.gguf", "q8_0", progress=False, quiet=True)
+    assert _no_leftovers(out_dir) == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sharded checkpoints: missing shards, index and shards that disagree
+# ---------------------------------------------------------------------------------------------------------------
+
+def _shard(folder, n=3):
+    """Split folder/model.safetensors into n shards + model.safetensors.index.json (the HF layout)."""
+    tensors = load_file(str(folder / "model.safetensors"))
+    (folder / "model.safetensors").unlink()
+    names = sorted(tensors)
+    weight_map = {}
+    for i in range(n):
+        shard = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+        part = {k: tensors[k] for k in names[i::n]}
+        save_file(part, str(folder / shard), metadata={"format": "pt"})
+        weight_map.update({k: shard for k in part})
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return weight_map
+
+
+def test_sharded_checkpoint_converts(small, tmp_path):
+    _shard(small)
+    assert _convert(small, tmp_path / "o.gguf")[0].is_file()
+
+
+def test_missing_shard_names_the_shard_and_its_tensors(small, tmp_path):
+    weight_map = _shard(small)
+    (small / "model-00002-of-00003.safetensors").unlink()
+    held = sorted(k for k, v in weight_map.items() if v == "model-00002-of-00003.safetensors")
+    with pytest.raises(ModelFileError, match=rf"1 shard\(s\) that are not in the directory.*"
+                                             rf"model-00002-of-00003\.safetensors \(should hold {len(held)} "
+                                             rf"tensor\(s\): {re.escape(held[0])}"):
+        _convert(small, tmp_path / "o.gguf")
+    assert _no_leftovers(tmp_path) == []
+
+
+def test_index_naming_a_tensor_absent_from_its_shard(small, tmp_path):
+    weight_map = _shard(small)
+    shard = weight_map[UP]
+    tensors = load_file(str(small / shard))
+    del tensors[UP]
+    save_file(tensors, str(small / shard), metadata={"format": "pt"})
+    with pytest.raises(ModelFileError, match=rf"not where the index says: {re.escape(UP)} \(index says "
+                                             rf"{re.escape(shard)}, in no shard\)"):
+        _convert(small, tmp_path / "o.gguf")
+    assert _no_leftovers(tmp_path) == []
+
+
+def test_index_pointing_outside_the_folder_is_refused(small, tmp_path):
+    weight_map = _shard(small)
+    weight_map[UP] = "../elsewhere.safetensors"
+    (small / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(ModelFileError, match=r"maps to '\.\./elsewhere\.safetensors', not a shard file name"):
+        _convert(small, tmp_path / "o.gguf")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Corrupt safetensors headers
+# ---------------------------------------------------------------------------------------------------------------
+
+def _rewrite_header(folder, edit):
+    """Apply edit(header dict) to folder/model.safetensors, keeping its data bytes; returns the header."""
+    path = folder / "model.safetensors"
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    edit(header)
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n:])
+    return header
+
+
+def _data_len(folder):
+    raw = (folder / "model.safetensors").read_bytes()
+    return len(raw) - 8 - struct.unpack("<Q", raw[:8])[0]
+
+
+NORM_B = "model.decoder.layers.3.input_layernorm.weight"  # same size as NORM
+
+
+@pytest.mark.parametrize("case, match", [
+    ("offsets_past_end", rf"tensor '{re.escape(NORM)}' has data_offsets \[\d+, \d+\] but the file holds only \d+ "
+                         r"data bytes"),
+    ("negative_offset", rf"entry for tensor '{re.escape(NORM)}': data_offsets \[-256, 0\] is not a valid byte range"),
+    ("reversed_offsets", rf"entry for tensor '{re.escape(NORM)}': data_offsets \[\d+, \d+\] is not a valid byte "
+                         r"range"),
+    ("string_offsets", rf"entry for tensor '{re.escape(NORM)}': data_offsets \['0', '256'\] is not a pair of "
+                       r"integers"),
+    ("three_offsets", rf"entry for tensor '{re.escape(NORM)}': data_offsets .* is not a pair of integers"),
+    ("overlap", rf"tensors .*'{re.escape(NORM_B)}'.* overlap"),
+    ("shape_vs_range", rf"tensor '{re.escape(NORM)}' is F32 \[32\] \(128 bytes\) but its data_offsets \[\d+, \d+\] "
+                       r"span 256 bytes"),
+    ("dtype_vs_range", rf"tensor '{re.escape(NORM)}' is F16 \[64\] \(128 bytes\) but its data_offsets \[\d+, \d+\] "
+                       r"span 256 bytes"),
+    ("negative_dim", rf"entry for tensor '{re.escape(NORM)}': shape \[-64\] is not a list of non-negative integers"),
+    ("entry_not_object", rf"entry for tensor '{re.escape(NORM)}': expected an object, found list"),
+])
+def test_corrupt_safetensors_header_names_file_and_tensor(small, tmp_path, case, match):
+    size = _data_len(small)
+
+    def edit(h):
+        e = h[NORM]
+        b, end = e["data_offsets"]
+        if case == "offsets_past_end":
+            e["data_offsets"] = [size - 128, size + 128]
+        elif case == "negative_offset":
+            e["data_offsets"] = [-256, 0]
+        elif case == "reversed_offsets":
+            e["data_offsets"] = [end, b]
+        elif case == "string_offsets":
+            e["data_offsets"] = ["0", "256"]
+        elif case == "three_offsets":
+            e["data_offsets"] = [b, end, end]
+        elif case == "overlap":
+            h[NORM_B]["data_offsets"] = [b + 128, end + 128]
+        elif case == "shape_vs_range":
+            e["shape"] = [32]
+        elif case == "dtype_vs_range":
+            e["dtype"] = "F16"
+        elif case == "negative_dim":
+            e["shape"] = [-64]
+        elif case == "entry_not_object":
+            h[NORM] = [1, 2]
+    _rewrite_header(small, edit)
+    with pytest.raises(ModelFileError, match=match) as info:
+        _convert(small, tmp_path / "o.gguf")
+    assert "model.safetensors" in str(info.value)
+    assert _no_leftovers(tmp_path) == []
+
+
+def test_header_length_beyond_the_file(small, tmp_path):
+    path = small / "model.safetensors"
+    raw = path.read_bytes()
+    path.write_bytes(struct.pack("<Q", len(raw) * 2) + raw[8:])
+    with pytest.raises(ModelFileError, match=rf"model\.safetensors: not a safetensors file or truncated \(its first "
+                                             rf"8 bytes give a header length of {len(raw) * 2} bytes, the file holds "
+                                             rf"{len(raw)} bytes\)"):
+        _convert(small, tmp_path / "o.gguf")
+    assert _no_leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("garbage", [b"{not json at all", b"\xff\xfe\x00binary", b"[1, 2, 3]"],
+                         ids=["not_json", "not_utf8", "json_list"])
+def test_header_that_is_not_a_json_object(small, tmp_path, garbage):
+    path = small / "model.safetensors"
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    path.write_bytes(raw[:8] + garbage.ljust(n) + raw[8 + n:])
+    with pytest.raises(ModelFileError, match=r"model\.safetensors: corrupt safetensors header"):
+        _convert(small, tmp_path / "o.gguf")
+    assert _no_leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Wrong shapes beyond the 2-D case above
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, bad_shape, expected", [
+    (EXPERTS, (6, 20, 64), "[6, 24, 64]"),
+    (EXPERTS, (5, 24, 64), "[6, 24, 64]"),
+    (EXPERTS, (6 * 24, 64), "[6, 24, 64]"),
+    (NORM, (32,), "[64]"),
+    (NORM, (1, 64), "[64]"),
+], ids=["experts_rows", "experts_count", "experts_2d", "norm_short", "norm_2d"])
+def test_wrong_shape_expert_stack_or_norm(small, tmp_path, name, bad_shape, expected):
+    def edit(t):
+        t[name] = np.zeros(bad_shape, np.float32)
+    _edit_tensors(small, edit)
+    with pytest.raises(UnsupportedModelError, match=rf"misshapen tensor.*{re.escape(name)}: expected "
+                                                    rf"{re.escape(expected)}, found {re.escape(str(list(bad_shape)))}"):
+        _convert(small, tmp_path / "o.gguf")
+    assert _no_leftovers(tmp_path) == []
+
+
+def test_value_beyond_f16_range_is_refused_with_a_way_out(small, tmp_path):
+    """A finite f32 weight above 65504 would become Inf in an F16 GGUF: refused, and the suggested override works."""
+    def edit(t):
+        a = t[UP].copy()
+        a[7, 3] = -1.0e5
+        t[UP] = a
+    _edit_tensors(small, edit)
+    with pytest.raises(UnsupportedTypeError, match=rf"tensor {re.escape(UP)} \(GGUF blk\.1\.ffn_up\.weight\): value "
+                                                   r"-100000\.0 at index \[7, 3\] does not fit in F16") as info:
+        _convert(small, tmp_path / "o.gguf", "f16")
+    assert _no_leftovers(tmp_path) == []
+    override = re.search(r"--tensor-type '([^']+)'", str(info.value)).group(1)
+    assert _convert(small, tmp_path / "o.gguf", "f16", tensor_types=[override])[0].is_file()

@@ -25,6 +25,10 @@ _DTYPES = {
     "BF16": (2, np.dtype("<u2")),
 }
 SUPPORTED_DTYPES = tuple(_DTYPES)
+# Element sizes of every safetensors dtype, so a header's shape can be checked against its byte range even for
+# tensors the converter does not read (a bad entry anywhere means the file is damaged).
+_ELEMENT_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2,
+                  "U16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I8": 1, "U8": 1, "BOOL": 1}
 _MAX_HEADER = 100 * 1024 * 1024  # the format's own limit
 
 
@@ -44,10 +48,7 @@ class TensorEntry:
 
     @property
     def n_rows(self) -> int:
-        n = 1
-        for d in self.shape[:-1]:
-            n *= d
-        return n
+        return _count(self.shape[:-1])
 
 
 def bf16_to_f32(raw: np.ndarray) -> np.ndarray:
@@ -63,7 +64,8 @@ def _read_header(path: Path) -> tuple[dict, int]:
             raise ModelFileError(f"{path}: not a safetensors file (only {size} bytes)")
         (n,) = struct.unpack("<Q", head)
         if n > _MAX_HEADER or 8 + n > size:
-            raise ModelFileError(f"{path}: not a safetensors file or truncated (header length {n}, file {size} bytes)")
+            raise ModelFileError(f"{path}: not a safetensors file or truncated (its first 8 bytes give a header "
+                                 f"length of {n} bytes, the file holds {size} bytes)")
         try:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -73,6 +75,55 @@ def _read_header(path: Path) -> tuple[dict, int]:
     return header, 8 + n
 
 
+_INDEX = "model.safetensors.index.json"
+
+
+def _count(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _parse_entry(path: Path, name: str, info) -> tuple:
+    """(dtype, shape, begin, end) of one header entry, every field checked before any arithmetic uses it."""
+    def bad(why: str) -> ModelFileError:
+        return ModelFileError(f"{path}: corrupt safetensors header entry for tensor {name!r}: {why}")
+
+    if not isinstance(info, dict):
+        raise bad(f"expected an object, found {type(info).__name__}")
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if not isinstance(dtype, str):
+        raise bad(f"dtype {dtype!r} is not a string")
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        raise bad(f"shape {shape!r} is not a list of non-negative integers")
+    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets)):
+        raise bad(f"data_offsets {offsets!r} is not a pair of integers")
+    begin, end = offsets
+    if begin < 0 or end < begin:
+        raise bad(f"data_offsets [{begin}, {end}] is not a valid byte range")
+    return dtype, tuple(shape), begin, end
+
+
+def _read_index(index: Path) -> dict:
+    """The weight_map of a sharded checkpoint's index: tensor name -> shard file name (a plain file name in the
+    same folder; a path could point the converter at any file on the machine)."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelFileError(f"{index}: unreadable safetensors index ({exc})") from None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ModelFileError(f"{index}: weight_map is not a non-empty object")
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str) or not shard or shard != Path(shard).name or shard in (".", ".."):
+            raise ModelFileError(f"{index}: tensor {name!r} maps to {shard!r}, not a shard file name in this folder")
+    return weight_map
+
+
 class Checkpoint:
     """All tensors of a HF checkpoint directory (`model.safetensors`, or shards listed by an index)."""
 
@@ -80,23 +131,29 @@ class Checkpoint:
         self.directory = Path(directory)
         self.entries: dict[str, TensorEntry] = {}
         self._fds: dict[Path, int] = {}
+        self.weight_map: dict | None = None
         for shard in self._shard_files():
             self._add_shard(shard)
+        if self.weight_map is not None:
+            self.check_index(self.weight_map)
         if not self.entries:
             raise ModelFileError(f"{self.directory}: the safetensors files hold no tensors")
 
     def _shard_files(self) -> list[Path]:
-        index = self.directory / "model.safetensors.index.json"
+        index = self.directory / _INDEX
         if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise ModelFileError(f"{index}: unreadable safetensors index ({exc})") from None
-            files = sorted(set(weight_map.values()))
-            missing = [f for f in files if not (self.directory / f).is_file()]
+            weight_map = _read_index(index)
+            self.weight_map = weight_map
+            by_shard: dict[str, list] = {}
+            for name, shard in weight_map.items():
+                by_shard.setdefault(shard, []).append(name)
+            missing = [f for f in sorted(by_shard) if not (self.directory / f).is_file()]
             if missing:
-                raise ModelFileError(f"{index} lists shard(s) that are not in the directory: {', '.join(missing)}")
-            return [self.directory / f for f in files]
+                detail = "; ".join(f"{f} (should hold {len(by_shard[f])} tensor(s): {', '.join(by_shard[f][:5])}"
+                                   + (" ..." if len(by_shard[f]) > 5 else "") + ")" for f in missing)
+                raise ModelFileError(f"{index} lists {len(missing)} shard(s) that are not in the directory "
+                                     f"(incomplete download?): {detail}")
+            return [self.directory / f for f in sorted(by_shard)]
         single = self.directory / "model.safetensors"
         if single.is_file():
             return [single]
@@ -109,18 +166,40 @@ class Checkpoint:
     def _add_shard(self, path: Path) -> None:
         header, data_start = _read_header(path)
         size = path.stat().st_size
+        spans = []
         for name, info in header.items():
             if name == "__metadata__":
                 continue
-            try:
-                dtype, shape, (begin, end) = info["dtype"], tuple(int(d) for d in info["shape"]), info["data_offsets"]
-            except (KeyError, TypeError, ValueError):
-                raise ModelFileError(f"{path}: corrupt header entry for tensor {name!r}") from None
-            if data_start + end > size or begin > end:
-                raise ModelFileError(f"{path}: tensor {name!r} lies past the end of the file (truncated download?)")
+            dtype, shape, begin, end = _parse_entry(path, name, info)
+            if data_start + end > size:
+                raise ModelFileError(f"{path}: tensor {name!r} has data_offsets [{begin}, {end}] but the file holds "
+                                     f"only {size - data_start} data bytes (truncated download?)")
+            elem = _ELEMENT_BYTES.get(dtype)
+            if elem is not None and _count(shape) * elem != end - begin:
+                raise ModelFileError(f"{path}: tensor {name!r} is {dtype} {list(shape)} ({_count(shape) * elem} "
+                                     f"bytes) but its data_offsets [{begin}, {end}] span {end - begin} bytes")
             if name in self.entries:
                 raise ModelFileError(f"tensor {name!r} appears in both {self.entries[name].path.name} and {path.name}")
             self.entries[name] = TensorEntry(name, dtype, shape, path, data_start + begin, end - begin)
+            spans.append((begin, end, name))
+        # Two tensors sharing bytes would silently alias each other's data: a damaged or hand-edited header.
+        spans.sort()
+        for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
+            if b1 < e0:
+                raise ModelFileError(f"{path}: tensors {n0!r} (bytes [{b0}, {e0}]) and {n1!r} (bytes [{b1}, {e1}]) "
+                                     "overlap: corrupt safetensors header")
+
+    def check_index(self, weight_map: dict) -> None:
+        """Every tensor the index names must be in the shard it names (else the index and shards disagree)."""
+        wrong = []
+        for name, shard in weight_map.items():
+            entry = self.entries.get(name)
+            if entry is None or entry.path.name != shard:
+                where = f"found in {entry.path.name}" if entry is not None else "in no shard"
+                wrong.append(f"{name} (index says {shard}, {where})")
+        if wrong:
+            raise ModelFileError(f"{self.directory / _INDEX}: {len(wrong)} tensor(s) are not where the index says: "
+                                 + "; ".join(wrong[:10]) + (" ..." if len(wrong) > 10 else ""))
 
     def __contains__(self, name: str) -> bool:
         return name in self.entries
@@ -135,16 +214,10 @@ class Checkpoint:
         return fd
 
     def check_dtype(self, entry: TensorEntry) -> None:
+        """Refuse a tensor the converter cannot read. (Its shape was checked against its byte range at open.)"""
         if entry.dtype not in _DTYPES:
             raise UnsupportedTypeError(f"tensor {entry.name} has dtype {entry.dtype}; the converter reads "
                                        f"{', '.join(SUPPORTED_DTYPES)} (dequantize the checkpoint first)")
-        elem = _DTYPES[entry.dtype][0]
-        count = 1
-        for d in entry.shape:
-            count *= d
-        if count * elem != entry.nbytes:
-            raise ModelFileError(f"tensor {entry.name}: header says shape {list(entry.shape)} {entry.dtype} "
-                                 f"({count * elem} bytes) but its data range holds {entry.nbytes} bytes")
 
     def read_raw(self, entry: TensorEntry, row_start: int, n_rows: int) -> np.ndarray:
         """Rows [row_start, row_start+n_rows) of the tensor viewed as 2-D, in the stored dtype (bf16 as uint16)."""

@@ -135,7 +135,7 @@ def _gguf_source(path: Path, fd: int, rt) -> RowSource:
         raise UnsupportedTypeError(f"{path}: tensor {rt.name} is already {qtype.name}; requantize from an F32, F16 "
                                    "or BF16 GGUF (or keep its type with --tensor-type)")
 
-    return RowSource(n_rows, row_len, qtype.name, read, read_raw, int(qtype))
+    return RowSource(n_rows, row_len, qtype.name, read, read_raw, int(qtype), origin=str(path))
 
 
 def requantize_gguf(infile, outfile, outtype: str, *, tensor_types=(), dry_run: bool = False,

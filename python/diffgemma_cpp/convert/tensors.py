@@ -31,6 +31,7 @@ class RowSource:
     read: Callable[[int, int], np.ndarray]
     read_raw: Callable[[int, int], np.ndarray] | None = None   # stored bytes, for same-type copies
     raw_type: int | None = None                  # ggml type of read_raw's bytes
+    origin: str | None = None                    # the file the rows are read from, for error messages
 
     @property
     def n_elements(self) -> int:
@@ -66,7 +67,8 @@ def checkpoint_source(ckpt: Checkpoint, entry: TensorEntry, n_rows: int | None =
     return RowSource(
         n_rows=entry.n_rows if n_rows is None else n_rows, row_len=entry.row_len, dtype=entry.dtype,
         read=lambda s, c: ckpt.read_f32(entry, s, c),
-        read_raw=lambda s, c: ckpt.read_raw(entry, s, c), raw_type=raw_types.get(entry.dtype))
+        read_raw=lambda s, c: ckpt.read_raw(entry, s, c), raw_type=raw_types.get(entry.dtype),
+        origin=entry.path.name)
 
 
 def rope_freqs(hp: HParams) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Streaming GGUF writer: header, metadata and tensor infos first, then each tensor's data in bounded chunks.
 
 Memory stays bounded whatever the model size: a tensor is read, encoded and written a few MB at a time, with
-at most `threads + 1` chunks in flight. Output goes to a hidden temporary folder next to the destination and
+at most `threads + 1` chunks in flight. Each chunk is checked for NaN/Inf before it is copied or encoded
+(finite.py). Output goes to a hidden temporary folder next to the destination and
 is renamed into place only when every byte is written, so a failure or an interruption never leaves a partial
 GGUF under the requested name. Serialisation of keys and tensor infos is gguf-py's (`GGUFWriter`), including
 its `-0000k-of-0000n` shard naming for `--split-max-size`.
@@ -17,11 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from gguf import GGUFWriter
+from gguf import GGMLQuantizationType as Q, GGUFWriter
 
 from .. import names
 from ..errors import ModelFileError
 from .encode import encode_rows, row_bytes
+from .finite import NonFiniteChunk, check_chunk, check_f16_range, non_finite_error
 
 logger = logging.getLogger("diffgemma_cpp.convert")
 
@@ -43,10 +45,15 @@ def _chunks(t):
 
 
 def _encode_chunk(t, start: int, count: int) -> np.ndarray:
-    src = t.source
-    if src.read_raw is not None and src.raw_type == t.qtype:  # same type: copy the stored bytes
-        return np.ascontiguousarray(src.read_raw(start, count)).reshape(-1).view(np.uint8)
-    return encode_rows(t.qtype, src.read(start, count))
+    """The bytes of rows [start, start+count) of `t`. Every chunk, copied or encoded, is checked for NaN/Inf
+    first: this is the one place every weight of every output type passes through."""
+    data, raw_type = check_chunk(t, start, count)
+    if raw_type is not None:  # same type: copy the stored bytes
+        return np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    encoded = encode_rows(t.qtype, data)
+    if t.qtype == Q.F16:
+        check_f16_range(t, start, data, encoded)
+    return encoded
 
 
 def _disk_full(path: Path, need: int) -> ModelFileError:
@@ -125,12 +132,19 @@ def _write_data(fouts, tensors, shard_of, total, threads, progress, align):
                 bar.set_postfix_str(t.name, refresh=False)
                 written = 0
                 pending: deque = deque()
-                for start, count in _chunks(t):
-                    pending.append(pool.submit(_encode_chunk, t, start, count))
-                    if len(pending) > threads:
+                try:
+                    for start, count in _chunks(t):
+                        pending.append(pool.submit(_encode_chunk, t, start, count))
+                        if len(pending) > threads:
+                            written += _drain_one(pending, fout, bar)
+                    while pending:
                         written += _drain_one(pending, fout, bar)
-                while pending:
-                    written += _drain_one(pending, fout, bar)
+                except NonFiniteChunk as bad:
+                    # Chunks drain in file order, so this is the tensor's first bad chunk. Stop the others, then
+                    # count the rest of the tensor (one chunk at a time) for the report.
+                    for fut in pending:
+                        fut.cancel()
+                    raise non_finite_error(t, bad, _chunks(t)) from None
                 expected = tensor_nbytes(t)
                 if written != expected:  # a bug, not a user error: never write a GGUF with a wrong size
                     raise RuntimeError(f"{t.name}: encoded {written} bytes, expected {expected}")
