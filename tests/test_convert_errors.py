@@ -486,3 +486,87 @@ def test_value_beyond_f16_range_is_refused_with_a_way_out(small, tmp_path):
     assert _no_leftovers(tmp_path) == []
     override = re.search(r"--tensor-type '([^']+)'", str(info.value)).group(1)
     assert _convert(small, tmp_path / "o.gguf", "f16", tensor_types=[override])[0].is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Seeded mutation run over one safetensors file: whatever the damage, a DiffGemmaError (or a good GGUF), never
+# another exception, never a leftover file
+# ---------------------------------------------------------------------------------------------------------------
+
+_ODD_VALUES = [None, -1, 0, 1.5, True, "x", "", [], {}, [1], [1, 2, 3], [-1, 5], [5, 1], [0, 2 ** 62], ["a", "b"],
+               [2 ** 40, 2 ** 40], [0, 2 ** 64 + 5], 2 ** 63, "F64", "Q4_K", "BF16", "F16", [64], [64, 64]]
+
+
+def _mutations(raw: bytes, header: dict, rng):
+    """(label, bytes) of damaged copies of a safetensors file: byte flips in the header, truncations at the
+    section boundaries and at random points, odd header lengths, and odd values in tensor entries."""
+    (n,) = struct.unpack("<Q", raw[:8])
+    names = [k for k in header if k != "__metadata__"]
+    cuts = {0, 4, 7, 8, 9, 8 + n - 1, 8 + n, len(raw) - 1}
+    for k in names[:12]:
+        b, e = header[k]["data_offsets"]
+        cuts |= {8 + n + b, 8 + n + (b + e) // 2}
+    for c in sorted(cuts):
+        yield f"truncate@{c}", raw[:c]
+    for c in rng.integers(0, len(raw), 10):
+        yield f"truncate@{c}", raw[:int(c)]
+    for v in (0, 1, n - 1, n + 1, len(raw), 2 ** 63, 2 ** 64 - 1):
+        yield f"header_len={v}", struct.pack("<Q", v) + raw[8:]
+    for i in range(60):
+        b = bytearray(raw)
+        for pos in rng.integers(8, 8 + n, int(rng.integers(1, 4))):
+            b[int(pos)] = int(rng.integers(0, 256))
+        yield f"flip#{i}", bytes(b)
+    for i in range(120):
+        h = json.loads(raw[8:8 + n])
+        name = names[int(rng.integers(len(names)))]
+        field = ["dtype", "shape", "data_offsets"][int(rng.integers(3))]
+        value = _ODD_VALUES[int(rng.integers(len(_ODD_VALUES)))]
+        h[name][field] = value
+        text = json.dumps(h).encode()
+        yield f"{name}.{field}={value!r}", struct.pack("<Q", len(text)) + text + raw[8 + n:]
+    yield "deep_nesting", struct.pack("<Q", 100000) + b"[" * 100000 + raw[8 + n:]
+    dup = b'{' + json.dumps(names[0]).encode() + b': {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, ' \
+        + raw[9:8 + n]
+    yield "duplicate_key", struct.pack("<Q", len(dup)) + dup + raw[8 + n:]
+
+
+def test_damaged_safetensors_never_escape_as_another_exception(small, tmp_path):
+    from diffgemma_cpp.errors import DiffGemmaError
+
+    path = small / "model.safetensors"
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    rng = np.random.default_rng(20261127)
+    outcomes = {"refused": 0, "converted": 0}
+    out = tmp_path / "out"
+    out.mkdir()
+    for label, data in _mutations(raw, json.loads(raw[8:8 + n]), rng):
+        path.write_bytes(data)
+        try:
+            _convert(small, out / "o.gguf", "q8_0", threads=1)
+            outcomes["converted"] += 1
+            (out / "o.gguf").unlink()
+        except DiffGemmaError:
+            outcomes["refused"] += 1
+        except Exception as exc:  # noqa: BLE001 - the point of the test
+            pytest.fail(f"{label}: {type(exc).__name__}: {exc}")
+        assert _no_leftovers(out) == [], label
+    print(f"damaged safetensors: {outcomes}")
+    assert outcomes["refused"] >= 200
+
+
+def test_deeply_nested_or_duplicate_key_header(small, tmp_path):
+    path = small / "model.safetensors"
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    path.write_bytes(struct.pack("<Q", 50000) + b"[" * 50000 + raw[8 + n:])
+    with pytest.raises(ModelFileError, match=r"model\.safetensors: corrupt safetensors header \(nested too deeply\)"):
+        _convert(small, tmp_path / "o.gguf")
+    entry = b'"model.decoder.norm.weight": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, '
+    dup = b"{" + entry + raw[9:8 + n]
+    path.write_bytes(struct.pack("<Q", len(dup)) + dup + raw[8 + n:])
+    with pytest.raises(ModelFileError, match=r"corrupt safetensors header \(key 'model\.decoder\.norm\.weight' "
+                                             r"appears twice\)"):
+        _convert(small, tmp_path / "o.gguf")
+    assert _no_leftovers(tmp_path) == []

@@ -56,6 +56,20 @@ def bf16_to_f32(raw: np.ndarray) -> np.ndarray:
     return (raw.astype(np.uint32) << 16).view(np.float32)
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs):
+    """json object hook: a key twice (two tensors of one name) would silently keep only the last entry."""
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(f"key {key!r} appears twice")
+        out[key] = value
+    return out
+
+
 def _read_header(path: Path) -> tuple[dict, int]:
     size = path.stat().st_size
     with open(path, "rb") as f:
@@ -67,9 +81,11 @@ def _read_header(path: Path) -> tuple[dict, int]:
             raise ModelFileError(f"{path}: not a safetensors file or truncated (its first 8 bytes give a header "
                                  f"length of {n} bytes, the file holds {size} bytes)")
         try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            header = json.loads(f.read(n), object_pairs_hook=_unique_keys)
+        except (UnicodeDecodeError, json.JSONDecodeError, _DuplicateKey) as exc:
             raise ModelFileError(f"{path}: corrupt safetensors header ({exc})") from None
+        except RecursionError:  # "[[[[..." a few thousand deep: json's recursive parser gives up
+            raise ModelFileError(f"{path}: corrupt safetensors header (nested too deeply)") from None
     if not isinstance(header, dict):
         raise ModelFileError(f"{path}: corrupt safetensors header (not a JSON object)")
     return header, 8 + n
