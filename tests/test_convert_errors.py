@@ -570,3 +570,38 @@ def test_deeply_nested_or_duplicate_key_header(small, tmp_path):
                                              r"appears twice\)"):
         _convert(small, tmp_path / "o.gguf")
     assert _no_leftovers(tmp_path) == []
+
+
+def test_io_errors_reading_the_checkpoint_name_the_file(small, tmp_path, monkeypatch):
+    """EIO from the disk (or EACCES; the tests may run as root, where chmod cannot provoke it) while reading a
+    header or tensor data: a ModelFileError naming the file (and the tensor), no leftovers."""
+    from diffgemma_cpp.convert import checkpoint
+
+    real_preadv = os.preadv
+    calls = {"n": 0}
+
+    def failing_preadv(fd, buffers, offset):
+        calls["n"] += 1
+        if calls["n"] == 25:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_preadv(fd, buffers, offset)
+
+    monkeypatch.setattr(checkpoint.os, "preadv", failing_preadv)
+    with pytest.raises(ModelFileError, match=r"model\.safetensors: read error in tensor model\.\S+ at byte \d+ "
+                                             r"\(Input/output error\)"):
+        _convert(small, tmp_path / "o.gguf", threads=1)
+    assert _no_leftovers(tmp_path) == []
+    monkeypatch.undo()
+
+    real_open = open
+
+    def denied(path, *args, **kw):
+        if str(path).endswith(".safetensors"):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_open(path, *args, **kw)
+
+    monkeypatch.setattr(checkpoint, "open", denied, raising=False)
+    with pytest.raises(ModelFileError, match=r"model\.safetensors: cannot read the safetensors file "
+                                             r"\(Permission denied\)"):
+        _convert(small, tmp_path / "o.gguf")
+    assert _no_leftovers(tmp_path) == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +72,15 @@ def _unique_keys(pairs):
 
 
 def _read_header(path: Path) -> tuple[dict, int]:
+    try:
+        return _parse_header(path)
+    except ModelFileError:
+        raise
+    except OSError as exc:  # unreadable (permissions, I/O error): name the file rather than leak an OSError
+        raise ModelFileError(f"{path}: cannot read the safetensors file ({exc.strerror or exc})") from None
+
+
+def _parse_header(path: Path) -> tuple[dict, int]:
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
@@ -147,6 +157,7 @@ class Checkpoint:
         self.directory = Path(directory)
         self.entries: dict[str, TensorEntry] = {}
         self._fds: dict[Path, int] = {}
+        self._fd_lock = threading.Lock()
         self.weight_map: dict | None = None
         for shard in self._shard_files():
             self._add_shard(shard)
@@ -224,10 +235,11 @@ class Checkpoint:
         return list(self.entries)
 
     def _fd(self, path: Path) -> int:
-        fd = self._fds.get(path)
-        if fd is None:
-            fd = self._fds[path] = os.open(path, os.O_RDONLY)
-        return fd
+        with self._fd_lock:  # writer threads read concurrently: open each shard once, leak none
+            fd = self._fds.get(path)
+            if fd is None:
+                fd = self._fds[path] = os.open(path, os.O_RDONLY)
+            return fd
 
     def check_dtype(self, entry: TensorEntry) -> None:
         """Refuse a tensor the converter cannot read. (Its shape was checked against its byte range at open.)"""
@@ -242,12 +254,20 @@ class Checkpoint:
         want = n_rows * row_bytes
         buf = np.empty(n_rows * entry.row_len, dtype=dtype)
         view = memoryview(buf).cast("B")
-        fd, pos, done = self._fd(entry.path), entry.offset + row_start * row_bytes, 0
-        while done < want:
-            got = os.preadv(fd, [view[done:]], pos + done)
-            if got <= 0:
-                raise ModelFileError(f"{entry.path}: unexpected end of file while reading {entry.name}")
-            done += got
+        pos, done = entry.offset + row_start * row_bytes, 0
+        try:
+            fd = self._fd(entry.path)
+            while done < want:
+                got = os.preadv(fd, [view[done:]], pos + done)
+                if got <= 0:
+                    raise ModelFileError(f"{entry.path}: unexpected end of file while reading {entry.name} (the "
+                                         "file shrank during the conversion?)")
+                done += got
+        except ModelFileError:
+            raise
+        except OSError as exc:
+            raise ModelFileError(f"{entry.path}: read error in tensor {entry.name} at byte {pos + done} "
+                                 f"({exc.strerror or exc})") from None
         return buf.reshape(n_rows, entry.row_len)
 
     def read_f32(self, entry: TensorEntry, row_start: int, n_rows: int) -> np.ndarray:
