@@ -199,13 +199,17 @@ def main(argv=None) -> int:
     ap.add_argument("--types", nargs="+", default=list(make_bench_model.TYPES))
     ap.add_argument("--hf", nargs="*", default=["f32", "bf16"], choices=["f32", "bf16"], help="HF dtypes to time")
     ap.add_argument("-t", "--threads", type=int, default=min(2, os.cpu_count() or 1))
-    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=2, help="steps per canvas; >= 2 so ours times self-conditioned steps")
     ap.add_argument("-p", "--prompt-tokens", type=int, default=512)
     ap.add_argument("-r", "--repetitions", type=int, default=3)
     ap.add_argument("--ab-gemm", action="store_true",
                     help="also time the F32 engine with ggml's own f32 mul_mat (DIFFGEMMA_NO_GEMM=1)")
     ap.add_argument("-o", "--output", choices=("md", "json"), default="md")
+    ap.add_argument("--from-json", metavar="FILE", help="print the tables of a saved `-o json` result and exit")
     args = ap.parse_args(argv)
+    if args.from_json:
+        print(markdown(json.loads(Path(args.from_json).read_text())))
+        return 0
     res = run(args)
     print(json.dumps(res, indent=2) if args.output == "json" else markdown(res))
     return 0

@@ -209,7 +209,7 @@ GraphInputs GraphBuilder::build_decoder(int32_t n_past, int32_t n_canvas, bool w
     ggml_set_name(x, kNodeHeadIn);
     x = rms(x, w.output_norm);
     ggml_tensor * logits = matmul(w.tok_embd, x);  // tied head: [V, C]
-    logits = ggml_scale(ctx, ggml_tanh(ctx, ggml_scale(ctx, logits, 1.0f / hp.softcap)), hp.softcap);
+    logits = ggml_map_custom1(ctx, logits, softcap_kernel, GGML_N_TASKS_MAX, const_cast<float *>(&hp.softcap));
     ggml_set_output(logits);
     in.logits = logits;
     ggml_build_forward_expand(gf, logits);
