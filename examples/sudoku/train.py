@@ -184,7 +184,7 @@ def save(model, tokenizer, out: pathlib.Path, meta: dict) -> None:
     model.save_pretrained(out)
     model.generation_config.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    (out / "training_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (out / "training_meta.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
 
 
 def main() -> None:
@@ -202,6 +202,8 @@ def main() -> None:
     ap.add_argument("--eval-puzzles", type=int, default=50)
     ap.add_argument("--max-denoising-steps", type=int, default=32)
     ap.add_argument("--lm-weight", type=float, default=0.1)
+    ap.add_argument("--init-from", type=pathlib.Path, default=None,
+                    help="start from this checkpoint instead of random weights (second training stage)")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
@@ -211,7 +213,10 @@ def main() -> None:
     rng = random.Random(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
 
-    model = DiffusionGemmaForBlockDiffusion(build_config())
+    if args.init_from is not None:
+        model = DiffusionGemmaForBlockDiffusion.from_pretrained(args.init_from)
+    else:
+        model = DiffusionGemmaForBlockDiffusion(build_config())
     model.generation_config = build_generation_config(args.max_denoising_steps)
     model.train()
     tokenizer = build_tokenizer()
