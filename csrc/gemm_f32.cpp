@@ -22,11 +22,21 @@ constexpr int kKC = 256;  // K block: a packed panel is 32 KiB, resident in L1 w
 #ifdef DG_GEMM_AVX512
 
 // Packs rows [n0, n0 + n_valid) x columns [k0, k0 + kc) of w transposed: wp[k * 32 + j] = w[n0 + j][k0 + k],
-// zero for j >= n_valid.
+// zero for j >= n_valid. Quantized / half-precision weights are dequantized here (ggml's to_float), so
+// every weight type runs the same f32 register tile and the activations are never quantized.
 void pack_panel(const ggml_tensor * w, int64_t n0, int n_valid, int64_t k0, int kc, float * wp) {
+    thread_local float dequant[kKC];
+    const bool is_f32 = w->type == GGML_TYPE_F32;
+    const ggml_to_float_t to_float = is_f32 ? nullptr : ggml_get_type_traits(w->type)->to_float;
+    const size_t k0_bytes = is_f32 ? k0 * sizeof(float) : k0 / ggml_blck_size(w->type) * ggml_type_size(w->type);
     for (int j = 0; j < kNR; ++j) {
         if (j < n_valid) {
-            const float * row = reinterpret_cast<const float *>(static_cast<const char *>(w->data) + (n0 + j) * w->nb[1]) + k0;
+            const char * src = static_cast<const char *>(w->data) + (n0 + j) * w->nb[1] + k0_bytes;
+            const float * row = reinterpret_cast<const float *>(src);
+            if (!is_f32) {
+                to_float(src, dequant, kc);
+                row = dequant;
+            }
             for (int k = 0; k < kc; ++k) {
                 wp[k * kNR + j] = row[k];
             }
@@ -104,6 +114,17 @@ float * panel_buffer() {
     return reinterpret_cast<float *>((reinterpret_cast<uintptr_t>(storage.data()) + 63) & ~uintptr_t(63));
 }
 
+// Weight types the packer reads: f32, or any type ggml dequantizes whose blocks tile the K blocks.
+bool packable(const ggml_tensor * w) {
+    if (w->type == GGML_TYPE_F32) {
+        return w->nb[0] == sizeof(float);
+    }
+    const ggml_type_traits * tt = ggml_get_type_traits(w->type);
+    const int64_t blck = ggml_blck_size(w->type);
+    return tt != nullptr && tt->to_float != nullptr && blck > 0 && kKC % blck == 0 && w->ne[0] % blck == 0 &&
+           w->nb[1] == ggml_row_size(w->type, w->ne[0]);
+}
+
 bool cpu_has_avx512f() {
     static const bool has = __builtin_cpu_supports("avx512f");
     return has;
@@ -119,8 +140,8 @@ bool gemm_f32_applies(const ggml_tensor * w, const ggml_tensor * x) {
     if (off != nullptr && off[0] != '\0' && off[0] != '0') {
         return false;
     }
-    return cpu_has_avx512f() && w->type == GGML_TYPE_F32 && x->type == GGML_TYPE_F32 && w->ne[0] == x->ne[0] &&
-           w->nb[0] == sizeof(float) && x->nb[0] == sizeof(float) && w->ne[2] == 1 && w->ne[3] == 1 &&
+    return cpu_has_avx512f() && packable(w) && x->type == GGML_TYPE_F32 && w->ne[0] == x->ne[0] &&
+           x->nb[0] == sizeof(float) && w->ne[2] == 1 && w->ne[3] == 1 &&
            x->ne[2] == 1 && x->ne[3] == 1 && x->ne[1] >= kTR;
 #else
     (void) w;
@@ -159,8 +180,8 @@ bool gemm_f32_id_applies(const ggml_tensor * as, const ggml_tensor * b, const gg
     if (off != nullptr && off[0] != '\0' && off[0] != '0') {
         return false;
     }
-    return cpu_has_avx512f() && as->type == GGML_TYPE_F32 && b->type == GGML_TYPE_F32 && ids->type == GGML_TYPE_I32 &&
-           as->ne[0] == b->ne[0] && as->nb[0] == sizeof(float) && b->nb[0] == sizeof(float) && as->ne[3] == 1 &&
+    return cpu_has_avx512f() && packable(as) && b->type == GGML_TYPE_F32 && ids->type == GGML_TYPE_I32 &&
+           as->ne[0] == b->ne[0] && b->nb[0] == sizeof(float) && as->ne[3] == 1 &&
            b->ne[3] == 1 && ids->ne[1] == b->ne[2] && (b->ne[1] == 1 || b->ne[1] == ids->ne[0]);
 #else
     (void) as;

@@ -1,14 +1,16 @@
-// A float32 matrix product for the CPU backend, run as a ggml custom op in place of ggml_mul_mat when both
-// operands are f32: ggml's own f32 path is a row-by-row dot product (two loads per FMA), which reaches a
-// fraction of the FMA units' throughput. This one packs 32 weight rows per K block transposed (one 64-byte
-// load serves 16 output features) and keeps a 6-token x 32-feature tile of accumulators in registers.
+// A float32 matrix product for the CPU backend, run as a ggml custom op in place of ggml_mul_mat: ggml's own
+// f32 path is a row-by-row dot product (two loads per FMA), which reaches a fraction of the FMA units'
+// throughput. This one packs 32 weight rows per K block transposed (one 64-byte load serves 16 output
+// features) and keeps a 6-token x 32-feature tile of accumulators in registers. Weights of other types
+// (f16, q8_0, q4_K, ...) are dequantized while packing; the activations stay f32.
 #pragma once
 
 #include "ggml.h"
 
 namespace dg {
 
-// True when dst = gemm_f32(w, x) can replace ggml_mul_mat(w, x): f32 2-D operands with contiguous rows,
+// True when dst = gemm_f32(w, x) can replace ggml_mul_mat(w, x): 2-D operands with contiguous rows, w of
+// f32 or a type ggml dequantizes (blocks dividing 256), x f32,
 // enough rows of x to fill the register tile, and a CPU with AVX-512F.
 bool gemm_f32_applies(const ggml_tensor * w, const ggml_tensor * x);
 
