@@ -111,3 +111,25 @@ def test_bench_cli_markdown_and_bad_arguments(capsys):
         class A:
             steps, repetitions, blocks, prompt_tokens, threads, no_split, output, model = 1, 0, 1, 8, 1, False, "md", path
         _cmd_bench(A)
+
+
+def test_gemm_runs_quantized_weights_with_f32_activations():
+    """q8_0 weights go through the GEMM too (dequantized while packing): it must change the result, and bring
+    it closer to the F32 file's than ggml's path, which quantizes the activations to 8 bits as well."""
+    def logits(outtype, gemm):
+        if not gemm:
+            os.environ["DIFFGEMMA_NO_GEMM"] = "1"
+        try:
+            with Model(fx.gguf("wide", outtype), n_threads=2) as m:
+                m.encode(list(range(10, 40)))
+                return m.decoder_logits(list(range(50, 50 + m.canvas_length)))
+        finally:
+            os.environ.pop("DIFFGEMMA_NO_GEMM", None)
+
+    def nmse(a, b):
+        return float(np.sum((a - b) ** 2) / np.sum(b ** 2))
+
+    ref = logits("f32", True)
+    ours, theirs = logits("q8_0", True), logits("q8_0", False)
+    assert np.any(ours != theirs)
+    assert nmse(ours, ref) < nmse(theirs, ref)
