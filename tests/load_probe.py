@@ -38,7 +38,7 @@ def probe(paths, timeout: float = 120.0) -> list:
     while len(results) < len(paths):
         todo = paths[len(results):]
         proc = subprocess.run([sys.executable, __file__], input="".join(p + "\n" for p in todo), capture_output=True,
-                              text=True, timeout=timeout, env={**os.environ, "PYTHONFAULTHANDLER": "1"})
+                              text=True, errors="replace", timeout=timeout, env={**os.environ, "PYTHONFAULTHANDLER": "1"})
         done = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
         results.extend(done)
         if len(done) < len(todo):  # the child died on todo[len(done)]

@@ -24,7 +24,7 @@ SECONDS = int(os.environ.get("DG_FUZZ_SECONDS", "60"))
 def _libfuzzer(seconds: int):
     env = dict(os.environ, PYTHON=sys.executable)
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "fuzz_gguf.sh"), str(seconds)], capture_output=True, text=True,
-                          env=env, timeout=seconds + 900)
+                          errors="replace", env=env, timeout=seconds + 900)
     return proc
 
 

@@ -26,7 +26,7 @@ def _have_asan() -> bool:
 @pytest.mark.skipif(not _have_asan(), reason="no gcc with libasan on this machine")
 def test_subset_is_clean_under_asan_and_ubsan():
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "sanitize_tests.sh")], capture_output=True, text=True,
-                          env=dict(os.environ, PYTHON=sys.executable), timeout=1800)
+                          errors="replace", env=dict(os.environ, PYTHON=sys.executable), timeout=1800)
     out = proc.stdout + proc.stderr
     print(out[-1500:])
     assert proc.returncode == 0, f"sanitized run failed (logs in build/san-logs):\n{out[-8000:]}"

@@ -88,7 +88,7 @@ def run(seconds: float, workdir, seed: int = 0) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, __file__, str(seconds), str(workdir), str(seed)], capture_output=True,
-                          text=True, timeout=seconds + 120)
+                          text=True, errors="replace", timeout=seconds + 120)
     elapsed = time.monotonic() - t0
     if proc.returncode != 0:
         artifact = workdir / f"crash-{seed}.gguf"
