@@ -1,17 +1,11 @@
 // See cpu_ops.h. Compiled with -ffp-contract=off: a fused multiply-add would round differently from the
 // separate ggml ops these kernels replace.
 #include "cpu_ops.h"
+#include "vec_math.h"
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-
-// Run-time dispatch to AVX-512 / AVX2 code in a portable build (as in sampler_math.cpp).
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define DG_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define DG_VECTOR_CLONES
-#endif
 
 namespace dg {
 
@@ -23,23 +17,7 @@ namespace {
 // far below what the logits or the gelu outputs resolve.
 inline float tanh_fast(float x) {
     const float a = std::fabs(x);
-    float d = -2.0f * a;
-    d = d < -87.0f ? -87.0f : d;  // exp(-87) ~ 1.6e-38: tanh is 1 to float precision long before
-    // exp(d), d <= 0: d = k ln2 + r, |r| <= ln2/2, degree-7 Taylor polynomial, 2^k from its exponent bits.
-    const float k = (d * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    const float r = (d - k * 0.693145751953125f) - k * 1.42860682030941723e-6f;
-    float p = 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
-    float two_k;
-    std::memcpy(&two_k, &bits, sizeof two_k);
-    const float e = p * two_k;
+    const float e = exp_nonpositive(-2.0f * a);
     const float t = (1.0f - e) / (1.0f + e);
     return x < 0.0f ? -t : t;
 }
