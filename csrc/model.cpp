@@ -2,6 +2,7 @@
 #include "model.h"
 
 #include "errors.h"
+#include "names.h"
 #include "tokenizer.h"
 
 #include "ggml-cpu.h"
@@ -132,7 +133,7 @@ int32_t diffgemma_model_load(const char * path, const diffgemma_model_params * p
         for (int64_t i = 0; i < gguf_get_n_kv(model->gguf); ++i) {
             model->meta.emplace_back(gguf_get_key(model->gguf, i), render_value(model->gguf, i));
         }
-        if (gguf_find_key(model->gguf, "tokenizer.ggml.model") >= 0) {
+        if (gguf_find_key(model->gguf, dg::key_name(dg::Key::TOKENIZER_MODEL).c_str()) >= 0) {
             model->vocab = std::make_unique<diffgemma_vocab>(model->gguf);
         }
         model->store.load(path, model->gguf, model->meta_ctx, model->hp, model->w,

@@ -184,6 +184,15 @@ class CompletionMixin:
                  "canvases": n_canvases, "denoising_steps": n_steps}
         yield tail, {"finish_reason": finish, "usage": usage, "text": stream.text}
 
+    def _run_to_end(self, settings: dict) -> dict:
+        """Run a whole non-streaming generation with the model claimed; return _run's summary."""
+        self._claim()
+        try:
+            parts = list(self._run(**settings))
+        finally:
+            self._release()
+        return parts[-1][1]
+
     @staticmethod
     def _sampler(kwargs: dict) -> dict:
         unknown = set(kwargs) - set(SAMPLER_OVERRIDES)
@@ -209,12 +218,7 @@ class CompletionMixin:
         meta = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self._model_name()}
         if stream:
             return self._stream_completion(settings, meta)
-        self._claim()
-        try:
-            parts = list(self._run(**settings))
-        finally:
-            self._release()
-        summary = parts[-1][1]
+        summary = self._run_to_end(settings)
         return {**meta, "object": "text_completion",
                 "choices": [{"text": summary["text"], "index": 0, "logprobs": None,
                              "finish_reason": summary["finish_reason"]}],
@@ -284,12 +288,7 @@ class CompletionMixin:
         meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self._model_name()}
         if stream:
             return self._stream_chat(settings, meta)
-        self._claim()
-        try:
-            parts = list(self._run(**settings))
-        finally:
-            self._release()
-        summary = parts[-1][1]
+        summary = self._run_to_end(settings)
         message = {"role": "assistant", **split_reasoning(summary["text"])}
         return {**meta, "object": "chat.completion",
                 "choices": [{"index": 0, "message": message, "logprobs": None,

@@ -23,6 +23,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from . import errors
+from ._lifetime import Closeable
 from ._native import check, ffi, lib, string
 from .completion import CompletionMixin
 from .tokenizer import Tokenizer
@@ -72,7 +73,7 @@ def _ids(values, what: str):
     return np.ascontiguousarray(arr, dtype=np.int32)
 
 
-class Model(CompletionMixin):
+class Model(CompletionMixin, Closeable):
     """A DiffusionGemma GGUF loaded for generation (weights memory-mapped, one KV cache)."""
 
     def __init__(self, model_path, *, n_gpu_layers: int = 0, n_threads: int | None = None, n_ctx: int | None = None,
@@ -147,18 +148,6 @@ class Model(CompletionMixin):
         if getattr(self, "_model", None) is not None:
             lib.diffgemma_model_free(self._model)
             self._model = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # pragma: no cover - interpreter shutdown
-            pass
 
     @contextlib.contextmanager
     def _exclusive(self):

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from . import errors
+from ._lifetime import Closeable
 from ._native import check, ffi, lib
 
 __all__ = ["Tokenizer", "TokenStream", "TokenType"]
@@ -51,7 +52,7 @@ def _id_array(ids: Iterable[int]):
         raise errors.InvalidArgumentError(f"token ids must be int32 integers: {e}") from None
 
 
-class Tokenizer:
+class Tokenizer(Closeable):
     """Tokenizer of a vocab owned by this object (from_gguf) or borrowed from a model (owner keeps it alive)."""
 
     def __init__(self, vocab_ptr, *, owner=None, owned: bool = False):
@@ -76,18 +77,6 @@ class Tokenizer:
             lib.diffgemma_vocab_free(self._vocab)
         self._vocab = None
         self._owner = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # pragma: no cover - interpreter shutdown
-            pass
 
     @property
     def _ptr(self):
