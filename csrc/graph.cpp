@@ -193,9 +193,8 @@ GraphInputs GraphBuilder::build_decoder(int32_t n_past, int32_t n_canvas, bool w
         in.sc_logits = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, hp.n_vocab, n_canvas);
         ggml_set_input(in.sc_logits);
         ggml_tensor * probs = ggml_soft_max_ext(ctx, in.sc_logits, nullptr, sc_scale, 0.0f);   // [V, C]
-        if (w.embd_t->type != GGML_TYPE_F32) {
-            probs = ggml_cast(ctx, probs, w.embd_t->type);
-        }
+        // probs stay f32 also for an f16 embd_t: our GEMM takes f32 activations (and ggml's mul_mat converts
+        // them itself where the GEMM does not apply); an f16 copy would force ggml's slow f16 mul_mat.
         ggml_tensor * soft = ggml_scale(ctx, matmul(w.embd_t, probs), hp.embed_scale);  // [n_embd, C]
         ggml_tensor * u = rms(soft, w.sc_pre_norm);
         ggml_tensor * act = geglu(matmul(w.sc_gate, u), matmul(w.sc_up, u));
