@@ -1,6 +1,9 @@
 // See gemm_f32.h.
 #include "gemm_f32.h"
 
+#include "dequant_avx512.h"
+#include "gemm_bf16.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
@@ -27,7 +30,7 @@ constexpr int kKC = 256;  // K block: a packed panel is 32 KiB, resident in L1 w
 void pack_panel(const ggml_tensor * w, int64_t n0, int n_valid, int64_t k0, int kc, float * wp) {
     thread_local float dequant[kKC];
     const bool is_f32 = w->type == GGML_TYPE_F32;
-    const ggml_to_float_t to_float = is_f32 ? nullptr : ggml_get_type_traits(w->type)->to_float;
+    const ggml_to_float_t to_float = is_f32 ? nullptr : fast_to_float(w->type);
     const size_t k0_bytes = is_f32 ? k0 * sizeof(float) : k0 / ggml_blck_size(w->type) * ggml_type_size(w->type);
     for (int j = 0; j < kNR; ++j) {
         if (j < n_valid) {
@@ -163,6 +166,10 @@ void gemm_f32_kernel(ggml_tensor * dst, int ith, int nth, void *) {
         c_rows[t] = reinterpret_cast<float *>(static_cast<char *>(dst->data) + t * dst->nb[1]);
     }
     const int64_t n_panels = (N + kNR - 1) / kNR;
+    if (gemm_bf16_wanted(w)) {
+        gemm_bf16_panels(w, n_panels * ith / nth, 1, n_panels * (ith + 1) / nth, x_rows.data(), c_rows.data(), T);
+        return;
+    }
     float * wp = panel_buffer();
     for (int64_t p = n_panels * ith / nth; p < n_panels * (ith + 1) / nth; ++p) {
         panel_product(w, p * kNR, x_rows.data(), c_rows.data(), T, wp);
@@ -204,6 +211,7 @@ void gemm_f32_id_kernel(ggml_tensor * dst, int ith, int nth, void *) {
     std::vector<const float *> x_rows;
     std::vector<float *> c_rows;
     float * wp = panel_buffer();
+    const bool bf16 = gemm_bf16_wanted(as);
     int64_t item = 0;
     for (int64_t e = 0; e < n_expert; ++e) {
         x_rows.clear();
@@ -225,9 +233,17 @@ void gemm_f32_id_kernel(ggml_tensor * dst, int ith, int nth, void *) {
         ggml_tensor w = *as;
         w.data = static_cast<char *>(as->data) + e * as->nb[2];
         w.ne[2] = 1;
+        const int64_t n_rows = static_cast<int64_t>(x_rows.size());
+        if (bf16) {
+            // This thread's panels of the expert: items item .. item + n_panels - 1, every nth one.
+            const int64_t p_first = ((ith - item) % nth + nth) % nth;
+            gemm_bf16_panels(&w, p_first, nth, n_panels, x_rows.data(), c_rows.data(), n_rows);
+            item += n_panels;
+            continue;
+        }
         for (int64_t p = 0; p < n_panels; ++p, ++item) {
             if (item % nth == ith) {
-                panel_product(&w, p * kNR, x_rows.data(), c_rows.data(), static_cast<int64_t>(x_rows.size()), wp);
+                panel_product(&w, p * kNR, x_rows.data(), c_rows.data(), n_rows, wp);
             }
         }
     }

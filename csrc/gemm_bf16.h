@@ -1,0 +1,24 @@
+// The bf16 dot-product path of our CPU GEMM (gemm_f32.h) for quantized and bf16 weights. Such weights (q4_K,
+// q6_K, q8_0, ...) hold 4-8 bit codes, so rounding their dequantized values to bf16 (8-bit significand) adds
+// little to their own rounding error, while AVX512_BF16's VDPBF16PS does two
+// multiply-adds per f32 lane: twice the f32 FMA rate. Accumulation stays f32. f32 and f16 weights never
+// come here: they keep the f32 path (HF parity of the F32 and F16 files).
+#pragma once
+
+#include "ggml.h"
+
+#include <cstdint>
+
+namespace dg {
+
+// True when the products of w should take the bf16 path: w is neither f32 nor f16, K is even, the CPU has AVX512_BF16,
+// and DIFFGEMMA_NO_BF16 is unset (it forces the f32 path, for A/B and parity checks).
+bool gemm_bf16_wanted(const ggml_tensor * w);
+
+// c_rows[i][n] = sum_k w[n][k] * x_rows[i][k] for i < n_rows and the output features n of the 32-row
+// panels p_first, p_first + p_step, ... < p_end. The caller has checked gemm_bf16_wanted(w) and that w's rows
+// are contiguous blocks (gemm_f32.cpp's packable()).
+void gemm_bf16_panels(const ggml_tensor * w, int64_t p_first, int64_t p_step, int64_t p_end, const float * const * x_rows,
+                      float * const * c_rows, int64_t n_rows);
+
+}  // namespace dg

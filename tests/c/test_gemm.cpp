@@ -1,0 +1,267 @@
+// Driver for tests/test_gemm.py: runs our CPU GEMM (csrc/gemm_f32.cpp, with its bf16 path csrc/gemm_bf16.cpp)
+// on random weights of a ggml type, quantized by ggml, and writes what the test compares with NumPy; or times
+// the bf16 path against the f32 path (--bench).
+//
+//   test_gemm check TYPE N K T OUT
+//       w [N][K] random, quantized to TYPE; x [T][K] random. OUT: int64 N, K, T, then float32 arrays
+//       w_dequantized [N*K], x [T*K], y [T*N] (default path), y_f32 [T*N] (DIFFGEMMA_NO_BF16=1),
+//       y_split [T*N] (default path run as two threads' shares, one after the other).
+//   test_gemm check-id TYPE N K T N_EXPERT N_USED OUT
+//       the MoE kernel: experts w [N_EXPERT][N][K], x [T][K] shared by a token's experts, ids [T][N_USED].
+//       OUT: int64 N, K, T, N_EXPERT, N_USED, then float32 w_dequantized [N_EXPERT*N*K], x [T*K],
+//       int32 ids [T*N_USED], float32 y [T*N_USED*N] (default), y_f32 [T*N_USED*N] (f32 path).
+//   test_gemm bench TYPE N K T REPS
+//       prints "path=bf16 ms=..." and "path=f32 ms=...": the median thread-CPU time of one 1-thread call
+//       (CPU time, not wall time, so other processes on a shared machine move it less).
+//   test_gemm check-dequant TYPE
+//       exit 0 when dg::fast_to_float(TYPE) gives ggml's to_float values bit for bit on random rows, else 1.
+//   test_gemm has-bf16
+//       prints 1 when the bf16 path is taken on this CPU for a q8_0 weight, else 0.
+#include "dequant_avx512.h"
+#include "gemm_bf16.h"
+#include "gemm_f32.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace {
+
+ggml_type parse_type(const char * name) {
+    for (int t = 0; t < GGML_TYPE_COUNT; ++t) {
+        const char * tn = ggml_type_name(static_cast<ggml_type>(t));
+        if (tn != nullptr && std::strcmp(tn, name) == 0) {
+            return static_cast<ggml_type>(t);
+        }
+    }
+    std::fprintf(stderr, "unknown ggml type %s\n", name);
+    std::exit(2);
+}
+
+std::vector<float> random_values(size_t n, float scale, uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> dist(0.0f, scale);
+    std::vector<float> v(n);
+    for (float & x : v) {
+        x = dist(rng);
+    }
+    return v;
+}
+
+// rows x K random values (std 0.02, like the bench models), quantized into t (rows contiguous), and the
+// dequantized values the GEMM multiplies.
+std::vector<float> fill_weights(ggml_tensor * t, int64_t rows, int64_t K, uint32_t seed) {
+    const std::vector<float> src = random_values(static_cast<size_t>(rows * K), 0.02f, seed);
+    ggml_quantize_chunk(t->type, src.data(), t->data, 0, rows, K, nullptr);
+    std::vector<float> deq(static_cast<size_t>(rows * K));
+    if (t->type == GGML_TYPE_F32) {
+        std::memcpy(deq.data(), t->data, deq.size() * sizeof(float));
+    } else {
+        ggml_get_type_traits(t->type)->to_float(t->data, deq.data(), rows * K);
+    }
+    return deq;
+}
+
+void set_bf16(bool on) {
+    if (on) {
+        unsetenv("DIFFGEMMA_NO_BF16");
+    } else {
+        setenv("DIFFGEMMA_NO_BF16", "1", 1);
+    }
+}
+
+struct Dense {
+    ggml_context * ctx;
+    ggml_tensor * w;
+    ggml_tensor * x;
+    ggml_tensor * y;
+    std::vector<float> w_deq;
+};
+
+Dense make_dense(ggml_type type, int64_t N, int64_t K, int64_t T) {
+    const size_t bytes = ggml_row_size(type, K) * N + sizeof(float) * (K * T + N * T) + 8 * ggml_tensor_overhead() + 4096;
+    ggml_init_params params = {bytes, nullptr, false};
+    Dense d{};
+    d.ctx = ggml_init(params);
+    d.w = ggml_new_tensor_2d(d.ctx, type, K, N);
+    d.x = ggml_new_tensor_2d(d.ctx, GGML_TYPE_F32, K, T);
+    d.y = ggml_new_tensor_2d(d.ctx, GGML_TYPE_F32, N, T);
+    d.y->src[0] = d.w;
+    d.y->src[1] = d.x;
+    d.w_deq = fill_weights(d.w, N, K, 1234);
+    const std::vector<float> x = random_values(static_cast<size_t>(K * T), 1.0f, 5678);
+    std::memcpy(d.x->data, x.data(), x.size() * sizeof(float));
+    if (!dg::gemm_f32_applies(d.w, d.x)) {
+        std::fprintf(stderr, "the GEMM does not apply to %s [%lld x %lld] x %lld tokens on this CPU\n", ggml_type_name(type),
+                     (long long) N, (long long) K, (long long) T);
+        std::exit(3);
+    }
+    return d;
+}
+
+std::vector<float> run_dense(Dense & d, int nth) {
+    std::memset(d.y->data, 0xFF, ggml_nbytes(d.y));  // NaN: a feature the kernel skips shows
+    for (int ith = 0; ith < nth; ++ith) {
+        dg::gemm_f32_kernel(d.y, ith, nth, nullptr);
+    }
+    const float * y = static_cast<const float *>(d.y->data);
+    return std::vector<float>(y, y + ggml_nelements(d.y));
+}
+
+void write_floats(FILE * f, const float * v, size_t n) { std::fwrite(v, sizeof(float), n, f); }
+
+int check_dense(ggml_type type, int64_t N, int64_t K, int64_t T, const char * out) {
+    Dense d = make_dense(type, N, K, T);
+    set_bf16(true);
+    const std::vector<float> y = run_dense(d, 1);
+    const std::vector<float> y_split = run_dense(d, 2);
+    set_bf16(false);
+    const std::vector<float> y_f32 = run_dense(d, 1);
+    FILE * f = std::fopen(out, "wb");
+    const int64_t head[3] = {N, K, T};
+    std::fwrite(head, sizeof(int64_t), 3, f);
+    write_floats(f, d.w_deq.data(), d.w_deq.size());
+    write_floats(f, static_cast<const float *>(d.x->data), static_cast<size_t>(K * T));
+    write_floats(f, y.data(), y.size());
+    write_floats(f, y_f32.data(), y_f32.size());
+    write_floats(f, y_split.data(), y_split.size());
+    std::fclose(f);
+    ggml_free(d.ctx);
+    return 0;
+}
+
+int check_id(ggml_type type, int64_t N, int64_t K, int64_t T, int64_t n_expert, int64_t n_used, const char * out) {
+    const size_t bytes = ggml_row_size(type, K) * N * n_expert + sizeof(float) * (K * T + N * n_used * T) +
+                         sizeof(int32_t) * n_used * T + 8 * ggml_tensor_overhead() + 4096;
+    ggml_init_params params = {bytes, nullptr, false};
+    ggml_context * ctx = ggml_init(params);
+    ggml_tensor * as = ggml_new_tensor_3d(ctx, type, K, N, n_expert);
+    ggml_tensor * b = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, K, 1, T);
+    ggml_tensor * ids = ggml_new_tensor_2d(ctx, GGML_TYPE_I32, n_used, T);
+    ggml_tensor * y = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, N, n_used, T);
+    y->src[0] = as;
+    y->src[1] = b;
+    y->src[2] = ids;
+    const std::vector<float> w_deq = fill_weights(as, N * n_expert, K, 4321);
+    const std::vector<float> x = random_values(static_cast<size_t>(K * T), 1.0f, 8765);
+    std::memcpy(b->data, x.data(), x.size() * sizeof(float));
+    // Distinct experts per token, uneven loads: token t uses experts (t * 7 + j * 3) % n_expert for n_used <= 3,
+    // else a shuffled prefix.
+    std::mt19937 rng(99);
+    std::vector<int32_t> perm(static_cast<size_t>(n_expert));
+    int32_t * idv = static_cast<int32_t *>(ids->data);
+    for (int64_t t = 0; t < T; ++t) {
+        for (int64_t e = 0; e < n_expert; ++e) {
+            perm[e] = static_cast<int32_t>(e);
+        }
+        std::shuffle(perm.begin(), perm.end(), rng);
+        for (int64_t j = 0; j < n_used; ++j) {
+            idv[t * n_used + j] = perm[j];
+        }
+    }
+    if (!dg::gemm_f32_id_applies(as, b, ids)) {
+        std::fprintf(stderr, "the expert GEMM does not apply\n");
+        return 3;
+    }
+    auto run = [&](int nth) {
+        std::memset(y->data, 0xFF, ggml_nbytes(y));
+        for (int ith = 0; ith < nth; ++ith) {
+            dg::gemm_f32_id_kernel(y, ith, nth, nullptr);
+        }
+        const float * v = static_cast<const float *>(y->data);
+        return std::vector<float>(v, v + ggml_nelements(y));
+    };
+    set_bf16(true);
+    const std::vector<float> y_def = run(2);
+    set_bf16(false);
+    const std::vector<float> y_f32 = run(1);
+    FILE * f = std::fopen(out, "wb");
+    const int64_t head[5] = {N, K, T, n_expert, n_used};
+    std::fwrite(head, sizeof(int64_t), 5, f);
+    write_floats(f, w_deq.data(), w_deq.size());
+    write_floats(f, x.data(), x.size());
+    std::fwrite(idv, sizeof(int32_t), static_cast<size_t>(n_used * T), f);
+    write_floats(f, y_def.data(), y_def.size());
+    write_floats(f, y_f32.data(), y_f32.size());
+    std::fclose(f);
+    ggml_free(ctx);
+    return 0;
+}
+
+int check_dequant(ggml_type type) {
+    const int64_t rows = 64;
+    const int64_t K = 1024;
+    std::vector<char> q(ggml_row_size(type, K) * rows);
+    std::vector<float> src = random_values(static_cast<size_t>(rows * K), 0.02f, 77);
+    src[5] = 0.0f;  // a zero and outliers in the data
+    src[700] = 3.0f;
+    src[900] = -7.5f;
+    ggml_quantize_chunk(type, src.data(), q.data(), 0, rows, K, nullptr);
+    std::vector<float> ref(src.size()), ours(src.size());
+    ggml_get_type_traits(type)->to_float(q.data(), ref.data(), rows * K);
+    dg::fast_to_float(type)(q.data(), ours.data(), rows * K);
+    if (std::memcmp(ref.data(), ours.data(), ref.size() * sizeof(float)) != 0) {
+        std::fprintf(stderr, "fast_to_float(%s) differs from ggml's to_float\n", ggml_type_name(type));
+        return 1;
+    }
+    return 0;
+}
+
+double thread_cpu_ms() {
+    timespec ts{};
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
+int bench(ggml_type type, int64_t N, int64_t K, int64_t T, int reps) {
+    Dense d = make_dense(type, N, K, T);
+    for (const bool bf16 : {true, false}) {
+        set_bf16(bf16);
+        std::vector<double> ms;
+        run_dense(d, 1);  // warm-up
+        for (int r = 0; r < reps; ++r) {
+            const double t0 = thread_cpu_ms();
+            dg::gemm_f32_kernel(d.y, 0, 1, nullptr);
+            ms.push_back(thread_cpu_ms() - t0);
+        }
+        std::sort(ms.begin(), ms.end());
+        const double med = ms[ms.size() / 2];
+        std::printf("path=%s ms=%.3f gflops=%.1f\n", bf16 && dg::gemm_bf16_wanted(d.w) ? "bf16" : "f32", med,
+                    2.0 * N * K * T / med * 1e-6);
+    }
+    ggml_free(d.ctx);
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char ** argv) {
+    const std::string mode = argc > 1 ? argv[1] : "";
+    if (mode == "check" && argc == 7) {
+        return check_dense(parse_type(argv[2]), std::atoll(argv[3]), std::atoll(argv[4]), std::atoll(argv[5]), argv[6]);
+    }
+    if (mode == "check-id" && argc == 9) {
+        return check_id(parse_type(argv[2]), std::atoll(argv[3]), std::atoll(argv[4]), std::atoll(argv[5]),
+                        std::atoll(argv[6]), std::atoll(argv[7]), argv[8]);
+    }
+    if (mode == "bench" && argc == 7) {
+        return bench(parse_type(argv[2]), std::atoll(argv[3]), std::atoll(argv[4]), std::atoll(argv[5]), std::atoi(argv[6]));
+    }
+    if (mode == "check-dequant" && argc == 3) {
+        return check_dequant(parse_type(argv[2]));
+    }
+    if (mode == "has-bf16") {
+        ggml_init_params params = {ggml_tensor_overhead() + 64, nullptr, true};
+        ggml_context * ctx = ggml_init(params);
+        std::printf("%d\n", dg::gemm_bf16_wanted(ggml_new_tensor_2d(ctx, GGML_TYPE_Q8_0, 256, 32)) ? 1 : 0);
+        ggml_free(ctx);
+        return 0;
+    }
+    std::fprintf(stderr, "usage: see the comment at the top of tests/c/test_gemm.cpp\n");
+    return 2;
+}

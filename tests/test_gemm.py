@@ -1,0 +1,142 @@
+"""Our CPU GEMM (csrc/gemm_f32.cpp) and its bf16 dot-product path for quantized weights (csrc/gemm_bf16.cpp)
+against NumPy, on random weights quantized by ggml, for the dense and the expert (mul_mat_id) kernels; and our
+AVX-512 dequantizers (csrc/dequant_avx512.cpp) against ggml's to_float, bit for bit.
+
+The C++ is compiled here into a small driver (tests/c/test_gemm.cpp) with the library's flags, because the
+dg:: namespace is not exported from libdiffgemma. Shapes are chosen to hit every edge: a feature count that
+is not a multiple of the 32-row panel, a K of several 256-wide blocks, token counts that leave a partial
+6-token register tile."""
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Weight types whose products take the bf16 path on a CPU with AVX512_BF16 (f32 and f16 keep the f32 path).
+BF16_PATH_TYPES = ["bf16", "q8_0", "q4_K", "q6_K", "q5_0"]
+F32_PATH_TYPES = ["f32", "f16"]
+
+
+def _libggml():
+    try:
+        import libggml
+    except ImportError:
+        pytest.skip("libggml-python is not installed")
+    root = Path(libggml.__file__).resolve().parent
+    lib = next((d for d in (root / "lib64", root / "lib") if (d / "libggml-base.so").exists()), None)
+    if lib is None or not (root / "include" / "ggml.h").exists():
+        pytest.skip("libggml-python has no headers or libggml-base.so")
+    return root / "include", lib
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory):
+    cxx = next((c for c in ("c++", "g++", "clang++") if shutil.which(c)), None)
+    if cxx is None:
+        pytest.skip("no C++ compiler on PATH")
+    include, lib = _libggml()
+    exe = tmp_path_factory.mktemp("gemm") / "test_gemm"
+    csrc = REPO / "csrc"
+    # The library's flags for these files (Release is -O3; the ISA comes from target attributes, not -march).
+    subprocess.run([cxx, "-std=gnu++17", "-O3", "-Wall", "-Wextra", "-Wno-unused-parameter", "-I", str(csrc),
+                    "-I", str(include), str(REPO / "tests" / "c" / "test_gemm.cpp"), str(csrc / "gemm_f32.cpp"),
+                    str(csrc / "gemm_bf16.cpp"), str(csrc / "dequant_avx512.cpp"), "-L", str(lib), "-lggml-base",
+                    f"-Wl,-rpath,{lib}", "-o", str(exe)], check=True)
+    return exe
+
+
+@pytest.fixture(scope="module")
+def has_bf16(driver):
+    return subprocess.run([str(driver), "has-bf16"], check=True, capture_output=True, text=True).stdout.strip() == "1"
+
+
+def _run(driver, *args):
+    res = subprocess.run([str(driver), *map(str, args)], capture_output=True, text=True)
+    if res.returncode == 3:
+        pytest.skip(f"the GEMM does not run on this CPU: {res.stderr.strip()}")
+    assert res.returncode == 0, res.stderr
+
+
+def to_bf16(a):
+    """float32 -> the bf16 value (as float64), rounded to nearest even like VCVTNE2PS2BF16 (no NaNs here)."""
+    u = np.asarray(a, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    r = ((u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000).astype(np.uint32)
+    return r.view(np.float32).astype(np.float64)
+
+
+def nmse(a, b):
+    return float(np.sum((np.asarray(a, np.float64) - b) ** 2) / np.sum(b ** 2))
+
+
+def read_dense(path):
+    raw = path.read_bytes()
+    N, K, T = np.frombuffer(raw, np.int64, 3)
+    f = np.frombuffer(raw, np.float32, offset=24)
+    sizes = [N * K, T * K, T * N, T * N, T * N]
+    parts = np.split(f, np.cumsum(sizes)[:-1])
+    w, x, y, y_f32, y_split = parts
+    return w.reshape(N, K), x.reshape(T, K), y.reshape(T, N), y_f32.reshape(T, N), y_split.reshape(T, N)
+
+
+def check_product(y, w, x, bf16_path):
+    """y against x @ w.T in float64: for the bf16 path against the same product of bf16-rounded operands,
+    which only the f32 accumulation order separates from ours."""
+    exact = x.astype(np.float64) @ w.astype(np.float64).T
+    scale = np.sqrt(np.mean(exact ** 2))
+    if bf16_path:
+        emulated = to_bf16(x) @ to_bf16(w).T
+        err = np.max(np.abs(y - emulated)) / scale
+        assert err < 2e-5, f"bf16 path: max |y - bf16 emulation| = {err:.2e} of the rms"
+        # The bf16 rounding is really there (else this would test the f32 path twice), and small.
+        assert 1e-7 < nmse(y, exact) < 1e-4
+    else:
+        err = np.max(np.abs(y - exact)) / scale
+        assert err < 2e-5, f"f32 path: max |y - exact| = {err:.2e} of the rms"
+
+
+@pytest.mark.parametrize("wtype", F32_PATH_TYPES + BF16_PATH_TYPES)
+@pytest.mark.parametrize("N,K,T", [(80, 768, 13), (32, 256, 6), (40, 1536, 7)])
+def test_dense_gemm_matches_numpy(driver, has_bf16, tmp_path, wtype, N, K, T):
+    out = tmp_path / "out.bin"
+    _run(driver, "check", wtype, N, K, T, out)
+    w, x, y, y_f32, y_split = read_dense(out)
+    assert np.all(np.isfinite(y)), "some outputs were never written"
+    check_product(y, w, x, bf16_path=has_bf16 and wtype in BF16_PATH_TYPES)
+    check_product(y_f32, w, x, bf16_path=False)  # DIFFGEMMA_NO_BF16=1 forces the f32 path
+    # Splitting the features between threads must not change a single value.
+    np.testing.assert_array_equal(y_split, y)
+
+
+@pytest.mark.parametrize("wtype", ["f32", "q4_K", "q6_K", "q8_0"])
+def test_expert_gemm_matches_numpy(driver, has_bf16, tmp_path, wtype):
+    N, K, T, n_expert, n_used = 80, 512, 23, 8, 3
+    out = tmp_path / "out.bin"
+    _run(driver, "check-id", wtype, N, K, T, n_expert, n_used, out)
+    raw = out.read_bytes()
+    assert tuple(np.frombuffer(raw, np.int64, 5)) == (N, K, T, n_expert, n_used)
+    off = 40
+    w = np.frombuffer(raw, np.float32, n_expert * N * K, off).reshape(n_expert, N, K)
+    off += w.nbytes
+    x = np.frombuffer(raw, np.float32, T * K, off).reshape(T, K)
+    off += x.nbytes
+    ids = np.frombuffer(raw, np.int32, T * n_used, off).reshape(T, n_used)
+    off += ids.nbytes
+    y = np.frombuffer(raw, np.float32, T * n_used * N, off).reshape(T, n_used, N)
+    off += y.nbytes
+    y_f32 = np.frombuffer(raw, np.float32, T * n_used * N, off).reshape(T, n_used, N)
+    assert np.all(np.isfinite(y)) and np.all(np.isfinite(y_f32)), "some outputs were never written"
+    bf16_path = has_bf16 and wtype != "f32"
+    for e in range(n_expert):
+        t_idx, j_idx = np.nonzero(ids == e)
+        if len(t_idx) == 0:
+            continue
+        check_product(y[t_idx, j_idx], w[e], x[t_idx], bf16_path)
+        check_product(y_f32[t_idx, j_idx], w[e], x[t_idx], bf16_path=False)
+
+
+@pytest.mark.parametrize("wtype", ["q6_K", "f16", "bf16", "q4_K"])
+def test_fast_dequantizers_match_ggml(driver, wtype):
+    _run(driver, "check-dequant", wtype)
