@@ -76,6 +76,78 @@ DG_DEQUANT_TARGET void to_float_q6_K(const void * src, float * y, int64_t n) {
     }
 }
 
+// ggml's q4_K block: 256 values in 8 sub-blocks of 32, each with a 6-bit scale and a 6-bit min packed into
+// 12 bytes, f16 super-scales d and dmin. value = (d * scale) * q - (dmin * min), q the 4-bit code.
+struct BlockQ4K {
+    uint16_t d;
+    uint16_t dmin;
+    uint8_t scales[12];
+    uint8_t qs[kQK / 2];
+};
+static_assert(sizeof(BlockQ4K) == 144, "q4_K block layout");
+
+// Sub-block j's 6-bit scale and min (ggml's packing: j < 4 in the low 6 bits of bytes j and j + 4, j >= 4
+// split between the nibbles of byte j + 4 and the top 2 bits of bytes j - 4 and j).
+inline void q4_K_scale_min(int j, const uint8_t * q, uint8_t * scale, uint8_t * min) {
+    if (j < 4) {
+        *scale = q[j] & 63;
+        *min = q[j + 4] & 63;
+    } else {
+        *scale = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+        *min = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+// 16 4-bit codes (one per byte) -> 16 floats of scale * q - offset, multiply then subtract like ggml (this file
+// is built without FMA contraction, so the rounding matches).
+DG_DEQUANT_TARGET inline __m512 q4_values(__m128i q, float scale, float offset) {
+    const __m512 qf = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(q));
+    return _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(scale), qf), _mm512_set1_ps(offset));
+}
+
+DG_DEQUANT_TARGET void to_float_q4_K(const void * src, float * y, int64_t n) {
+    const BlockQ4K * blocks = static_cast<const BlockQ4K *>(src);
+    const __m128i low4 = _mm_set1_epi8(0x0F);
+    for (int64_t b = 0; b < n / kQK; ++b) {
+        const BlockQ4K & x = blocks[b];
+        const float d = _cvtsh_ss(x.d);
+        const float dmin = _cvtsh_ss(x.dmin);
+        const uint8_t * q = x.qs;
+        for (int j = 0; j < 8; j += 2) {  // 64 values: the low nibbles of 32 bytes, then their high nibbles
+            uint8_t sc1, m1, sc2, m2;
+            q4_K_scale_min(j, x.scales, &sc1, &m1);
+            q4_K_scale_min(j + 1, x.scales, &sc2, &m2);
+            const float d1 = d * sc1, o1 = dmin * m1;
+            const float d2 = d * sc2, o2 = dmin * m2;
+            for (int h = 0; h < 2; ++h) {
+                const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i *>(q + 16 * h));
+                _mm512_storeu_ps(y + 16 * h, q4_values(_mm_and_si128(bytes, low4), d1, o1));
+                _mm512_storeu_ps(y + 32 + 16 * h, q4_values(_mm_and_si128(_mm_srli_epi16(bytes, 4), low4), d2, o2));
+            }
+            q += 32;
+            y += 64;
+        }
+    }
+}
+
+// ggml's q8_0 block: 32 int8 codes and an f16 scale. value = q * d.
+struct BlockQ80 {
+    uint16_t d;
+    int8_t qs[32];
+};
+static_assert(sizeof(BlockQ80) == 34, "q8_0 block layout");
+
+DG_DEQUANT_TARGET void to_float_q8_0(const void * src, float * y, int64_t n) {
+    const BlockQ80 * blocks = static_cast<const BlockQ80 *>(src);
+    for (int64_t b = 0; b < n / 32; ++b) {
+        const __m512 d = _mm512_set1_ps(_cvtsh_ss(blocks[b].d));
+        for (int h = 0; h < 2; ++h) {
+            const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i *>(blocks[b].qs + 16 * h));
+            _mm512_storeu_ps(y + 32 * b + 16 * h, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)), d));
+        }
+    }
+}
+
 // f16 -> f32 with the F16C conversion (exact, like ggml's table or bit manipulation).
 DG_DEQUANT_TARGET void to_float_f16(const void * src, float * y, int64_t n) {
     const uint16_t * x = static_cast<const uint16_t *>(src);
@@ -116,6 +188,10 @@ ggml_to_float_t fast_to_float(ggml_type type) {
 #ifdef DG_DEQUANT_AVX512
     if (cpu_runs_ours()) {
         switch (type) {
+            case GGML_TYPE_Q8_0:
+                return to_float_q8_0;
+            case GGML_TYPE_Q4_K:
+                return to_float_q4_K;
             case GGML_TYPE_Q6_K:
                 return to_float_q6_K;
             case GGML_TYPE_F16:
