@@ -99,7 +99,7 @@ def check_product(y, w, x, bf16_path):
 
 
 @pytest.mark.parametrize("wtype", F32_PATH_TYPES + BF16_PATH_TYPES)
-@pytest.mark.parametrize("N,K,T", [(80, 768, 13), (32, 256, 6), (40, 1536, 7)])
+@pytest.mark.parametrize("N,K,T", [(80, 768, 13), (32, 256, 6), (40, 1536, 7), (48, 512, 17)])
 def test_dense_gemm_matches_numpy(driver, has_bf16, tmp_path, wtype, N, K, T):
     out = tmp_path / "out.bin"
     _run(driver, "check", wtype, N, K, T, out)
