@@ -137,6 +137,17 @@ bool cpu_has_avx512f() {
 
 }  // namespace
 
+const GemmParams kGemmF32Activations = {true};
+
+namespace {
+
+bool wants_bf16(const ggml_tensor * w, const void * userdata) {
+    const GemmParams * params = static_cast<const GemmParams *>(userdata);
+    return (params == nullptr || !params->f32_activations) && gemm_bf16_wanted(w);
+}
+
+}  // namespace
+
 bool gemm_f32_applies(const ggml_tensor * w, const ggml_tensor * x) {
 #ifdef DG_GEMM_AVX512
     const char * off = std::getenv("DIFFGEMMA_NO_GEMM");
@@ -153,7 +164,7 @@ bool gemm_f32_applies(const ggml_tensor * w, const ggml_tensor * x) {
 #endif
 }
 
-void gemm_f32_kernel(ggml_tensor * dst, int ith, int nth, void *) {
+void gemm_f32_kernel(ggml_tensor * dst, int ith, int nth, void * userdata) {
 #ifdef DG_GEMM_AVX512
     const ggml_tensor * w = dst->src[0];
     const ggml_tensor * x = dst->src[1];
@@ -166,7 +177,7 @@ void gemm_f32_kernel(ggml_tensor * dst, int ith, int nth, void *) {
         c_rows[t] = reinterpret_cast<float *>(static_cast<char *>(dst->data) + t * dst->nb[1]);
     }
     const int64_t n_panels = (N + kNR - 1) / kNR;
-    if (gemm_bf16_wanted(w)) {
+    if (wants_bf16(w, userdata)) {
         gemm_bf16_panels(w, n_panels * ith / nth, 1, n_panels * (ith + 1) / nth, x_rows.data(), c_rows.data(), T);
         return;
     }
@@ -198,7 +209,7 @@ bool gemm_f32_id_applies(const ggml_tensor * as, const ggml_tensor * b, const gg
 #endif
 }
 
-void gemm_f32_id_kernel(ggml_tensor * dst, int ith, int nth, void *) {
+void gemm_f32_id_kernel(ggml_tensor * dst, int ith, int nth, void * userdata) {
 #ifdef DG_GEMM_AVX512
     const ggml_tensor * as = dst->src[0];
     const ggml_tensor * b = dst->src[1];
@@ -211,7 +222,7 @@ void gemm_f32_id_kernel(ggml_tensor * dst, int ith, int nth, void *) {
     std::vector<const float *> x_rows;
     std::vector<float *> c_rows;
     float * wp = panel_buffer();
-    const bool bf16 = gemm_bf16_wanted(as);
+    const bool bf16 = wants_bf16(as, userdata);
     int64_t item = 0;
     for (int64_t e = 0; e < n_expert; ++e) {
         x_rows.clear();

@@ -2,7 +2,9 @@
 // f32 path is a row-by-row dot product (two loads per FMA), which reaches a fraction of the FMA units'
 // throughput. This one packs 32 weight rows per K block transposed (one 64-byte load serves 16 output
 // features) and keeps a 6-token x 32-feature tile of accumulators in registers. Weights of other types
-// (f16, q8_0, q4_K, ...) are dequantized while packing; the activations stay f32.
+// (f16, q8_0, q4_K, ...) are dequantized while packing; f32 and f16 weights multiply f32 activations,
+// quantized and bf16 weights take the bf16 dot-product path (gemm_bf16.h) unless the node asks for f32
+// activations (GemmParams).
 #pragma once
 
 #include "ggml.h"
@@ -13,6 +15,14 @@ namespace dg {
 // f32 or a type ggml dequantizes (blocks dividing 256), x f32,
 // enough rows of x to fill the register tile, and a CPU with AVX-512F.
 bool gemm_f32_applies(const ggml_tensor * w, const ggml_tensor * x);
+
+// A GEMM node's options, passed as the custom op's userdata (nullptr = the defaults).
+struct GemmParams {
+    // Multiply the activations unrounded even where the weight type would take the bf16 path
+    // (gemm_bf16.h): for the products whose rounding the model amplifies (see graph.cpp).
+    bool f32_activations = false;
+};
+extern const GemmParams kGemmF32Activations;
 
 // ggml_custom_op_t: dst[t][n] = sum_k w[n][k] * x[t][k] with w = dst->src[0] [K, N], x = dst->src[1] [K, T],
 // dst [N, T] contiguous (ggml_mul_mat's layout). Threads split the output features.
