@@ -79,8 +79,7 @@ ggml_tensor * GraphBuilder::attention(int il, ggml_tensor * h, ggml_tensor * pos
         v = ggml_cast(ctx, v, kv.type());
     }
     if (encoder) {
-        ggml_build_forward_expand(gf, ggml_cpy(ctx, k, kv.k_view(ctx, il, n_past, n_past + static_cast<int32_t>(T))));
-        ggml_build_forward_expand(gf, ggml_cpy(ctx, v, kv.v_view(ctx, il, n_past, n_past + static_cast<int32_t>(T))));
+        kv.store(ctx, gf, il, n_past, k, v);
         if (il == hp.n_layer - 1) {
             return nullptr;  // nothing reads the last layer's output in encoder mode
         }
@@ -88,8 +87,8 @@ ggml_tensor * GraphBuilder::attention(int il, ggml_tensor * h, ggml_tensor * pos
     // Keys: the cached past this layer may see, then the current tokens (chunk or canvas).
     const int32_t key_begin = swa ? swa_first_key(hp, n_past) : 0;
     if (n_past > key_begin) {
-        k = ggml_concat(ctx, kv.k_view(ctx, il, key_begin, n_past), k, 2);
-        v = ggml_concat(ctx, kv.v_view(ctx, il, key_begin, n_past), v, 2);
+        k = ggml_concat(ctx, kv.k_range(ctx, il, key_begin, n_past), k, 2);
+        v = ggml_concat(ctx, kv.v_range(ctx, il, key_begin, n_past), v, 2);
     }
     ggml_tensor * qp = ggml_permute(ctx, q, 0, 2, 1, 3);                  // [D, T, H]
     ggml_tensor * kp = ggml_permute(ctx, k, 0, 2, 1, 3);                  // [D, Nk, Hkv]

@@ -104,7 +104,10 @@ def test_generate_replay_matches_hf_token_for_token(setting):
     C = hf.config.canvas_length
     t_min, t_max = 0.4, 0.8
     identical, with_eos, multi_block, early = 0, 0, 0, 0
-    with Model(fx.gguf(name, "f32"), n_threads=2) as m:
+    # The second context encodes in chunks of 5, so its sliding layers are a ring of 7 + 12 slots that the
+    # prompt and committed canvases (up to 64 positions) wrap several times.
+    with Model(fx.gguf(name, "f32"), n_threads=2) as m, Model(fx.gguf(name, "f32"), n_threads=2, n_batch=5) as m_ring:
+        assert m_ring.kv_cache_bytes < m.kv_cache_bytes
         eos = m.eos_ids
         gc = DiffusionGemmaGenerationConfig(max_new_tokens=3 * C, max_denoising_steps=n_steps, t_min=t_min, t_max=t_max,
                                             sampler_config=EntropyBoundSamplerConfig(entropy_bound=eb),
@@ -117,14 +120,16 @@ def test_generate_replay_matches_hf_token_for_token(setting):
             with fx.DrawRecorder(C) as rec, torch.no_grad():
                 ref = hf.generate(prompt, generation_config=gc).sequences[0].tolist()
             replay = rec.replay()
-            ours = m.generate_ids(prompt[0].tolist(), max_new_tokens=3 * C, steps=n_steps, t_min=t_min, t_max=t_max,
-                                  entropy_bound=eb, stability_threshold=stab, confidence_threshold=conf, replay=replay)
-            identical += ours == ref
+            for ctx in (m, m_ring):
+                ours = ctx.generate_ids(prompt[0].tolist(), max_new_tokens=3 * C, steps=n_steps, t_min=t_min,
+                                        t_max=t_max, entropy_bound=eb, stability_threshold=stab,
+                                        confidence_threshold=conf, replay=replay)
+                identical += ours == ref
             new = ref[prompt.shape[1]:]
             with_eos += any(t in eos for t in new)
             multi_block += len(new) > C
             early += any(len(s) < n_steps for s in replay["sampled"])
-    print(f"setting {setting}: identical {identical}/{len(seeds)}; runs with EOS {with_eos}, several blocks "
+    print(f"setting {setting}: identical {identical}/{2 * len(seeds)} (whole cache and ring); runs with EOS {with_eos}, several blocks "
           f"{multi_block}, early stops {early}")
-    assert identical == len(seeds)
+    assert identical == 2 * len(seeds)
     assert multi_block > 0

@@ -312,7 +312,12 @@ DIFFGEMMA_API void diffgemma_context_free(diffgemma_context * ctx);
 DIFFGEMMA_API int32_t diffgemma_n_past(const diffgemma_context * ctx);
 DIFFGEMMA_API int32_t diffgemma_n_ctx(const diffgemma_context * ctx);
 
-/* Drops cached positions >= n_keep (0 clears the cache). */
+/* Bytes of the KV cache (full layers hold n_ctx positions; sliding layers a ring of n_swa-1 plus
+ * max(n_batch, canvas_length) positions). */
+DIFFGEMMA_API size_t diffgemma_kv_cache_bytes(const diffgemma_context * ctx);
+
+/* Drops cached positions >= n_keep (0 clears the cache). When that rewinds the cache by more than a sliding
+ * layer's ring can undo (more than max(n_batch, canvas_length) positions), the kept tokens are encoded again. */
 DIFFGEMMA_API int32_t diffgemma_kv_truncate(diffgemma_context * ctx, int32_t n_keep);
 
 /* Encoder pass: appends the K/V of n_tokens clean tokens at positions [n_past, n_past + n_tokens). */
