@@ -1,5 +1,6 @@
 #include "graph.h"
 
+#include "attention_cpu.h"
 #include "cpu_ops.h"
 #include "gemm_f32.h"
 #include "timing.h"
@@ -89,6 +90,12 @@ ggml_tensor * GraphBuilder::attention(int il, ggml_tensor * h, ggml_tensor * pos
     if (n_past > key_begin) {
         k = ggml_concat(ctx, kv.k_range(ctx, il, key_begin, n_past), k, 2);
         v = ggml_concat(ctx, kv.v_range(ctx, il, key_begin, n_past), v, 2);
+    }
+    if (attention_cpu_applies(q, k, v)) {
+        ggml_tensor * args[4] = {q, k, v, mask};
+        ggml_tensor * out = ggml_custom_4d(ctx, GGML_TYPE_F32, D, hp.n_head, T, 1, args, mask != nullptr ? 4 : 3,
+                                           attention_cpu_kernel, GGML_N_TASKS_MAX, nullptr);
+        return matmul(l.wo, ggml_reshape_2d(ctx, out, D * hp.n_head, T));
     }
     ggml_tensor * qp = ggml_permute(ctx, q, 0, 2, 1, 3);                  // [D, T, H]
     ggml_tensor * kp = ggml_permute(ctx, k, 0, 2, 1, 3);                  // [D, Nk, Hkv]
