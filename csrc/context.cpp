@@ -1,4 +1,5 @@
 // diffgemma_context: the KV cache, the scheduler and the two compute passes (encoder, decoder).
+#include "cpu_threads.h"
 #include "errors.h"
 #include "graph.h"
 #include "model.h"
@@ -232,7 +233,7 @@ int32_t diffgemma_context_new(diffgemma_model * model, const diffgemma_context_p
         auto c = std::make_unique<diffgemma_context>();
         c->model = model;
         c->n_batch = p.n_batch > 0 ? p.n_batch : 512;
-        c->n_threads = p.n_threads > 0 ? p.n_threads : static_cast<int32_t>(std::max(1u, std::thread::hardware_concurrency()));
+        c->n_threads = p.n_threads > 0 ? p.n_threads : dg::default_thread_count();
         c->cpu = ggml_backend_cpu_init();
         if (c->cpu == nullptr) {
             dg::raise(DIFFGEMMA_ERR_BACKEND, "cannot initialise the ggml CPU backend");
