@@ -87,8 +87,15 @@ def _text_config_kwargs(name: str) -> dict:
 
 
 def build_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32, weight_scale: float = 0.3,
-                self_conditioning_gain: float = 1.0):
-    """A random `DiffusionGemmaForBlockDiffusion` with geometry CONFIGS[name] (text + a 1-layer vision tower)."""
+                self_conditioning_gain: float = 1.0, conditioning: str = "harsh"):
+    """A random `DiffusionGemmaForBlockDiffusion` with geometry CONFIGS[name] (text + a 1-layer vision tower).
+
+    conditioning="harsh" (default): matrices with std `weight_scale` whatever their fan-in, norm weights
+    1 +- 0.3: a network that amplifies a relative perturbation of its input ~100x per layer (strictest test of
+    exact f32 arithmetic, meaningless for judging a quantized file). "calm": the statistics of a trained model
+    instead (see `_condition_calm`); `weight_scale` is then unused."""
+    if conditioning not in ("harsh", "calm"):
+        raise ValueError(f"conditioning must be 'harsh' or 'calm', not {conditioning!r}")
     from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion, DiffusionGemmaTextConfig
     from transformers.models.gemma4.configuration_gemma4 import Gemma4VisionConfig
 
@@ -102,10 +109,13 @@ def build_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32, we
     model = DiffusionGemmaForBlockDiffusion(cfg).eval()
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for pname, p in model.model.decoder.named_parameters():
-            noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
-            # Norm weights / scales around 1 (so a dropped or swapped one shows), matrices small and centred.
-            p.copy_(1.0 + 0.3 * noise if (p.ndim == 1 or "norm" in pname) else weight_scale * noise)
+        if conditioning == "calm":
+            _condition_calm(model.model.decoder, gen)
+        else:
+            for pname, p in model.model.decoder.named_parameters():
+                noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
+                # Norm weights / scales around 1 (so a dropped or swapped one shows), matrices small and centred.
+                p.copy_(1.0 + 0.3 * noise if (p.ndim == 1 or "norm" in pname) else weight_scale * noise)
         # Scales the self-conditioning MLP's output: with random weights its feedback from one denoising step
         # to the next can amplify rounding noise (see tests/engine_fixtures.py).
         model.model.decoder.self_conditioning.down_proj.weight.mul_(self_conditioning_gain)
@@ -118,10 +128,41 @@ def build_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32, we
     return model.to(dtype)
 
 
+# "calm" conditioning: what a trained model looks like to rounding error, with nothing trivial left (no weight
+# is all ones or shared, so a swapped or dropped tensor still shows in F32 parity).
+CALM_NORM_SPREAD = 0.1        # norm weights 1 +- 0.1 (a trained Gemma's sit within ~0.1 of their mean)
+CALM_ATTN_LOGIT_STD = 2.0     # q.k spread: Gemma 4 has no 1/sqrt(D); trained q/k norms set the temperature
+CALM_ROUTER_LOGIT_STD = 3.0   # a trained router is confident: top-k margins far above rounding noise
+CALM_VOCAB_LOGIT_STD = 4.0    # logits over the vocabulary spread like a trained head's (softcap 30 far away)
+
+
+def _condition_calm(decoder, gen: torch.Generator) -> None:
+    """Re-draw the decoder's (= the encoder's, tied) weights at trained-model scales: each matrix with std
+    1/sqrt(fan_in), so a layer neither grows nor shrinks what goes through it, and the three places where a
+    random model turns rounding into large changes given trained magnitudes: attention temperature, router
+    margins, head logit spread. Layer scalars keep build_model's distinct encoder/decoder values."""
+    for pname, p in decoder.named_parameters():
+        noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
+        if "q_norm" in pname or "k_norm" in pname:
+            # Unit-RMS q and k of dimension D give q.k with std sqrt(D); scale each side by (std/sqrt(D))^(1/2).
+            per_side = (CALM_ATTN_LOGIT_STD / p.shape[0] ** 0.5) ** 0.5
+            p.copy_(per_side * (1.0 + CALM_NORM_SPREAD * noise))
+        elif p.ndim == 1 or "norm" in pname:
+            p.copy_(1.0 + CALM_NORM_SPREAD * noise)
+        elif "router.proj" in pname:
+            # The router reads rms(r) * scale / sqrt(hidden): a unit-norm input, so row std = logit std.
+            p.copy_(CALM_ROUTER_LOGIT_STD * noise)
+        elif "embed_tokens" in pname:
+            # Tied head: logits = E . h with h ~ unit RMS over `hidden` dims.
+            p.copy_(CALM_VOCAB_LOGIT_STD / p.shape[-1] ** 0.5 * noise)
+        else:
+            p.copy_(noise / p.shape[-1] ** 0.5)  # [out, in] and [experts, out, in]: fan-in is the last dim
+
+
 def save_checkpoint(name: str, out_dir, seed: int = 0, generation_config: dict | None = None,
                     dtype: torch.dtype = torch.float32, released_config_layout: bool = True,
                     max_shard_size: str | None = None, weight_scale: float = 0.3,
-                    self_conditioning_gain: float = 1.0) -> Path:
+                    self_conditioning_gain: float = 1.0, conditioning: str = "harsh") -> Path:
     """Build model `name` and write a complete HF checkpoint directory; returns its path.
 
     generation_config: the dict written as generation_config.json (default: the release's nested layout);
@@ -132,7 +173,7 @@ def save_checkpoint(name: str, out_dir, seed: int = 0, generation_config: dict |
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = build_model(name, seed=seed, dtype=dtype, weight_scale=weight_scale,
-                        self_conditioning_gain=self_conditioning_gain)
+                        self_conditioning_gain=self_conditioning_gain, conditioning=conditioning)
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(out, **kwargs)
     if released_config_layout:
