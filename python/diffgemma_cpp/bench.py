@@ -12,7 +12,6 @@ baseline and the measured GEMM peak in the same process.
 from __future__ import annotations
 
 import json
-import os
 import resource
 import statistics
 import time
@@ -176,7 +175,7 @@ def format_markdown(result: dict) -> str:
 def _cmd_bench(args) -> int:
     if args.steps <= 0 or args.repetitions <= 0 or args.blocks <= 0 or args.prompt_tokens <= 0:
         raise errors.InvalidArgumentError("--steps, --repetitions, --blocks and --prompt-tokens must be positive")
-    threads = args.threads or os.cpu_count() or 1
+    threads = args.threads or lib.diffgemma_default_n_threads()
     result = run_bench(args.model, threads, args.prompt_tokens, args.steps, args.blocks, args.repetitions,
                        split=not args.no_split)
     print(json.dumps(result, indent=2) if args.output == "json" else format_markdown(result))
