@@ -193,7 +193,7 @@ bool cpu_has_avx512_bf16() {
 
 }  // namespace
 
-bool gemm_bf16_wanted(const ggml_tensor * w) {
+bool gemm_bf16_wanted(const ggml_tensor * w, bool f16_too) {
 #ifdef DG_GEMM_BF16
     const char * off = std::getenv("DIFFGEMMA_NO_BF16");
     if (off != nullptr && off[0] != '\0' && off[0] != '0') {
@@ -201,9 +201,11 @@ bool gemm_bf16_wanted(const ggml_tensor * w) {
     }
     // f16 weights stay on the f32 path too: rounding the activations to bf16 moved the F16 file's logits to
     // NMSE 2e-2 against HF on the `wide` test model (bound 1e-4; tests/test_engine_parity.py).
-    return w->type != GGML_TYPE_F32 && w->type != GGML_TYPE_F16 && w->ne[0] % 2 == 0 && cpu_has_avx512_bf16();
+    return w->type != GGML_TYPE_F32 && (f16_too || w->type != GGML_TYPE_F16) && w->ne[0] % 2 == 0 &&
+           cpu_has_avx512_bf16();
 #else
     (void) w;
+    (void) f16_too;
     return false;
 #endif
 }

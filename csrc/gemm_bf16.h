@@ -11,9 +11,10 @@
 
 namespace dg {
 
-// True when the products of w should take the bf16 path: w is neither f32 nor f16, K is even, the CPU has AVX512_BF16,
-// and DIFFGEMMA_NO_BF16 is unset (it forces the f32 path, for A/B and parity checks).
-bool gemm_bf16_wanted(const ggml_tensor * w);
+// True when the products of w should take the bf16 path: w is neither f32 nor (unless f16_too) f16,
+// K is even, the CPU has AVX512_BF16, and DIFFGEMMA_NO_BF16 is unset (it forces the f32 path, for A/B and
+// parity checks).
+bool gemm_bf16_wanted(const ggml_tensor * w, bool f16_too = false);
 
 // c_rows[i][n] = sum_k w[n][k] * x_rows[i][k] for i < n_rows and the output features n of the 32-row
 // panels p_first, p_first + p_step, ... < p_end. The caller has checked gemm_bf16_wanted(w) and that w's rows

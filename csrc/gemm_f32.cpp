@@ -137,13 +137,17 @@ bool cpu_has_avx512f() {
 
 }  // namespace
 
-const GemmParams kGemmF32Activations = {true};
+void * gemm_userdata(GemmActivations activations) {
+    static GemmActivations values[] = {GemmActivations::kAuto, GemmActivations::kF32, GemmActivations::kBf16};
+    return &values[static_cast<int>(activations)];
+}
 
 namespace {
 
 bool wants_bf16(const ggml_tensor * w, const void * userdata) {
-    const GemmParams * params = static_cast<const GemmParams *>(userdata);
-    return (params == nullptr || !params->f32_activations) && gemm_bf16_wanted(w);
+    const GemmActivations a =
+        userdata != nullptr ? *static_cast<const GemmActivations *>(userdata) : GemmActivations::kAuto;
+    return a != GemmActivations::kF32 && gemm_bf16_wanted(w, a == GemmActivations::kBf16);
 }
 
 }  // namespace

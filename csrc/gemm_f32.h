@@ -3,8 +3,8 @@
 // throughput. This one packs 32 weight rows per K block transposed (one 64-byte load serves 16 output
 // features) and keeps a 6-token x 32-feature tile of accumulators in registers. Weights of other types
 // (f16, q8_0, q4_K, ...) are dequantized while packing; f32 and f16 weights multiply f32 activations,
-// quantized and bf16 weights take the bf16 dot-product path (gemm_bf16.h) unless the node asks for f32
-// activations (GemmParams).
+// quantized and bf16 weights take the bf16 dot-product path (gemm_bf16.h), unless the node says otherwise
+// (GemmActivations).
 #pragma once
 
 #include "ggml.h"
@@ -16,13 +16,16 @@ namespace dg {
 // enough rows of x to fill the register tile, and a CPU with AVX-512F.
 bool gemm_f32_applies(const ggml_tensor * w, const ggml_tensor * x);
 
-// A GEMM node's options, passed as the custom op's userdata (nullptr = the defaults).
-struct GemmParams {
-    // Multiply the activations unrounded even where the weight type would take the bf16 path
-    // (gemm_bf16.h): for the products whose rounding the model amplifies (see graph.cpp).
-    bool f32_activations = false;
+// How a GEMM node may round its activations, passed as the custom op's userdata (gemm_userdata).
+enum class GemmActivations : int {
+    kAuto,  // bf16 for quantized and bf16 weights (gemm_bf16.h); f32 for f32 and f16 weights
+    kF32,   // never rounded: the products whose rounding the model amplifies (graph.cpp: attention q/k)
+    kBf16,  // bf16 for f16 weights too: the SC product of a quantized file, whose f16 embedding copy holds
+            // quantized values anyway
 };
-extern const GemmParams kGemmF32Activations;
+
+// The userdata for a node with these activations (static storage; nullptr means kAuto too).
+void * gemm_userdata(GemmActivations activations);
 
 // ggml_custom_op_t: dst[t][n] = sum_k w[n][k] * x[t][k] with w = dst->src[0] [K, N], x = dst->src[1] [K, T],
 // dst [N, T] contiguous (ggml_mul_mat's layout). Threads split the output features.

@@ -31,15 +31,14 @@ ggml_tensor * GraphBuilder::rms(ggml_tensor * x, ggml_tensor * weight) {
 }
 
 // A weight matrix times activations: our f32 GEMM (gemm_f32.h) where it applies, else ggml's mul_mat.
-// f32_activations keeps the activations unrounded where the weight type would take the bf16 path.
-ggml_tensor * GraphBuilder::matmul(ggml_tensor * weight, ggml_tensor * x, bool f32_activations) {
+// activations: how the GEMM may round x (gemm_f32.h); ggml's mul_mat rounds as its weight type dictates.
+ggml_tensor * GraphBuilder::matmul(ggml_tensor * weight, ggml_tensor * x, GemmActivations activations) {
     if (!gemm_f32_applies(weight, x)) {
         return ggml_mul_mat(ctx, weight, x);
     }
     ggml_tensor * args[2] = {weight, x};
-    void * params = f32_activations ? const_cast<GemmParams *>(&kGemmF32Activations) : nullptr;
     return ggml_custom_4d(ctx, GGML_TYPE_F32, weight->ne[1], x->ne[1], 1, 1, args, 2, gemm_f32_kernel, GGML_N_TASKS_MAX,
-                          params);
+                          gemm_userdata(activations));
 }
 
 // Expert matrices times their routed rows: our f32 GEMM where it applies, else ggml's mul_mat_id.
@@ -75,10 +74,10 @@ ggml_tensor * GraphBuilder::attention(int il, ggml_tensor * h, ggml_tensor * pos
     // are normalised instead), so their rounding goes straight into the softmax. On the `wide` test model,
     // bf16 activations here moved the q8_0 file's logits to NMSE 0.090 against the F32 file's, f32 ones keep
     // 0.046 (ggml's int8 activations: 0.062), for ~4% of a Q4_K_M step; v and o gain little (0.033).
-    const bool f32_activations = true;
-    ggml_tensor * q = ggml_reshape_3d(ctx, matmul(l.wq, h, f32_activations), D, hp.n_head, T);
+    const GemmActivations qk = GemmActivations::kF32;
+    ggml_tensor * q = ggml_reshape_3d(ctx, matmul(l.wq, h, qk), D, hp.n_head, T);
     q = rope(rms(q, l.q_norm));
-    ggml_tensor * k_raw = ggml_reshape_3d(ctx, matmul(l.wk, h, f32_activations), D, n_kv, T);
+    ggml_tensor * k_raw = ggml_reshape_3d(ctx, matmul(l.wk, h, qk), D, n_kv, T);
     ggml_tensor * v_raw = l.wv != nullptr ? ggml_reshape_3d(ctx, matmul(l.wv, h), D, n_kv, T) : k_raw;
     ggml_tensor * k = rope(rms(k_raw, l.k_norm));
     ggml_tensor * v = rms(v_raw, nullptr);  // v_norm has no weight
@@ -205,10 +204,16 @@ GraphInputs GraphBuilder::build_decoder(int32_t n_past, int32_t n_canvas, bool w
     if (with_sc && w.sc_gate != nullptr) {
         in.sc_logits = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, hp.n_vocab, n_canvas);
         ggml_set_input(in.sc_logits);
-        // probs stay f32: the GEMM reads embd_t (bf16 for quantized files) directly, and ggml's mul_mat converts them itself where
-        // the GEMM does not apply. (Casting them to f16 here cost NMSE ~1e-6 on the harsh test models.)
+        // probs stay f32: the GEMM reads embd_t (bf16 for quantized files) directly, and ggml's mul_mat
+        // converts them itself where the GEMM does not apply. (Casting them to f16 here cost NMSE ~1e-6 on
+        // the harsh test models.)
         ggml_tensor * probs = ggml_soft_max_ext(ctx, in.sc_logits, nullptr, sc_scale, 0.0f);   // [V, C]
-        ggml_tensor * soft = ggml_scale(ctx, matmul(w.embd_t, probs), hp.embed_scale);  // [n_embd, C]
+        // A quantized file's f16 embedding copy (weights.cpp) multiplies on the bf16 path like its other
+        // weights; an F16 or F32 file's stays exact.
+        const ggml_type e_type = w.tok_embd->type;
+        const bool quantized_embd = e_type != GGML_TYPE_F32 && e_type != GGML_TYPE_F16 && e_type != GGML_TYPE_BF16;
+        const GemmActivations sc_act = quantized_embd ? GemmActivations::kBf16 : GemmActivations::kAuto;
+        ggml_tensor * soft = ggml_scale(ctx, matmul(w.embd_t, probs, sc_act), hp.embed_scale);  // [n_embd, C]
         ggml_tensor * u = rms(soft, w.sc_pre_norm);
         ggml_tensor * act = geglu(matmul(w.sc_gate, u), matmul(w.sc_up, u));
         x = ggml_add(ctx, x, matmul(w.sc_down, act));

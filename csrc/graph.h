@@ -2,6 +2,7 @@
 // bidirectional decoder pass (canvas + cache + self-conditioning -> softcapped logits). Spec 4.2-4.4.
 #pragma once
 
+#include "gemm_f32.h"
 #include "hparams.h"
 #include "kv_cache.h"
 #include "weights.h"
@@ -45,7 +46,7 @@ struct GraphBuilder {
   private:
     ggml_tensor * rms(ggml_tensor * x, ggml_tensor * weight);
     ggml_tensor * geglu(ggml_tensor * gate, ggml_tensor * up);
-    ggml_tensor * matmul(ggml_tensor * weight, ggml_tensor * x, bool f32_activations = false);
+    ggml_tensor * matmul(ggml_tensor * weight, ggml_tensor * x, GemmActivations activations = GemmActivations::kAuto);
     ggml_tensor * matmul_id(ggml_tensor * experts, ggml_tensor * x, ggml_tensor * ids);
     ggml_tensor * attention(int il, ggml_tensor * h, ggml_tensor * pos, int32_t n_past, bool encoder,
                             ggml_tensor * mask);

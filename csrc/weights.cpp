@@ -317,10 +317,7 @@ void WeightStore::load(const std::string & path, gguf_context * gguf, ggml_conte
     check_finite(vectors);
 
     if (w.sc_gate != nullptr) {
-        // The copy keeps f32 and f16 embeddings exact (their products stay on the f32 GEMM path, HF parity);
-        // a quantized one is stored as bf16, the precision its products run at (gemm_bf16.h).
-        const ggml_type src_type = w.tok_embd->type;
-        const ggml_type t_type = src_type == GGML_TYPE_F32 || src_type == GGML_TYPE_F16 ? src_type : GGML_TYPE_BF16;
+        const ggml_type t_type = w.tok_embd->type == GGML_TYPE_F32 ? GGML_TYPE_F32 : GGML_TYPE_F16;
         ggml_init_params params = {ggml_tensor_overhead() * 2, nullptr, true};
         derived_ctx_ = ggml_init(params);
         w.embd_t = ggml_new_tensor_2d(derived_ctx_, t_type, hp.n_vocab, hp.n_embd);
