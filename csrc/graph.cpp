@@ -182,7 +182,8 @@ GraphInputs GraphBuilder::build_encoder(int32_t n_past, int32_t n_tokens) {
     return in;
 }
 
-GraphInputs GraphBuilder::build_decoder(int32_t n_past, int32_t n_canvas, bool with_sc, float sc_scale) {
+GraphInputs GraphBuilder::build_decoder(int32_t n_past, int32_t n_canvas, bool with_sc, float sc_scale,
+                                        const ScTopkParams * sc_topk) {
     GraphInputs in;
     in.ids = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n_canvas);
     in.pos = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n_canvas);
@@ -192,11 +193,17 @@ GraphInputs GraphBuilder::build_decoder(int32_t n_past, int32_t n_canvas, bool w
     if (with_sc && w.sc_gate != nullptr) {
         in.sc_logits = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, hp.n_vocab, n_canvas);
         ggml_set_input(in.sc_logits);
-        ggml_tensor * probs = ggml_soft_max_ext(ctx, in.sc_logits, nullptr, sc_scale, 0.0f);   // [V, C]
-        if (w.embd_t->type != GGML_TYPE_F32) {
-            probs = ggml_cast(ctx, probs, w.embd_t->type);
+        ggml_tensor * soft;  // probs @ E: [n_embd, C]
+        if (sc_topk != nullptr) {
+            soft = sc_topk_soft_embedding(ctx, in.sc_logits, w.tok_embd, sc_topk);
+        } else {
+            ggml_tensor * probs = ggml_soft_max_ext(ctx, in.sc_logits, nullptr, sc_scale, 0.0f);  // [V, C]
+            if (w.embd_t->type != GGML_TYPE_F32) {
+                probs = ggml_cast(ctx, probs, w.embd_t->type);
+            }
+            soft = matmul(w.embd_t, probs);
         }
-        ggml_tensor * soft = ggml_scale(ctx, matmul(w.embd_t, probs), hp.embed_scale);  // [n_embd, C]
+        soft = ggml_scale(ctx, soft, hp.embed_scale);
         ggml_tensor * u = rms(soft, w.sc_pre_norm);
         ggml_tensor * act = geglu(matmul(w.sc_gate, u), matmul(w.sc_up, u));
         x = ggml_add(ctx, x, matmul(w.sc_down, act));
