@@ -73,6 +73,12 @@ void axpy(float * __restrict__ y, const float * __restrict__ x, float a, int64_t
     }
 }
 
+inline void prefetch_row(const char * row, size_t bytes) {
+    for (size_t off = 0; off < bytes; off += 64) {
+        __builtin_prefetch(row + off);
+    }
+}
+
 // Heap order with the weakest kept candidate at the front: a lower logit, or on equal logits the higher id
 // (ties go to the lower id, so the kept set does not depend on the thread count or the scan order).
 bool ranks_higher(const Candidate & a, const Candidate & b) {
@@ -152,8 +158,14 @@ void sc_topk_kernel(ggml_tensor * dst, int ith, int nth, void * userdata) {
         }
 
         std::memset(out, 0, sizeof(float) * static_cast<size_t>(n_embd));
+        const auto row_of = [&](size_t j) {
+            return static_cast<const char *>(embd->data) + static_cast<size_t>(kept[j].id) * embd->nb[1];
+        };
         for (size_t j = 0; j < kept.size(); ++j) {
-            const char * src = static_cast<const char *>(embd->data) + static_cast<size_t>(kept[j].id) * embd->nb[1];
+            const char * src = row_of(j);
+            if (j + 1 < kept.size()) {
+                prefetch_row(row_of(j + 1), embd->nb[1]);  // rows are scattered over the table: hide the latency
+            }
             const float * row = reinterpret_cast<const float *>(src);
             if (to_float != nullptr) {
                 to_float(src, row_buf.data(), n_embd);

@@ -48,6 +48,7 @@ class EngineRunner:
                            sc_top_k=sc_top_k)
         self.load_s = time.perf_counter() - t0
         self.n_threads = n_threads
+        self.sc_top_k = sc_top_k
         check(lib.diffgemma_timings_enable(self.model._c, int(split)))
         rng = np.random.default_rng(seed)
         V = self.model.n_vocab
@@ -110,7 +111,7 @@ class EngineRunner:
         if t["n_split"] == t["n_decoder"] and t["n_split"] > 0:
             for part in ("sc", "backbone", "head"):
                 out[f"{part}_ms"] = t[f"{part}_ms"] / t["n_split"]
-        flops = step_flops(self.shape, len(self.prompt))
+        flops = step_flops(self.shape, len(self.prompt), self.sc_top_k)
         out["step_gflop"] = sum(flops.values()) / 1e9
         out["step_gflop_s"] = out["step_gflop"] / (out["step_ms"] / 1e3)
         if "sc_ms" in out:
