@@ -160,3 +160,17 @@ def test_bench_cli_option(capsys):
     assert "--sc-top-k" in capsys.readouterr().err
     assert cli_main(["bench", "-m", str(path), "--steps", "1", "-r", "1", "-p", "8", "--sc-top-k", "100000"]) == 1
     assert "sc_top_k=100000 is outside" in capsys.readouterr().err
+
+
+def test_text_cli_option_reaches_the_model(capsys):
+    import argparse
+
+    from diffgemma_cpp import cli_text
+    from diffgemma_cpp.cli import main as cli_main
+
+    path = fx.gguf("small", "f32")
+    ns = argparse.Namespace(model=str(path), n_gpu_layers=None, threads=1, ctx_size=None, sc_top_k=4)
+    with cli_text._load_model(ns) as m:
+        assert m.sc_top_k == 4
+    assert cli_main(["run", "-m", str(path), "-p", "hi", "--raw", "-n", "12", "--sc-top-k", "9999"]) == 1
+    assert "sc_top_k=9999 is outside 0..n_vocab (512)" in capsys.readouterr().err

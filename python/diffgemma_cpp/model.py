@@ -101,6 +101,7 @@ class Model(CompletionMixin, Closeable):
             raise errors.InvalidArgumentError(f"sc_top_k must be 0 (exact) or a positive integer, got {sc_top_k!r}")
         self.verbose = verbose
         self.seed = seed
+        self.sc_top_k = sc_top_k
         mp = ffi.new("diffgemma_model_params *")
         lib.diffgemma_model_default_params(mp)
         mp.n_gpu_layers = n_gpu_layers
