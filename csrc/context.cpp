@@ -1,4 +1,5 @@
 // diffgemma_context: the KV cache, the scheduler and the two compute passes (encoder, decoder).
+#include "cpu_threads.h"
 #include "errors.h"
 #include "graph.h"
 #include "model.h"
@@ -132,10 +133,25 @@ void encode_tokens(diffgemma_context * c, const int32_t * tokens, int32_t n_toke
         run(c, g.gf, "encoder");
         c->cached_tokens.insert(c->cached_tokens.end(), tokens + start, tokens + start + T);
         c->n_past += T;
+        c->kv.mark_written(c->n_past);
         c->timing.totals.encode_ms += ms_since(t0);
         c->timing.totals.n_encode_tokens += T;
         c->timing.totals.n_encode_passes += 1;
     }
+}
+
+void rewind(diffgemma_context * c, int32_t n_keep) {
+    if (n_keep > 0 && c->kv.holds_window_at(c->model->hp, n_keep)) {
+        c->n_past = n_keep;  // positions >= n_keep are dead: the next encode overwrites them
+        c->cached_tokens.resize(static_cast<size_t>(n_keep));
+        return;
+    }
+    // Nothing kept, or a sliding ring already overwrote part of the window at n_keep: rebuild from position 0.
+    std::vector<int32_t> keep(c->cached_tokens.begin(), c->cached_tokens.begin() + n_keep);
+    c->n_past = 0;
+    c->cached_tokens.clear();
+    c->kv.clear();
+    encode_tokens(c, keep.data(), n_keep);
 }
 
 void decoder_pass(diffgemma_context * c, const int32_t * canvas, const float * sc_logits, float sc_scale, float * out_logits) {
@@ -229,14 +245,17 @@ int32_t diffgemma_context_new(diffgemma_model * model, const diffgemma_context_p
         c->n_batch = p.n_batch > 0 ? p.n_batch : 512;
         c->sc_topk.k = p.sc_top_k;
         c->sc_topk.renormalize = p.sc_top_k_renormalize != 0;
-        c->n_threads = p.n_threads > 0 ? p.n_threads : static_cast<int32_t>(std::max(1u, std::thread::hardware_concurrency()));
+        c->n_threads = p.n_threads > 0 ? p.n_threads : dg::default_thread_count();
         c->cpu = ggml_backend_cpu_init();
         if (c->cpu == nullptr) {
             dg::raise(DIFFGEMMA_ERR_BACKEND, "cannot initialise the ggml CPU backend");
         }
         ggml_backend_cpu_set_n_threads(c->cpu, c->n_threads);
         ggml_backend_cpu_set_abort_callback(c->cpu, abort_requested, c.get());
-        c->kv.init(hp, n_ctx, p.kv_type == DIFFGEMMA_KV_F16 ? GGML_TYPE_F16 : GGML_TYPE_F32, ggml_backend_cpu_buffer_type());
+        // Ring slack of sliding layers: one encoder chunk, and at least one canvas, so that a prompt repeated
+        // after one generated block still finds its sliding windows in the cache.
+        const int32_t slack = std::max(c->n_batch, hp.canvas_length);
+        c->kv.init(hp, n_ctx, slack, p.kv_type == DIFFGEMMA_KV_F16 ? GGML_TYPE_F16 : GGML_TYPE_F32, ggml_backend_cpu_buffer_type());
         ggml_backend_t backends[1] = {c->cpu};
         c->sched = ggml_backend_sched_new(backends, nullptr, 1, kGraphNodes, false, true);
         if (c->sched == nullptr) {
@@ -253,6 +272,8 @@ int32_t diffgemma_n_past(const diffgemma_context * ctx) { return ctx ? ctx->n_pa
 
 int32_t diffgemma_n_ctx(const diffgemma_context * ctx) { return ctx ? ctx->kv.n_ctx() : 0; }
 
+size_t diffgemma_kv_cache_bytes(const diffgemma_context * ctx) { return ctx ? ctx->kv.bytes() : 0; }
+
 int32_t diffgemma_kv_truncate(diffgemma_context * ctx, int32_t n_keep) {
     if (ctx == nullptr || n_keep < 0) {
         return dg::fail(DIFFGEMMA_ERR_INVALID_ARGUMENT, "diffgemma_kv_truncate: bad context or n_keep %d", n_keep);
@@ -261,10 +282,10 @@ int32_t diffgemma_kv_truncate(diffgemma_context * ctx, int32_t n_keep) {
     if (!guard.acquired()) {
         return dg::fail(DIFFGEMMA_ERR_BUSY, "the context is in use by another thread (one call at a time per context)");
     }
-    // Positions past n_past are dead: the next encode overwrites them.
-    ctx->n_past = std::min(ctx->n_past, n_keep);
-    ctx->cached_tokens.resize(static_cast<size_t>(ctx->n_past));
-    return DIFFGEMMA_OK;
+    return dg::guard([&]() -> int32_t {
+        dg::rewind(ctx, std::min(ctx->n_past, n_keep));
+        return DIFFGEMMA_OK;
+    });
 }
 
 int32_t diffgemma_encode(diffgemma_context * ctx, const int32_t * tokens, int32_t n_tokens) {

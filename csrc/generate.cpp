@@ -187,8 +187,12 @@ void prefill(diffgemma_context * c, const int32_t * prompt, int32_t n_prompt) {
     }
     // A fully cached prompt needs no encoder pass: its K/V are already there, computed exactly as before, so
     // repeating a request reproduces it bit for bit (re-encoding a suffix alone would round differently).
-    c->n_past = static_cast<int32_t>(common);
-    c->cached_tokens.resize(common);
+    // When the sliding rings no longer hold the window at the common prefix (the cache ran more than their
+    // slack past it), the whole prompt is encoded again, chunked exactly as a fresh context would.
+    if (!c->kv.holds_window_at(c->model->hp, static_cast<int32_t>(common))) {
+        common = 0;
+    }
+    rewind(c, static_cast<int32_t>(common));
     encode_tokens(c, prompt + common, n_prompt - static_cast<int32_t>(common));
 }
 

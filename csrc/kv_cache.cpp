@@ -2,6 +2,8 @@
 
 #include "errors.h"
 
+#include <algorithm>
+
 namespace dg {
 
 KvCache::~KvCache() {
@@ -13,7 +15,7 @@ KvCache::~KvCache() {
     }
 }
 
-void KvCache::init(const HParams & hp, int32_t n_ctx, ggml_type type, ggml_backend_buffer_type_t buft) {
+void KvCache::init(const HParams & hp, int32_t n_ctx, int32_t slack, ggml_type type, ggml_backend_buffer_type_t buft) {
     n_ctx_ = n_ctx;
     type_ = type;
     ggml_init_params params = {ggml_tensor_overhead() * static_cast<size_t>(2 * hp.n_layer + 2), nullptr, true};
@@ -24,8 +26,11 @@ void KvCache::init(const HParams & hp, int32_t n_ctx, ggml_type type, ggml_backe
     for (int il = 0; il < hp.n_layer; ++il) {
         const int64_t D = hp.head_dim(il);
         const int64_t kv = hp.n_head_kv[il];
-        k_.push_back(ggml_new_tensor_3d(ctx_, type, D, kv, n_ctx));
-        v_.push_back(ggml_new_tensor_3d(ctx_, type, D, kv, n_ctx));
+        const int64_t ring = static_cast<int64_t>(hp.n_swa) - 1 + slack;
+        const int32_t slots = hp.is_swa[il] && hp.n_swa > 0 ? static_cast<int32_t>(std::min<int64_t>(n_ctx, ring)) : n_ctx;
+        n_slots_.push_back(slots);
+        k_.push_back(ggml_new_tensor_3d(ctx_, type, D, kv, slots));
+        v_.push_back(ggml_new_tensor_3d(ctx_, type, D, kv, slots));
         ggml_format_name(k_.back(), "cache_k_l%d", il);
         ggml_format_name(v_.back(), "cache_v_l%d", il);
     }
@@ -49,16 +54,62 @@ void KvCache::init(const HParams & hp, int32_t n_ctx, ggml_type type, ggml_backe
 
 size_t KvCache::bytes() const { return buf_ ? ggml_backend_buffer_get_size(buf_) : 0; }
 
-ggml_tensor * KvCache::view(ggml_context * ctx, ggml_tensor * t, int32_t begin, int32_t end) {
-    return ggml_view_3d(ctx, t, t->ne[0], t->ne[1], end - begin, t->nb[1], t->nb[2], static_cast<size_t>(begin) * t->nb[2]);
+// Slots [first, first+n) of t as a [head_dim, n_kv_head, n] view.
+static ggml_tensor * slot_view(ggml_context * ctx, ggml_tensor * t, int32_t first, int32_t n) {
+    return ggml_view_3d(ctx, t, t->ne[0], t->ne[1], n, t->nb[1], t->nb[2], static_cast<size_t>(first) * t->nb[2]);
 }
 
-ggml_tensor * KvCache::k_view(ggml_context * ctx, int il, int32_t begin, int32_t end) const {
-    return view(ctx, k_[static_cast<size_t>(il)], begin, end);
+ggml_tensor * KvCache::range(ggml_context * ctx, ggml_tensor * t, int il, int32_t begin, int32_t end) const {
+    const int32_t slots = n_slots(il);
+    const int32_t first = begin % slots;
+    const int32_t n = end - begin;
+    if (first + n <= slots) {
+        return slot_view(ctx, t, first, n);
+    }
+    const int32_t head = slots - first;  // up to the end of the ring, then from slot 0
+    return ggml_concat(ctx, slot_view(ctx, t, first, head), slot_view(ctx, t, 0, n - head), 2);
 }
 
-ggml_tensor * KvCache::v_view(ggml_context * ctx, int il, int32_t begin, int32_t end) const {
-    return view(ctx, v_[static_cast<size_t>(il)], begin, end);
+ggml_tensor * KvCache::k_range(ggml_context * ctx, int il, int32_t begin, int32_t end) const {
+    return range(ctx, k_[static_cast<size_t>(il)], il, begin, end);
+}
+
+ggml_tensor * KvCache::v_range(ggml_context * ctx, int il, int32_t begin, int32_t end) const {
+    return range(ctx, v_[static_cast<size_t>(il)], il, begin, end);
+}
+
+void KvCache::store(ggml_context * ctx, ggml_cgraph * gf, int il, int32_t begin, ggml_tensor * k, ggml_tensor * v) const {
+    const int32_t slots = n_slots(il);
+    const int32_t T = static_cast<int32_t>(k->ne[2]);
+    if (T > slots) {
+        raise(DIFFGEMMA_ERR_INTERNAL, "an encoder chunk of %d tokens exceeds layer %d's %d cache slots", T, il, slots);
+    }
+    const int32_t first = begin % slots;
+    const int32_t head = std::min(T, slots - first);  // tokens before the ring wraps
+    for (auto [src, dst] : {std::pair{k, k_[static_cast<size_t>(il)]}, std::pair{v, v_[static_cast<size_t>(il)]}}) {
+        ggml_build_forward_expand(gf, ggml_cpy(ctx, slot_view(ctx, src, 0, head), slot_view(ctx, dst, first, head)));
+        if (head < T) {
+            ggml_build_forward_expand(gf, ggml_cpy(ctx, slot_view(ctx, src, head, T - head), slot_view(ctx, dst, 0, T - head)));
+        }
+    }
+}
+
+void KvCache::mark_written(int32_t end) { high_water_ = std::max(high_water_, end); }
+
+bool KvCache::holds_window_at(const HParams & hp, int32_t n_keep) const {
+    for (size_t il = 0; il < n_slots_.size(); ++il) {
+        if (!hp.is_swa[il] || n_slots_[il] >= n_ctx_) {
+            continue;  // never wraps
+        }
+        // Writing position p overwrote position p - n_slots; the window of a query at n_keep starts at
+        // n_keep - (n_swa - 1).
+        const int64_t lost_below = static_cast<int64_t>(high_water_) - n_slots_[il];
+        const int64_t window_begin = static_cast<int64_t>(n_keep) - (hp.n_swa - 1);
+        if (window_begin < lost_below) {
+            return false;
+        }
+    }
+    return true;
 }
 
 }  // namespace dg

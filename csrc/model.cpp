@@ -1,6 +1,7 @@
 // diffgemma_model: open, validate and map a DiffusionGemma GGUF.
 #include "model.h"
 
+#include "cpu_threads.h"
 #include "errors.h"
 #include "names.h"
 #include "tokenizer.h"
@@ -137,7 +138,7 @@ int32_t diffgemma_model_load(const char * path, const diffgemma_model_params * p
             model->vocab = std::make_unique<diffgemma_vocab>(model->gguf);
         }
         model->store.load(path, model->gguf, model->meta_ctx, model->hp, model->w,
-                          p.n_threads > 0 ? p.n_threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+                          p.n_threads > 0 ? p.n_threads : dg::default_thread_count());
         if (model->vocab && model->vocab->n_tokens() != model->hp.n_vocab) {
             // The head and embeddings define the id space; a tokenizer beyond it would produce invalid ids.
             if (model->vocab->n_tokens() > model->hp.n_vocab) {

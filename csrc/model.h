@@ -67,6 +67,9 @@ class BusyGuard {
 
 // Compute pieces shared by the C API entry points (context.cpp, generate.cpp). All throw dg::Error.
 void encode_tokens(diffgemma_context * ctx, const int32_t * tokens, int32_t n_tokens);
+// Drops every cached position >= n_keep. When a sliding layer's ring no longer holds the window at n_keep
+// (the cache was rewound by more than its slack), re-encodes the kept tokens from position 0.
+void rewind(diffgemma_context * ctx, int32_t n_keep);
 void decoder_pass(diffgemma_context * ctx, const int32_t * canvas, const float * sc_logits, float sc_scale,
                   float * out_logits);
 

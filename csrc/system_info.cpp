@@ -1,4 +1,5 @@
 // Version and build/system description.
+#include "cpu_threads.h"
 #include "errors.h"
 
 #include "ggml-backend.h"
@@ -49,7 +50,8 @@ std::string build_system_info() {
     if (cpu != nullptr) {
         s += " | CPU features: " + backend_features(cpu);
     }
-    s += dg::format(" | hardware threads: %u", std::thread::hardware_concurrency());
+    s += dg::format(" | hardware threads: %u | default threads: %d", std::thread::hardware_concurrency(),
+                    dg::default_thread_count());
     return s;
 }
 
@@ -66,5 +68,7 @@ const char * diffgemma_system_info(void) {
     static const std::string info = build_system_info();
     return info.c_str();
 }
+
+int32_t diffgemma_default_n_threads(void) { return dg::default_thread_count(); }
 
 }  // extern "C"

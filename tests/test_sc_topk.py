@@ -49,14 +49,14 @@ def test_exact_is_the_default():
 
 @pytest.mark.parametrize("renormalize", [False, True])
 def test_k_equal_to_vocab_reproduces_exact(renormalize):
-    # Every probability kept: only the summation order differs from the exact GEMM (measured 2.7e-4 on this
-    # harshly conditioned model, where the SC input moves the logits by ~14).
-    path = fx.gguf("small", "f32")
-    prompt, canvas, plain, sc = _sc_case(path)
+    # Every probability kept: only the summation order differs from the exact GEMM. Measured 1.5e-5 on the
+    # trained model (SC effect 6.0); the harsh random test models amplify the same reordering to ~5e-4.
+    path = demo.DEFAULT_MODEL
+    prompt, canvas, plain, sc = _sc_case(path, seed=1, sudoku_prompt=True)
     exact = _logits(path, prompt, canvas, sc)
     assert np.max(np.abs(exact - plain)) > 1.0, "the SC input must matter, or this proves nothing"
     topk = _logits(path, prompt, canvas, sc, sc_top_k=len(sc[0]), sc_top_k_renormalize=renormalize)
-    assert np.max(np.abs(topk - exact)) <= 1e-3
+    assert np.max(np.abs(topk - exact)) <= 2e-4
 
 
 def test_k1_differs_from_exact():
@@ -67,16 +67,18 @@ def test_k1_differs_from_exact():
     assert np.max(np.abs(_logits(path, prompt, canvas, sc, sc_top_k=1) - exact)) > 5.0
 
 
-@pytest.mark.parametrize("outtype", ["f16", "q8_0"])
+@pytest.mark.parametrize("outtype", ["f16", "bf16", "q8_0", "q4_k_m"])
 def test_embedding_types_other_than_f32(outtype):
-    # The kernel reads rows of tok_embd through ggml's to_float; the exact path multiplies an f16 transposed
-    # copy and rounds the probabilities to f16 first. With every row kept the two agree up to that rounding
-    # (measured max |delta| 0.05 for f16, 0.09 for q8_0, against an SC effect of 12-15).
-    path = fx.gguf("small", outtype)
-    prompt, canvas, plain, sc = _sc_case(path)
+    # The kernel reads rows of tok_embd through ggml's to_float; the exact path multiplies the f16 transposed
+    # copy (embd_t, made from the dequantized rows). With every row kept the two agree up to that f16 rounding:
+    # measured on the trained model max |delta| 1.3e-5 (f16), 3.3e-5 (bf16), 6.5e-4 (q8_0, q4_k_m), against
+    # an SC effect of 5.8-6.0. (The harsh random models amplify the same rounding to ~1 in q8_0.)
+    path = fx.sudoku_gguf(outtype)
+    prompt, canvas, plain, sc = _sc_case(path, seed=1, sudoku_prompt=True)
     exact = _logits(path, prompt, canvas, sc)
     topk = _logits(path, prompt, canvas, sc, sc_top_k=len(sc[0]))
-    assert np.max(np.abs(topk - exact)) <= 0.1 * np.max(np.abs(exact - plain))
+    assert np.max(np.abs(exact - plain)) > 1.0
+    assert np.max(np.abs(topk - exact)) <= 2e-3
 
 
 def test_result_does_not_depend_on_the_thread_count():

@@ -87,8 +87,16 @@ def _text_config_kwargs(name: str) -> dict:
 
 
 def build_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32, weight_scale: float = 0.3,
-                self_conditioning_gain: float = 1.0):
-    """A random `DiffusionGemmaForBlockDiffusion` with geometry CONFIGS[name] (text + a 1-layer vision tower)."""
+                self_conditioning_gain: float = 1.0, conditioning: str = "harsh"):
+    """A random `DiffusionGemmaForBlockDiffusion` with geometry CONFIGS[name] (text + a 1-layer vision tower).
+
+    conditioning="harsh" (default): matrices with std `weight_scale` whatever their fan-in, norm weights
+    1 +- 0.3: a network that turns a weight NMSE into a ~10^3 (wide) to 10^5 (gqa4) times larger logit NMSE
+    (tests/perturbation_gain.py): the strictest test of exact f32 arithmetic, no measure of a quantized file.
+    "calm": trained-like statistics instead (`_condition_calm`; `weight_scale` unused): ~15x on wide, still
+    far from the trained sudoku model's 0.6x."""
+    if conditioning not in ("harsh", "calm"):
+        raise ValueError(f"conditioning must be 'harsh' or 'calm', not {conditioning!r}")
     from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion, DiffusionGemmaTextConfig
     from transformers.models.gemma4.configuration_gemma4 import Gemma4VisionConfig
 
@@ -102,10 +110,13 @@ def build_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32, we
     model = DiffusionGemmaForBlockDiffusion(cfg).eval()
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for pname, p in model.model.decoder.named_parameters():
-            noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
-            # Norm weights / scales around 1 (so a dropped or swapped one shows), matrices small and centred.
-            p.copy_(1.0 + 0.3 * noise if (p.ndim == 1 or "norm" in pname) else weight_scale * noise)
+        if conditioning == "calm":
+            _condition_calm(model.model.decoder, gen)
+        else:
+            for pname, p in model.model.decoder.named_parameters():
+                noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
+                # Norm weights / scales around 1 (so a dropped or swapped one shows), matrices small and centred.
+                p.copy_(1.0 + 0.3 * noise if (p.ndim == 1 or "norm" in pname) else weight_scale * noise)
         # Scales the self-conditioning MLP's output: with random weights its feedback from one denoising step
         # to the next can amplify rounding noise (see tests/engine_fixtures.py).
         model.model.decoder.self_conditioning.down_proj.weight.mul_(self_conditioning_gain)
@@ -118,10 +129,69 @@ def build_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32, we
     return model.to(dtype)
 
 
+# "calm" conditioning: what a trained model looks like to rounding error, with nothing trivial left (no weight
+# is all ones or shared, so a swapped or dropped tensor still shows in F32 parity).
+CALM_NORM_SPREAD = 0.1        # norm weights 1 +- 0.1 (a trained Gemma's sit within ~0.1 of their mean)
+CALM_ATTN_LOGIT_STD = 2.0     # q.k spread: Gemma 4 has no 1/sqrt(D); trained q/k norms set the temperature
+CALM_ROUTER_LOGIT_STD = 6.0   # a confident router: the top expert dominates the mix (3.0 left margins of 4e-3)
+CALM_VOCAB_LOGIT_STD = 4.0    # logits over the vocabulary spread like a trained head's (softcap 30 far away)
+CALM_RANK = 16                # the residual stream's working subspace (a trained model's is anisotropic)
+CALM_BULK = 0.1               # full-rank part of every matrix, relative to its low-rank part
+
+# Matrices by which side touches the residual stream (substrings of HF names; experts and the
+# self-conditioning MLP included): readers map it to something else, writers add to it.
+_READERS = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "router.proj", "embed_tokens")
+_WRITERS = ("o_proj", "down_proj")
+
+
+def _condition_calm(decoder, gen: torch.Generator) -> None:
+    """Re-draw the decoder's (= the encoder's, tied) weights the way a trained model looks to rounding error.
+
+    Two things make a random network amplify rounding: every product is an incoherent sum, so a weight's
+    relative error passes through whole and adds up over the ~20 products in series (a trained model's
+    activations line up with its weights: the signal adds coherently, the rounding does not); and the places
+    where random magnitudes are extreme: attention temperature, router margins, head logit spread. So: the
+    residual stream works in a CALM_RANK-dimensional subspace (readers are G Q^T, writers Q G, Q orthonormal,
+    plus a CALM_BULK full-rank part), scaled so each layer neither grows nor shrinks what goes through it,
+    and those three set to trained-like values. Layer scalars keep build_model's distinct encoder/decoder
+    values."""
+    hidden = decoder.embed_tokens.weight.shape[-1]
+    basis, _ = torch.linalg.qr(torch.randn(hidden, CALM_RANK, generator=gen, dtype=torch.float64))
+    basis = basis.to(torch.float32)
+    for pname, p in decoder.named_parameters():
+        noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
+        if "q_norm" in pname or "k_norm" in pname:
+            # Unit-RMS q and k of dimension D give q.k with std sqrt(D); scale each side by (std/sqrt(D))^(1/2).
+            per_side = (CALM_ATTN_LOGIT_STD / p.shape[0] ** 0.5) ** 0.5
+            p.copy_(per_side * (1.0 + CALM_NORM_SPREAD * noise))
+        elif p.ndim == 1 or "norm" in pname:
+            p.copy_(1.0 + CALM_NORM_SPREAD * noise)
+        else:
+            low_rank = _calm_low_rank(pname, p.shape, basis, gen)
+            p.copy_(low_rank + CALM_BULK * float(low_rank.std()) * noise)
+
+
+def _calm_low_rank(pname: str, shape, basis: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    hidden, rank = basis.shape
+    if any(k in pname for k in _WRITERS):  # [..., hidden, in]: unit-RMS input -> unit-RMS output in the subspace
+        g = torch.randn(*shape[:-2], rank, shape[-1], generator=gen) * (hidden / rank / shape[-1]) ** 0.5
+        return basis @ g
+    if not any(k in pname for k in _READERS):
+        raise ValueError(f"calm conditioning: no rule for {pname}")
+    if "router.proj" in pname:
+        scale = CALM_ROUTER_LOGIT_STD  # its input rms(r) * scale / sqrt(hidden) has unit norm: row std = logit std
+    elif "embed_tokens" in pname:
+        scale = CALM_VOCAB_LOGIT_STD / hidden ** 0.5  # tied head: logits = E . h, h of unit RMS
+    else:
+        scale = hidden ** -0.5  # unit-RMS input (norm sqrt(hidden), all in the subspace) -> unit-RMS output
+    g = torch.randn(*shape[:-1], rank, generator=gen) * scale  # [..., out, rank]
+    return g @ basis.T
+
+
 def save_checkpoint(name: str, out_dir, seed: int = 0, generation_config: dict | None = None,
                     dtype: torch.dtype = torch.float32, released_config_layout: bool = True,
                     max_shard_size: str | None = None, weight_scale: float = 0.3,
-                    self_conditioning_gain: float = 1.0) -> Path:
+                    self_conditioning_gain: float = 1.0, conditioning: str = "harsh") -> Path:
     """Build model `name` and write a complete HF checkpoint directory; returns its path.
 
     generation_config: the dict written as generation_config.json (default: the release's nested layout);
@@ -132,7 +202,7 @@ def save_checkpoint(name: str, out_dir, seed: int = 0, generation_config: dict |
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = build_model(name, seed=seed, dtype=dtype, weight_scale=weight_scale,
-                        self_conditioning_gain=self_conditioning_gain)
+                        self_conditioning_gain=self_conditioning_gain, conditioning=conditioning)
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(out, **kwargs)
     if released_config_layout:

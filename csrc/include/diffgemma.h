@@ -95,6 +95,10 @@ DIFFGEMMA_API int32_t diffgemma_api_version(void);
 /* One line: our version, ggml version and commit, backends compiled in, CPU features. Static storage. */
 DIFFGEMMA_API const char * diffgemma_system_info(void);
 
+/* Compute threads used when a params struct leaves n_threads <= 0: one per physical core among the CPUs this
+ * process may run on (affinity mask), capped by a cgroup v2 CPU quota. */
+DIFFGEMMA_API int32_t diffgemma_default_n_threads(void);
+
 /* Reason of the last failure on this thread ("" if none). */
 DIFFGEMMA_API const char * diffgemma_last_error(void);
 
@@ -240,13 +244,13 @@ enum diffgemma_kv_type {
 typedef struct diffgemma_model_params {
     int32_t n_gpu_layers;   /* layers to offload to the GPU (-1 = all); 0 = CPU only (the only mode built yet) */
     int32_t main_gpu;       /* GPU index for a single-GPU run */
-    int32_t n_threads;      /* threads for load-time work (<= 0: all cores) */
+    int32_t n_threads;      /* threads for load-time work (<= 0: one per physical core we may use) */
 } diffgemma_model_params;
 
 typedef struct diffgemma_context_params {
     int32_t n_ctx;          /* positions of prompt + committed canvases + one canvas (<= 0: min(4096, trained)) */
     int32_t n_batch;        /* encoder chunk length for long prompts (<= 0: 512) */
-    int32_t n_threads;      /* compute threads (<= 0: all cores) */
+    int32_t n_threads;      /* compute threads (<= 0: one per physical core in our affinity mask and cgroup quota) */
     int32_t kv_type;        /* a diffgemma_kv_type */
     int32_t sc_top_k;       /* self-conditioning: 0 = exact softmax(S) @ E (default); k in 1..n_vocab = an
                                approximation summing only each canvas row's k most probable embedding rows */
@@ -316,7 +320,12 @@ DIFFGEMMA_API void diffgemma_context_free(diffgemma_context * ctx);
 DIFFGEMMA_API int32_t diffgemma_n_past(const diffgemma_context * ctx);
 DIFFGEMMA_API int32_t diffgemma_n_ctx(const diffgemma_context * ctx);
 
-/* Drops cached positions >= n_keep (0 clears the cache). */
+/* Bytes of the KV cache (full layers hold n_ctx positions; sliding layers a ring of n_swa-1 plus
+ * max(n_batch, canvas_length) positions). */
+DIFFGEMMA_API size_t diffgemma_kv_cache_bytes(const diffgemma_context * ctx);
+
+/* Drops cached positions >= n_keep (0 clears the cache). When that rewinds the cache by more than a sliding
+ * layer's ring can undo (more than max(n_batch, canvas_length) positions), the kept tokens are encoded again. */
 DIFFGEMMA_API int32_t diffgemma_kv_truncate(diffgemma_context * ctx, int32_t n_keep);
 
 /* Encoder pass: appends the K/V of n_tokens clean tokens at positions [n_past, n_past + n_tokens). */

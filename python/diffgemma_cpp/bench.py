@@ -12,7 +12,6 @@ baseline and the measured GEMM peak in the same process.
 from __future__ import annotations
 
 import json
-import os
 import resource
 import statistics
 import time
@@ -180,7 +179,7 @@ def format_markdown(result: dict) -> str:
 def _cmd_bench(args) -> int:
     if args.steps <= 0 or args.repetitions <= 0 or args.blocks <= 0 or args.prompt_tokens <= 0:
         raise errors.InvalidArgumentError("--steps, --repetitions, --blocks and --prompt-tokens must be positive")
-    threads = args.threads or os.cpu_count() or 1
+    threads = args.threads or lib.diffgemma_default_n_threads()
     if args.sc_top_k < 0:
         raise errors.InvalidArgumentError(f"--sc-top-k must be 0 (exact) or positive, got {args.sc_top_k}")
     result = run_bench(args.model, threads, args.prompt_tokens, args.steps, args.blocks, args.repetitions,

@@ -185,6 +185,8 @@ class Model(CompletionMixin, Closeable):
     canvas_length = property(lambda self: lib.diffgemma_model_canvas_length(self._model))
     n_ctx = property(lambda self: lib.diffgemma_n_ctx(self._c))
     n_past = property(lambda self: lib.diffgemma_n_past(self._c), doc="positions in the KV cache")
+    kv_cache_bytes = property(lambda self: int(lib.diffgemma_kv_cache_bytes(self._c)),
+                              doc="bytes of the KV cache (sliding layers hold a ring, not n_ctx positions)")
 
     @property
     def chat_template(self) -> str | None:

@@ -1,0 +1,15 @@
+// The default number of compute threads: one per physical core this process may run on.
+//
+// std::thread::hardware_concurrency counts every logical CPU of the machine. In a container limited by an
+// affinity mask or a cgroup CPU quota that oversubscribes the cores we actually get, and on SMT machines two
+// hardware threads share one core's FMA units, so a second GEMM thread per core only adds barrier waits.
+#pragma once
+
+#include <cstdint>
+
+namespace dg {
+
+// min(physical cores among the CPUs in our affinity mask, cgroup v2 CPU quota rounded up); at least 1.
+int32_t default_thread_count();
+
+}  // namespace dg

@@ -1,0 +1,134 @@
+"""How much a tiny test model amplifies a small perturbation: the number that says whether a quantized file's
+NMSE against the unquantized reference measures the file or the model.
+
+Two measurements on HF's float64 model, both after encoding the same prompt:
+- per-layer gain: relative noise `eps` added to the decoder's input hidden states; the relative RMS change of
+  each decoder layer's output and of the logits, and the geometric mean growth per layer;
+- weight-noise amplification: every weight matrix times (1 + eps * N(0, 1)), i.e. a weight NMSE of eps^2
+  (the shape of quantization error; the encoder shares the weights, so the prompt's cache moves too); the
+  logits' NMSE divided by eps^2;
+and the smallest top-k margin of the router logits (how close an expert choice is to flipping).
+
+    python tests/perturbation_gain.py wide wide:calm sudoku    # a table; engine_fixtures names, or the trained
+                                                               # sudoku model (engine_fixtures.sudoku_hf)
+"""
+from __future__ import annotations
+
+import torch
+
+PROMPT_LEN = 21
+
+
+def _inputs(hf, seed: int = 7):
+    """(prompt, canvas): random ids, or the model's own task (`hf.task_inputs`) where it has one."""
+    if hasattr(hf, "task_inputs"):
+        return hf.task_inputs
+    V, C = hf.config.text_config.vocab_size, hf.config.canvas_length
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, V, (1, PROMPT_LEN), generator=g), torch.randint(0, V, (1, C), generator=g)
+
+
+def _encode(hf, prompt):
+    from transformers.cache_utils import DynamicCache
+
+    cache = DynamicCache(config=hf.config.get_text_config(decoder=True))
+    hf.model.encoder(input_ids=prompt, past_key_values=cache)
+    return cache
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.linalg.norm(a - b) / torch.linalg.norm(b))
+
+
+def _decoder_run(hf, cache, canvas, noise=None):
+    """Decoder layer outputs and logits; `noise` (same shape as the hidden states) is added to layer 0's input."""
+    layers = hf.model.decoder.layers
+    outs, handles = [], []
+    if noise is not None:
+        handles.append(layers[0].register_forward_pre_hook(lambda m, args: (args[0] + noise,) + tuple(args[1:])))
+    for layer in layers:
+        handles.append(layer.register_forward_hook(lambda m, args, out: outs.append(out.detach().clone())))
+    try:
+        logits = hf(decoder_input_ids=canvas, past_key_values=cache).logits[0]
+    finally:
+        for h in handles:
+            h.remove()
+    return outs, logits
+
+
+def layer_gain(hf, eps: float = 1e-6, seed: int = 7) -> dict:
+    """{"per_layer": [relative change after each decoder layer], "logits": ..., "gain": mean growth per layer}."""
+    prompt, canvas = _inputs(hf, seed)
+    with torch.no_grad():
+        cache = _encode(hf, prompt)
+        captured = []
+        h = hf.model.decoder.layers[0].register_forward_pre_hook(lambda m, args: captured.append(args[0].clone()))
+        try:
+            clean, clean_logits = _decoder_run(hf, cache, canvas)
+        finally:
+            h.remove()
+        x0 = captured[0]
+        g = torch.Generator().manual_seed(seed + 1)
+        noise = eps * torch.randn(x0.shape, generator=g, dtype=x0.dtype) * x0.pow(2).mean().sqrt()
+        noisy, noisy_logits = _decoder_run(hf, cache, canvas, noise)
+    per_layer = [_rel(a, b) for a, b in zip(noisy, clean)]
+    return {"per_layer": per_layer, "logits": _rel(noisy_logits, clean_logits),
+            "gain": (per_layer[-1] / eps) ** (1.0 / len(per_layer))}
+
+
+def weight_noise_amplification(hf, eps: float = 1e-3, seed: int = 7) -> float:
+    """NMSE of the logits (all three decoder cases' inputs: prompt then canvas) per unit weight NMSE."""
+    prompt, canvas = _inputs(hf, seed)
+    g = torch.Generator().manual_seed(seed + 2)
+    with torch.no_grad():
+        clean = hf(decoder_input_ids=canvas, past_key_values=_encode(hf, prompt)).logits[0]
+        saved = {}
+        for name, p in hf.model.decoder.named_parameters():
+            if p.ndim >= 2:
+                saved[name] = p.clone()
+                p.mul_(1.0 + eps * torch.randn(p.shape, generator=g, dtype=p.dtype))
+        try:
+            noisy = hf(decoder_input_ids=canvas, past_key_values=_encode(hf, prompt)).logits[0]
+        finally:
+            for name, p in hf.model.decoder.named_parameters():
+                if name in saved:
+                    p.copy_(saved[name])
+    return float(((noisy - clean) ** 2).sum() / (clean ** 2).sum()) / eps ** 2
+
+
+def router_margin(hf, seed: int = 7) -> float:
+    """Smallest gap, over every token and layer of the prompt and canvas, between the k-th and (k+1)-th router
+    logit: how far the expert choice is from flipping."""
+    prompt, canvas = _inputs(hf, seed)
+    k = hf.config.text_config.top_k_experts
+    gaps = []
+
+    def record(module, args, out):
+        logits = out if torch.is_tensor(out) else out[0]
+        top = torch.topk(logits.reshape(-1, logits.shape[-1]), k + 1, dim=-1).values
+        gaps.append(float((top[:, k - 1] - top[:, k]).min()))
+
+    handles = [layer.router.proj.register_forward_hook(record) for layer in hf.model.decoder.layers]
+    try:
+        with torch.no_grad():
+            cache = _encode(hf, prompt)
+            hf(decoder_input_ids=canvas, past_key_values=cache)
+    finally:
+        for h in handles:
+            h.remove()
+    return min(gaps)
+
+
+if __name__ == "__main__":
+    import sys
+
+    import engine_fixtures as fx
+
+    torch.set_num_threads(1)
+    for name in sys.argv[1:] or ["small", "gqa4", "wide", "wide:calm", "sudoku"]:
+        hf = fx.sudoku_hf() if name == "sudoku" else fx.hf_model(name)
+        lg = layer_gain(hf)
+        print(f"{name:12s} per-layer gain {lg['gain']:8.2f}  (after each layer: "
+              + " ".join(f"{v:.1e}" for v in lg["per_layer"]) + f"; logits {lg['logits']:.1e}, input 1e-6)"
+              f"  weight-noise amplification {weight_noise_amplification(hf):9.3g}"
+              f"  min router top-k margin {router_margin(hf):.2e}", flush=True)
