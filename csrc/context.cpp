@@ -169,7 +169,8 @@ void decoder_pass(diffgemma_context * c, const int32_t * canvas, const float * s
     const auto t_setup = Clock::now();
     GraphScope g(c);
     GraphBuilder b{hp, c->model->w, c->kv, g.ctx, g.gf};
-    GraphInputs in = b.build_decoder(c->n_past, C, sc_logits != nullptr, sc_scale);
+    c->sc_topk.scale = sc_scale;
+    GraphInputs in = b.build_decoder(c->n_past, C, sc_logits != nullptr, sc_scale, c->sc_topk.k > 0 ? &c->sc_topk : nullptr);
     ggml_backend_sched_reset(c->sched);
     compute(c, g.gf, "decoder");
     std::vector<int32_t> pos(static_cast<size_t>(C));
@@ -204,6 +205,8 @@ void diffgemma_context_default_params(diffgemma_context_params * p) {
     p->n_batch = 0;
     p->n_threads = 0;
     p->kv_type = DIFFGEMMA_KV_F32;
+    p->sc_top_k = 0;
+    p->sc_top_k_renormalize = 0;
 }
 
 int32_t diffgemma_context_new(diffgemma_model * model, const diffgemma_context_params * params, diffgemma_context ** out) {
@@ -226,6 +229,13 @@ int32_t diffgemma_context_new(diffgemma_model * model, const diffgemma_context_p
         if (p.n_ctx < 0 || p.n_batch < 0) {
             dg::raise(DIFFGEMMA_ERR_INVALID_ARGUMENT, "n_ctx (%d) and n_batch (%d) must not be negative", p.n_ctx, p.n_batch);
         }
+        if (p.sc_top_k < 0 || p.sc_top_k > hp.n_vocab) {
+            dg::raise(DIFFGEMMA_ERR_INVALID_ARGUMENT, "sc_top_k=%d is outside 0..n_vocab (%d); 0 means the exact self-conditioning",
+                      p.sc_top_k, hp.n_vocab);
+        }
+        if (p.sc_top_k_renormalize != 0 && p.sc_top_k_renormalize != 1) {
+            dg::raise(DIFFGEMMA_ERR_INVALID_ARGUMENT, "sc_top_k_renormalize must be 0 or 1, got %d", p.sc_top_k_renormalize);
+        }
         int32_t n_ctx = p.n_ctx > 0 ? p.n_ctx : std::min<int32_t>(4096, std::max(hp.n_ctx_train, hp.canvas_length * 2));
         if (n_ctx < hp.canvas_length) {
             dg::raise(DIFFGEMMA_ERR_INVALID_ARGUMENT, "n_ctx %d is smaller than one canvas (%d)", n_ctx, hp.canvas_length);
@@ -233,6 +243,8 @@ int32_t diffgemma_context_new(diffgemma_model * model, const diffgemma_context_p
         auto c = std::make_unique<diffgemma_context>();
         c->model = model;
         c->n_batch = p.n_batch > 0 ? p.n_batch : 512;
+        c->sc_topk.k = p.sc_top_k;
+        c->sc_topk.renormalize = p.sc_top_k_renormalize != 0;
         c->n_threads = p.n_threads > 0 ? p.n_threads : dg::default_thread_count();
         c->cpu = ggml_backend_cpu_init();
         if (c->cpu == nullptr) {

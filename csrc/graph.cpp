@@ -194,7 +194,8 @@ GraphInputs GraphBuilder::build_encoder(int32_t n_past, int32_t n_tokens) {
     return in;
 }
 
-GraphInputs GraphBuilder::build_decoder(int32_t n_past, int32_t n_canvas, bool with_sc, float sc_scale) {
+GraphInputs GraphBuilder::build_decoder(int32_t n_past, int32_t n_canvas, bool with_sc, float sc_scale,
+                                        const ScTopkParams * sc_topk) {
     GraphInputs in;
     in.ids = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n_canvas);
     in.pos = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n_canvas);
@@ -204,16 +205,20 @@ GraphInputs GraphBuilder::build_decoder(int32_t n_past, int32_t n_canvas, bool w
     if (with_sc && w.sc_gate != nullptr) {
         in.sc_logits = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, hp.n_vocab, n_canvas);
         ggml_set_input(in.sc_logits);
-        // probs stay f32: the GEMM reads embd_t (bf16 for quantized files) directly, and ggml's mul_mat
-        // converts them itself where the GEMM does not apply. (Casting them to f16 here cost NMSE ~1e-6 on
-        // the harsh test models.)
-        ggml_tensor * probs = ggml_soft_max_ext(ctx, in.sc_logits, nullptr, sc_scale, 0.0f);   // [V, C]
-        // A quantized file's f16 embedding copy (weights.cpp) multiplies on the bf16 path like its other
-        // weights; an F16 or F32 file's stays exact.
-        const ggml_type e_type = w.tok_embd->type;
-        const bool quantized_embd = e_type != GGML_TYPE_F32 && e_type != GGML_TYPE_F16 && e_type != GGML_TYPE_BF16;
-        const GemmActivations sc_act = quantized_embd ? GemmActivations::kBf16 : GemmActivations::kAuto;
-        ggml_tensor * soft = ggml_scale(ctx, matmul(w.embd_t, probs, sc_act), hp.embed_scale);  // [n_embd, C]
+        ggml_tensor * soft;  // probs @ E: [n_embd, C]
+        if (sc_topk != nullptr) {
+            soft = sc_topk_soft_embedding(ctx, in.sc_logits, w.tok_embd, sc_topk);
+        } else {
+            // probs stay f32: the GEMM reads the f16 embd_t directly, and ggml's mul_mat converts them itself
+            // where the GEMM does not apply. (Casting them to f16 here cost NMSE ~1e-6 on the harsh test models.)
+            ggml_tensor * probs = ggml_soft_max_ext(ctx, in.sc_logits, nullptr, sc_scale, 0.0f);  // [V, C]
+            // A quantized file's f16 embedding copy (weights.cpp) multiplies on the bf16 path like its other
+            // weights; an F16 or F32 file's stays exact.
+            const ggml_type e_type = w.tok_embd->type;
+            const bool quantized = e_type != GGML_TYPE_F32 && e_type != GGML_TYPE_F16 && e_type != GGML_TYPE_BF16;
+            soft = matmul(w.embd_t, probs, quantized ? GemmActivations::kBf16 : GemmActivations::kAuto);
+        }
+        soft = ggml_scale(ctx, soft, hp.embed_scale);
         ggml_tensor * u = rms(soft, w.sc_pre_norm);
         ggml_tensor * act = geglu(matmul(w.sc_gate, u), matmul(w.sc_up, u));
         x = ggml_add(ctx, x, matmul(w.sc_down, act));

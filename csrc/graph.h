@@ -5,6 +5,7 @@
 #include "gemm_f32.h"
 #include "hparams.h"
 #include "kv_cache.h"
+#include "sc_topk.h"
 #include "weights.h"
 
 #include "ggml.h"
@@ -40,8 +41,11 @@ struct GraphBuilder {
     GraphInputs build_encoder(int32_t n_past, int32_t n_tokens);
 
     // Decoder over one canvas at positions [n_past, n_past+C); reads but never writes the cache.
-    // With `with_sc`, the canvas input adds the self-conditioning MLP of softmax(sc_logits*sc_scale) @ E.
-    GraphInputs build_decoder(int32_t n_past, int32_t n_canvas, bool with_sc, float sc_scale);
+    // With `with_sc`, the canvas input adds the self-conditioning MLP of softmax(sc_logits*sc_scale) @ E;
+    // `sc_topk` (nullptr = exact) replaces that product by its top-k approximation (sc_topk.h), whose own
+    // scale field is used then.
+    GraphInputs build_decoder(int32_t n_past, int32_t n_canvas, bool with_sc, float sc_scale,
+                              const ScTopkParams * sc_topk = nullptr);
 
   private:
     ggml_tensor * rms(ggml_tensor * x, ggml_tensor * weight);

@@ -4,6 +4,7 @@
 #include "diffgemma.h"
 #include "hparams.h"
 #include "kv_cache.h"
+#include "sc_topk.h"
 #include "timing.h"
 #include "weights.h"
 
@@ -40,6 +41,7 @@ struct diffgemma_context {
     int32_t n_past = 0;
     int32_t n_batch = 512;
     int32_t n_threads = 1;
+    dg::ScTopkParams sc_topk;             // top-k self-conditioning (k = 0: exact); read by decoder graphs
     std::vector<int32_t> cached_tokens;   // the ids whose K/V are in the cache, in order (prefix reuse)
     std::vector<uint8_t> graph_meta;      // storage for graph-building contexts
     std::mt19937_64 rng;

@@ -39,6 +39,7 @@ SANITIZE_TESTS=(
   "tests/test_fuzz_gguf.py::test_seed_corpus_loads"
   "tests/test_fuzz_gguf.py::test_mutation_fuzzer_smoke"
   "tests/test_engine_parity.py::test_f32_decoder_logits_match_hf"
+  tests/test_sc_topk.py
   # Tools the tests start inherit LD_PRELOAD; nvcc crashes with libasan preloaded.
   --deselect "tests/test_foundation.py::test_cuda_sources_compile"
 )

@@ -54,7 +54,7 @@ extern "C" {
 // cffi-begin
 
 /* Bumped on every incompatible change of this header. */
-#define DIFFGEMMA_API_VERSION 1
+#define DIFFGEMMA_API_VERSION 2
 
 /* ---- status codes ---- */
 enum diffgemma_status {
@@ -252,6 +252,10 @@ typedef struct diffgemma_context_params {
     int32_t n_batch;        /* encoder chunk length for long prompts (<= 0: 512) */
     int32_t n_threads;      /* compute threads (<= 0: one per physical core in our affinity mask and cgroup quota) */
     int32_t kv_type;        /* a diffgemma_kv_type */
+    int32_t sc_top_k;       /* self-conditioning: 0 = exact softmax(S) @ E (default); k in 1..n_vocab = an
+                               approximation summing only each canvas row's k most probable embedding rows */
+    int32_t sc_top_k_renormalize;  /* with sc_top_k > 0: 1 = rescale the kept probabilities to sum to 1, 0 = keep
+                                      them as the full-vocabulary softmax gives them (default) */
 } diffgemma_context_params;
 
 /* Sampler settings of one generation; diffgemma_sampler_default_params fills them from the GGUF's

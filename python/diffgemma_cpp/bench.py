@@ -35,16 +35,19 @@ def _timings(ctx) -> dict:
 class EngineRunner:
     """A loaded GGUF with a fixed random prompt; each call measures one thing and returns a dict of numbers."""
 
-    def __init__(self, path, n_threads: int, prompt_tokens: int = 512, split: bool = True, seed: int = 0):
+    def __init__(self, path, n_threads: int, prompt_tokens: int = 512, split: bool = True, seed: int = 0,
+                 sc_top_k: int = 0):
         from .model import Model
 
         self.path = Path(path)
         self.shape = read_shape(path)
         t0 = time.perf_counter()
         C = self.shape.canvas
-        self.model = Model(path, n_threads=n_threads, n_ctx=prompt_tokens + 4 * C, kv_type="f32")
+        self.model = Model(path, n_threads=n_threads, n_ctx=prompt_tokens + 4 * C, kv_type="f32",
+                           sc_top_k=sc_top_k)
         self.load_s = time.perf_counter() - t0
         self.n_threads = n_threads
+        self.sc_top_k = sc_top_k
         check(lib.diffgemma_timings_enable(self.model._c, int(split)))
         rng = np.random.default_rng(seed)
         V = self.model.n_vocab
@@ -107,7 +110,7 @@ class EngineRunner:
         if t["n_split"] == t["n_decoder"] and t["n_split"] > 0:
             for part in ("sc", "backbone", "head"):
                 out[f"{part}_ms"] = t[f"{part}_ms"] / t["n_split"]
-        flops = step_flops(self.shape, len(self.prompt))
+        flops = step_flops(self.shape, len(self.prompt), self.sc_top_k)
         out["step_gflop"] = sum(flops.values()) / 1e9
         out["step_gflop_s"] = out["step_gflop"] / (out["step_ms"] / 1e3)
         if "sc_ms" in out:
@@ -133,14 +136,14 @@ def fmt(stat: dict, digits: int = 1) -> str:
 
 
 def run_bench(model, n_threads: int, prompt_tokens: int, steps: int, blocks: int, repetitions: int,
-              split: bool = True) -> dict:
-    runner = EngineRunner(model, n_threads, prompt_tokens, split)
+              split: bool = True, sc_top_k: int = 0) -> dict:
+    runner = EngineRunner(model, n_threads, prompt_tokens, split, sc_top_k=sc_top_k)
     try:
         runs = []
         for r in range(repetitions):
             runs.append({**runner.encode(), **runner.denoise(steps, blocks, seed=r)})
         return {"model": str(model), "threads": n_threads, "prompt_tokens": prompt_tokens, "steps": steps,
-                "blocks": blocks, "repetitions": repetitions, "load_s": runner.load_s,
+                "blocks": blocks, "repetitions": repetitions, "sc_top_k": sc_top_k, "load_s": runner.load_s,
                 "canvas": runner.shape.canvas, "summary": summarize(runs), "runs": runs,
                 "peak_rss_mib": peak_rss_mib()}
     finally:
@@ -162,6 +165,7 @@ def format_markdown(result: dict) -> str:
     s = result["summary"]
     lines = [f"model `{result['model']}`, {result['threads']} threads, prompt {result['prompt_tokens']} tokens, "
              f"{result['blocks']} block(s) x {result['steps']} steps, canvas {result['canvas']}, "
+             f"self-conditioning {'top-' + str(result['sc_top_k']) if result.get('sc_top_k') else 'exact'}, "
              f"{result['repetitions']} runs (median [min..max])", "", "| metric | value |", "|---|---|"]
     for label, key, digits in ROWS:
         if key in s:
@@ -176,8 +180,10 @@ def _cmd_bench(args) -> int:
     if args.steps <= 0 or args.repetitions <= 0 or args.blocks <= 0 or args.prompt_tokens <= 0:
         raise errors.InvalidArgumentError("--steps, --repetitions, --blocks and --prompt-tokens must be positive")
     threads = args.threads or lib.diffgemma_default_n_threads()
+    if args.sc_top_k < 0:
+        raise errors.InvalidArgumentError(f"--sc-top-k must be 0 (exact) or positive, got {args.sc_top_k}")
     result = run_bench(args.model, threads, args.prompt_tokens, args.steps, args.blocks, args.repetitions,
-                       split=not args.no_split)
+                       split=not args.no_split, sc_top_k=args.sc_top_k)
     print(json.dumps(result, indent=2) if args.output == "json" else format_markdown(result))
     return 0
 
@@ -193,5 +199,7 @@ def add_bench_parser(subparsers) -> None:
     p.add_argument("-r", "--repetitions", type=int, default=3, help="runs; the median and spread are shown")
     p.add_argument("--no-split", action="store_true",
                    help="do not split decoder passes into self-conditioning / backbone / head")
+    p.add_argument("--sc-top-k", type=int, default=0, metavar="K",
+                   help="top-k self-conditioning (default 0 = the exact product over the whole vocabulary)")
     p.add_argument("-o", "--output", choices=("md", "json"), default="md")
     p.set_defaults(func=_cmd_bench)

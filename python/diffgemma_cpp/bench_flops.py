@@ -86,13 +86,15 @@ def _keys(s: Shape, il: int, n_past: int, rows: int, causal: bool) -> float:
     return seen + ((rows + 1) / 2 if causal else rows)
 
 
-def step_flops(s: Shape, n_past: int) -> dict:
+def step_flops(s: Shape, n_past: int, sc_top_k: int = 0) -> dict:
     """FLOPs of one denoising step (decoder pass over the canvas with self-conditioning) after n_past cached
-    positions: {"backbone", "head", "sc"} (sc = probs @ E plus the self-conditioning MLP)."""
+    positions: {"backbone", "head", "sc"} (sc = probs @ E plus the self-conditioning MLP; with sc_top_k > 0
+    only k embedding rows per canvas position enter the product)."""
     C = s.canvas
     backbone = sum(_layer_flops(s, il, C, int(_keys(s, il, n_past, C, False))) for il in range(s.n_layer))
     head = 2.0 * C * s.n_embd * s.n_vocab
-    sc = 2.0 * C * s.n_vocab * s.n_embd + 3 * 2.0 * C * s.n_embd * s.n_ff
+    kept = min(sc_top_k, s.n_vocab) if sc_top_k > 0 else s.n_vocab
+    sc = 2.0 * C * kept * s.n_embd + 3 * 2.0 * C * s.n_embd * s.n_ff
     return {"backbone": backbone, "head": head, "sc": sc}
 
 

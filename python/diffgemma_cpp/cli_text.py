@@ -30,6 +30,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="layers to offload to the GPU (-1 = all; default 0)")
     parser.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
     parser.add_argument("-c", "--ctx-size", type=int, default=None, help="context size in tokens (default: model's)")
+    parser.add_argument("--sc-top-k", type=int, default=None, metavar="K",
+                        help="approximate self-conditioning with each position's K most probable tokens "
+                             "(faster; default 0 = exact)")
 
 
 def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +51,8 @@ def _load_model(args: argparse.Namespace) -> Any:
     """Open the model with the options given (options left unset keep the library defaults)."""
     from . import Model  # the engine; imported here so `--help` works without loading anything
 
-    options = {"n_gpu_layers": args.n_gpu_layers, "n_threads": args.threads, "n_ctx": args.ctx_size}
+    options = {"n_gpu_layers": args.n_gpu_layers, "n_threads": args.threads, "n_ctx": args.ctx_size,
+               "sc_top_k": args.sc_top_k}
     return Model(args.model, **{k: v for k, v in options.items() if v is not None})
 
 

@@ -34,13 +34,12 @@ class EngineSolver:
 
     name = "diffgemma_cpp"
 
-    def __init__(self, model_path: Path, n_threads: int | None):
+    def __init__(self, model_path: Path, n_threads: int | None, sc_top_k: int = 0):
         from . import Model  # imported here so `--help` works even where the native library is missing
 
         if not Path(model_path).is_file():
             raise FileNotFoundError(f"sudoku model not found at {model_path}; pass -m PATH to a sudoku GGUF")
-        kwargs = {} if n_threads is None else {"n_threads": n_threads}
-        self.model = Model(str(model_path), **kwargs)
+        self.model = Model(str(model_path), n_threads=n_threads, sc_top_k=sc_top_k)
 
     def solve(self, puzzle: str, seed: int, steps: int | None, on_step: StepCallback | None) -> tuple[list[int], int]:
         blocks = list(self.model.generate_blocks(sudoku.prompt_ids(puzzle), max_new_tokens=sudoku.N_CELLS,
@@ -176,6 +175,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--visual", action="store_true", help="show the canvas after every denoising step")
     p.add_argument("--delay", type=float, default=0.05, help="seconds to pause per step with --visual")
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads")
+    p.add_argument("--sc-top-k", type=int, default=0, metavar="K",
+                   help="top-k self-conditioning in our engine (default 0 = exact)")
     p.add_argument("--hf", type=Path, default=None, metavar="DIR",
                    help="compare: solve with transformers on this HF checkpoint instead of our engine")
 
@@ -198,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         rng = random.Random(seed)
         puzzles = [sudoku.generate(args.givens, rng)[0] for _ in range(args.count)]
-    solver = HFSolver(args.hf, args.threads) if args.hf else EngineSolver(args.model, args.threads)
+    solver = HFSolver(args.hf, args.threads) if args.hf else EngineSolver(args.model, args.threads, args.sc_top_k)
     print(f"seed {seed}; model {args.hf or args.model}")
     summary = run_demo(solver, puzzles, seed=seed, steps=args.steps, visual=args.visual, delay=args.delay)
     return 0 if summary["solved"] or args.puzzle is None else 1

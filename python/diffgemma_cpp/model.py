@@ -77,7 +77,12 @@ class Model(CompletionMixin, Closeable):
     """A DiffusionGemma GGUF loaded for generation (weights memory-mapped, one KV cache)."""
 
     def __init__(self, model_path, *, n_gpu_layers: int = 0, n_threads: int | None = None, n_ctx: int | None = None,
-                 n_batch: int | None = None, seed: int | None = None, kv_type: str = "f32", verbose: bool = False):
+                 n_batch: int | None = None, seed: int | None = None, kv_type: str = "f32", sc_top_k: int = 0,
+                 sc_top_k_renormalize: bool = False, verbose: bool = False):
+        """sc_top_k: 0 (default) runs the exact self-conditioning product softmax(S) @ E over the whole
+        vocabulary; k in 1..n_vocab keeps only each canvas row's k most probable tokens (faster, approximate;
+        bench/README.md lists the measured logit and token error). sc_top_k_renormalize rescales the kept
+        probabilities to sum to 1."""
         self._model = None
         self._ctx = None
         # Held by every call that uses the KV cache, for its whole run: a generate_blocks stream keeps it
@@ -92,8 +97,11 @@ class Model(CompletionMixin, Closeable):
         for name, value in (("n_threads", n_threads), ("n_ctx", n_ctx), ("n_batch", n_batch)):
             if value is not None and (not isinstance(value, int) or value <= 0):
                 raise errors.InvalidArgumentError(f"{name} must be a positive integer or None, got {value!r}")
+        if isinstance(sc_top_k, bool) or not isinstance(sc_top_k, int) or sc_top_k < 0:
+            raise errors.InvalidArgumentError(f"sc_top_k must be 0 (exact) or a positive integer, got {sc_top_k!r}")
         self.verbose = verbose
         self.seed = seed
+        self.sc_top_k = sc_top_k
         mp = ffi.new("diffgemma_model_params *")
         lib.diffgemma_model_default_params(mp)
         mp.n_gpu_layers = n_gpu_layers
@@ -107,6 +115,8 @@ class Model(CompletionMixin, Closeable):
         cp.n_batch = n_batch or 0
         cp.n_threads = n_threads or 0
         cp.kv_type = _KV_TYPES[kv_type]
+        cp.sc_top_k = min(sc_top_k, 2**31 - 1)  # the C side rejects k > n_vocab with the model's n_vocab in the message
+        cp.sc_top_k_renormalize = int(bool(sc_top_k_renormalize))
         cout = ffi.new("diffgemma_context **")
         try:
             check(lib.diffgemma_context_new(self._model, cp, cout))
