@@ -11,6 +11,7 @@ and the smallest top-k margin of the router logits (how close an expert choice i
 
     python tests/perturbation_gain.py wide wide:calm sudoku    # a table; engine_fixtures names, or the trained
                                                                # sudoku model (engine_fixtures.sudoku_hf)
+    python tests/perturbation_gain.py --components wide:calm wide:trained sudoku   # amplification per component
 """
 from __future__ import annotations
 
@@ -76,15 +77,27 @@ def layer_gain(hf, eps: float = 1e-6, seed: int = 7) -> dict:
             "gain": (per_layer[-1] / eps) ** (1.0 / len(per_layer))}
 
 
-def weight_noise_amplification(hf, eps: float = 1e-3, seed: int = 7) -> float:
-    """NMSE of the logits (all three decoder cases' inputs: prompt then canvas) per unit weight NMSE."""
+# Weight matrices by component (substrings of HF parameter names), for weight_noise_amplification(only=...).
+COMPONENTS = {
+    "attention": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
+    "dense MLP": (".mlp.",),
+    "experts": ("experts.",),
+    "router": ("router.proj",),
+    "embedding/head": ("embed_tokens",),
+}
+
+
+def weight_noise_amplification(hf, eps: float = 1e-3, seed: int = 7, only: tuple[str, ...] | None = None) -> float:
+    """NMSE of the logits (after encoding the prompt, on the canvas) per unit weight NMSE; `only`: perturb just
+    the matrices whose names contain one of these substrings (a COMPONENTS entry), so the components' shares
+    of the whole can be compared."""
     prompt, canvas = _inputs(hf, seed)
     g = torch.Generator().manual_seed(seed + 2)
     with torch.no_grad():
         clean = hf(decoder_input_ids=canvas, past_key_values=_encode(hf, prompt)).logits[0]
         saved = {}
         for name, p in hf.model.decoder.named_parameters():
-            if p.ndim >= 2:
+            if p.ndim >= 2 and (only is None or any(k in name for k in only)):
                 saved[name] = p.clone()
                 p.mul_(1.0 + eps * torch.randn(p.shape, generator=g, dtype=p.dtype))
         try:
@@ -125,8 +138,15 @@ if __name__ == "__main__":
     import engine_fixtures as fx
 
     torch.set_num_threads(1)
-    for name in sys.argv[1:] or ["small", "gqa4", "wide", "wide:calm", "sudoku"]:
+    args = sys.argv[1:]
+    by_component = "--components" in args
+    for name in [a for a in args if a != "--components"] or ["small", "gqa4", "wide", "wide:calm", "wide:trained",
+                                                              "sudoku"]:
         hf = fx.sudoku_hf() if name == "sudoku" else fx.hf_model(name)
+        if by_component:
+            print(f"{name:14s} amplification per component: " + "  ".join(
+                f"{c} {weight_noise_amplification(hf, only=keys):.3g}" for c, keys in COMPONENTS.items()), flush=True)
+            continue
         lg = layer_gain(hf)
         print(f"{name:12s} per-layer gain {lg['gain']:8.2f}  (after each layer: "
               + " ".join(f"{v:.1e}" for v in lg["per_layer"]) + f"; logits {lg['logits']:.1e}, input 1e-6)"
