@@ -3,6 +3,7 @@ for token with HF's own random draws."""
 from __future__ import annotations
 
 import functools
+import os
 
 import numpy as np
 import pytest
@@ -175,7 +176,8 @@ def test_trained_model_quantized_logits_within_issue_bounds(outtype, bound):
 # (tests/perturbation_gain.py: 0.6-2.6x over seeds 0-7, sudoku 0.58x) while keeping the structure the issue asks
 # for (sliding/full layers, GQA on the full layers, top-3 of 8 experts, a prompt past the sliding window,
 # distinct encoder/decoder layer scalars, no all-ones norm).
-TRAINED_LIKE_SEEDS = range(4)
+# DG_TRAINED_LIKE_SEEDS=16 for a longer run (seeds 0-15 all pass, measured; see the report in the commit log).
+TRAINED_LIKE_SEEDS = range(int(os.environ.get("DG_TRAINED_LIKE_SEEDS", "4")))
 ISSUE_BOUNDS = [("f32", 1e-3), ("f16", 1e-4), ("bf16", 1e-4), ("q8_0", 1e-3), ("q4_k_m", 3e-2)]
 
 
@@ -196,7 +198,7 @@ def test_trained_like_model_quantized_logits_within_issue_bounds(outtype, bound)
             print(f"wide:trained@{seed} {outtype} {case}: {'max|d|' if outtype == 'f32' else 'NMSE'} = {err:.2e}")
             if err > bound:
                 over.append(f"seed {seed} {case}: {err:.2e}")
-        assert np.max(np.abs(ref["sc"] - ref["plain"])) > 0.1, "SC must change the logits, or the SC case proves nothing"
+        assert np.max(np.abs(ref["sc"] - ref["plain"])) > 0.1, "SC must change the logits, or the SC case is moot"
     assert not over, f"{outtype}: over the issue's bound {bound}: " + ", ".join(over)
 
 

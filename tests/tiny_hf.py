@@ -154,15 +154,25 @@ class LowRankInit:
 
 
 CALM = LowRankInit()
-# calm plus three things a trained model has that calm lacks (measured one at a time in tests/perturbation_gain.py
-# on seeds 0-3 of wide, q4_k_m NMSE worst of plain/SC/block 2; calm itself 4.5e-2 / 1.3e-1 / 2.0e-1):
-# - post-norm weights 0.5: each layer adds an update of ~0.4-0.9 times the stream (the trained sudoku model:
-#   1.4 falling to 0.5 over its 6 layers; calm 1.2-1.5 on every layer), so no layer's rounding dominates;
-# - keys aligned with queries (qk_align 0.5): attention peaks on related positions (normalized entropy 0.3-0.4,
-#   top weight 0.6-0.75, like the sudoku model's 0.1-0.5 and 0.25-0.85) with a margin that rounding does not
-#   move, where calm's independent q and k give diffuse attention (0.67, 0.32), where softmax is most sensitive;
-# - layer_scalar ~0.9-1.0 (calm's 0.6-0.8 shrink the stream, so every later update weighs more).
-# Together: logit NMSE per unit weight NMSE 0.66-0.86 (sudoku 0.58, calm 6-15), where each alone left 3-20.
+# calm plus three things a trained model has and calm lacks. Measured on wide, seeds 0-3, the q4_k_m logit NMSE the
+# worst of plain / SC / block 2 against the unquantized model (`python tests/perturbation_gain.py --quantized
+# q4_k_m --trained-like post_norm=1.0 --trained-like qk_align=0 wide:trained@0 ...` reproduces a row):
+#                                           weight-noise amplification   q4_k_m plain / sc / block2
+#   calm                                     15.5  6.1  8.8 11.5          4.5e-2 / 1.3e-1 / 2.0e-1
+#   calm, layer_scalar 0.6 (~calm)           14.6  5.8  9.4 22.4          4.9e-2 / 7.8e-2 / 1.8e-1
+#     + layer_scalar 0.9                     24.8  5.0  3.9 10.0          4.6e-2 / 9.2e-2 / 2.1e-2
+#     + keys aligned with queries (0.5)       5.0  2.6 10.4  7.2          2.3e-2 / 5.8e-2 / 6.6e-2
+#     + post-norms 0.5                        3.1  2.8  5.6 11.1          1.7e-2 / 3.9e-2 / 2.1e-2
+#   trained_like (all three)                  0.77 0.85 0.65 0.84         2.9e-3 / 4.8e-3 / 6.7e-3
+#   (the trained sudoku model: 0.58)
+# - post-norm weights 0.5: each layer adds an update of 0.5-0.7 times the stream (the trained sudoku model:
+#   1.4 in its first layer, then 0.5-0.9; calm 1.2-1.5 in every layer), so no one layer's rounding dominates;
+# - keys aligned with queries: attention peaks on related positions (normalized entropy 0.3-0.5, top weight
+#   0.5-0.7; the sudoku model 0.1-0.5 and 0.25-0.85) by a margin rounding does not move, where calm's
+#   independent q and k spread it (0.67, 0.32), where the softmax is most sensitive;
+# - layer_scalar 0.9-1.0 (calm's 0.6-0.8 shrink the stream, so every later update weighs more).
+# Not like the sudoku model: the router stays calm's confident one (top-1 probability 0.8, sudoku's 0.18, barely
+# trained), so an expert choice that rounding flips carries a small weight (the 3rd of 3, ~0.03).
 TRAINED_LIKE = LowRankInit(post_norm=0.5, qk_align=0.5, layer_scalar=0.9)
 CONDITIONINGS = {"calm": CALM, "trained_like": TRAINED_LIKE}
 
