@@ -30,22 +30,29 @@ _ROOT = Path(tempfile.mkdtemp(prefix="dg-engine-"))
 #   token for token over several steps. Damped, the same comparison stays at ~1e-4 for all six steps, as in a
 #   trained model. The exactness of the self-conditioning path itself is tested on the undamped models
 #   (test_f32_decoder_logits_match_hf, where SC moves the logits by > 1).
-# - "calm": tiny_hf's trained-model statistics (conditioning="calm"): where the quantized types are judged
-#   against the issue's NMSE bounds, since the default models turn any rounding into a large change
-#   (tests/perturbation_gain.py measures both).
+# - "calm": tiny_hf's low-rank init (conditioning="calm"): amplifies rounding 6-15x, measured, not asserted.
+# - "trained": tiny_hf's conditioning="trained_like" (calm plus trained-like post-norms, attention and layer
+#   scalars): amplifies rounding about as little as the trained sudoku model, so the quantized types are judged
+#   against the issue's NMSE bounds on it, over several seeds ("wide:trained@3"), while the default models turn
+#   any rounding into a large change (tests/perturbation_gain.py measures all of them).
 _VARIANTS = {"": {}, "replay": dict(weight_scale=0.08, self_conditioning_gain=0.1),
-             "calm": dict(conditioning="calm")}
+             "calm": dict(conditioning="calm"), "trained": dict(conditioning="trained_like")}
 
 
 @functools.lru_cache(maxsize=None)
 def checkpoint(name: str) -> Path:
+    """name = "<config>[:<variant>][@<seed>]", e.g. "wide", "wide:calm", "wide:trained@3" (seed 0 by default)."""
     base, _, variant = name.partition(":")
-    return tiny_hf.save_checkpoint(base, _ROOT / name.replace(":", "-"), **_VARIANTS[variant])
+    variant, _, seed = variant.partition("@")
+    if "@" in base:
+        base, _, seed = base.partition("@")
+    return tiny_hf.save_checkpoint(base, _ROOT / name.replace(":", "-").replace("@", "-s"), seed=int(seed or 0),
+                                   **_VARIANTS[variant])
 
 
 @functools.lru_cache(maxsize=None)
 def gguf(name: str, outtype: str = "f32") -> Path:
-    out = _ROOT / f"{name.replace(':', '-')}-{outtype}.gguf"
+    out = _ROOT / f"{name.replace(':', '-').replace('@', '-s')}-{outtype}.gguf"
     convert_checkpoint(checkpoint(name), out, outtype, progress=False, quiet=True)
     return out
 

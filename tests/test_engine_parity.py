@@ -2,6 +2,9 @@
 for token with HF's own random draws."""
 from __future__ import annotations
 
+import functools
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -79,12 +82,14 @@ def test_f32_decoder_logits_match_hf(name):
 # 2. How far is a quantized file from the unquantized model (the issue's NMSE bounds)? That is the rounding of
 #    the weights times how strongly the model amplifies it (tests/perturbation_gain.py: logit NMSE per unit
 #    weight NMSE): wide ~840, wide:calm (tiny_hf's trained-like random init) ~15, the trained sudoku model 0.6.
-#    So the bounds are judged on the trained model. On `wide` the file's NMSE against the original is HF's own
+#    So the bounds are judged on the trained model and on tiny_hf's "trained_like" init (below). On `wide` the
+#    file's NMSE against the original is HF's own
 #    response to the rounded weights (HF on the dequantized weights is as far off): bf16 5e-3..3e-2, q8_0
 #    0.2-0.3, q4_k_m 0.5-0.9, printed by test 1; only F16 meets its bound there and is tested on it. On
 #    wide:calm (seeds 0-3, not asserted): f16 <= 4e-6, bf16 <= 9e-5, q8_0 <= 1.9e-3 (one seed of 4 over
-#    1e-3), q4_k_m 8e-3..4.5e-2: a random model, however scaled, adds up independent roundings of ~20
-#    products in series, where a trained model's signal adds coherently and the rounding does not.
+#    1e-3), q4_k_m 8e-3..4.5e-2 (with SC logits from the model itself up to 1.3e-1, block 2 up to 2.0e-1):
+#    its attention (diffuse, where softmax is most sensitive) and its full-size updates to the stream amplify
+#    (perturbation_gain.py --components); "trained_like" fixes those and meets every bound on every seed.
 DEQUANT_BOUND = {"plain": 1e-8, "sc": 1e-8, "block2": 1e-8}
 DEQUANT_SC_BOUND_ROUNDED_EMBD = 3e-5  # the SC case where the f16 copy rounds the embedding (q8_0, q4_k_m)
 
@@ -167,6 +172,38 @@ def test_trained_model_quantized_logits_within_issue_bounds(outtype, bound):
         if case != "block2" or outtype in TRAINED_BLOCK2_TYPES:
             assert err <= bound, f"sudoku {outtype} {case}: {err} > {bound}"
     assert np.max(np.abs(ref["sc"] - ref["plain"])) > 0.1, "SC must change the logits, or the SC case proves nothing"
+
+
+# The issue's bounds on every case (plain, SC, a second block) and type, on tiny_hf's "trained_like" random model
+# (wide: rows of 256, so the K-quants apply, unlike the sudoku model's 128) over several seeds, each of which
+# must pass. Its conditioning makes it amplify weight rounding about as little as the trained sudoku model does
+# (tests/perturbation_gain.py: 0.6-2.6x over seeds 0-7, sudoku 0.58x) while keeping the structure the issue asks
+# for (sliding/full layers, GQA on the full layers, top-3 of 8 experts, a prompt past the sliding window,
+# distinct encoder/decoder layer scalars, no all-ones norm).
+# DG_TRAINED_LIKE_SEEDS=16 for a longer run (seeds 0-15 all pass, measured; see the report in the commit log).
+TRAINED_LIKE_SEEDS = range(int(os.environ.get("DG_TRAINED_LIKE_SEEDS", "4")))
+ISSUE_BOUNDS = [("f32", 1e-3), ("f16", 1e-4), ("bf16", 1e-4), ("q8_0", 1e-3), ("q4_k_m", 3e-2)]
+
+
+@functools.lru_cache(maxsize=None)
+def _trained_like_cases(seed: int):
+    return _task_cases(fx.hf_model(f"wide:trained@{seed}"))
+
+
+@pytest.mark.parametrize("outtype,bound", ISSUE_BOUNDS)
+def test_trained_like_model_quantized_logits_within_issue_bounds(outtype, bound):
+    over = []
+    for seed in TRAINED_LIKE_SEEDS:
+        prompt, c1, c2, sc, ref = _trained_like_cases(seed)
+        ours = _ours(fx.gguf(f"wide:trained@{seed}", outtype), prompt[0].tolist(), c1[0].tolist(), c2[0].tolist(),
+                     sc[0].numpy().astype(np.float32))
+        for case in ("plain", "sc", "block2"):
+            err = float(np.max(np.abs(ours[case] - ref[case]))) if outtype == "f32" else nmse(ours[case], ref[case])
+            print(f"wide:trained@{seed} {outtype} {case}: {'max|d|' if outtype == 'f32' else 'NMSE'} = {err:.2e}")
+            if err > bound:
+                over.append(f"seed {seed} {case}: {err:.2e}")
+        assert np.max(np.abs(ref["sc"] - ref["plain"])) > 0.1, "SC must change the logits, or the SC case is moot"
+    assert not over, f"{outtype}: over the issue's bound {bound}: " + ", ".join(over)
 
 
 SAMPLER_SETTINGS = [  # (entropy_bound, stability_threshold, confidence_threshold, max steps)
