@@ -5,6 +5,7 @@
 #include "gemm_bf16.h"
 
 #include "dequant_avx512.h"
+#include "simd_transpose.h"
 
 #include <algorithm>
 #include <cstdlib>
@@ -54,31 +55,6 @@ DG_BF16_TARGET void to_bf16(const float * src, int64_t n, uint16_t * dst) {
         const __m512bh v = _mm512_cvtne2ps_pbh(hi, lo);
         _mm512_mask_storeu_epi16(dst + i, rest >= 32 ? ~__mmask32(0) : (__mmask32(1) << rest) - 1,
                                  reinterpret_cast<const __m512i &>(v));
-    }
-}
-
-// In-register transpose of a 16 x 16 matrix of 32-bit lanes: r[i] holds row i on entry, column i on return.
-DG_BF16_TARGET void transpose16(__m512i r[16]) {
-    __m512i t[16], u[16];
-    for (int i = 0; i < 16; i += 2) {  // per 128-bit lane: pairs of rows interleaved
-        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
-        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
-    }
-    for (int i = 0; i < 16; i += 4) {  // u[i + k], lane L: column 4L + k of rows i .. i + 3
-        u[i + 0] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
-        u[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
-        u[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
-        u[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
-    }
-    for (int k = 0; k < 4; ++k) {  // gather lane L of u[k], u[4 + k], u[8 + k], u[12 + k] into column 4L + k
-        const __m512i v0 = _mm512_shuffle_i32x4(u[k], u[4 + k], 0x88);
-        const __m512i v1 = _mm512_shuffle_i32x4(u[k], u[4 + k], 0xDD);
-        const __m512i v2 = _mm512_shuffle_i32x4(u[8 + k], u[12 + k], 0x88);
-        const __m512i v3 = _mm512_shuffle_i32x4(u[8 + k], u[12 + k], 0xDD);
-        r[k] = _mm512_shuffle_i32x4(v0, v2, 0x88);
-        r[k + 8] = _mm512_shuffle_i32x4(v0, v2, 0xDD);
-        r[k + 4] = _mm512_shuffle_i32x4(v1, v3, 0x88);
-        r[k + 12] = _mm512_shuffle_i32x4(v1, v3, 0xDD);
     }
 }
 

@@ -3,6 +3,7 @@
 
 #include "dequant_avx512.h"
 #include "gemm_bf16.h"
+#include "simd_transpose.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -27,7 +28,30 @@ constexpr int kKC = 256;  // K block: a packed panel is 32 KiB, resident in L1 w
 // Packs rows [n0, n0 + n_valid) x columns [k0, k0 + kc) of w transposed: wp[k * 32 + j] = w[n0 + j][k0 + k],
 // zero for j >= n_valid. Quantized / half-precision weights are dequantized here (ggml's to_float), so
 // every weight type runs the same f32 register tile and the activations are never quantized.
+// The common f32 case of pack_panel (32 full rows, kc a multiple of 16) as 16 x 16 in-register transposes:
+// the scalar scatter below costs as much as the products when an expert sees only ~32 tokens.
+__attribute__((target("avx512f"))) void pack_panel_f32_full(const ggml_tensor * w, int64_t n0, int64_t k0, int kc,
+                                                            float * wp) {
+    for (int j0 = 0; j0 < kNR; j0 += 16) {
+        for (int k = 0; k < kc; k += 16) {
+            __m512i r[16];
+            for (int i = 0; i < 16; ++i) {
+                const char * row = static_cast<const char *>(w->data) + (n0 + j0 + i) * w->nb[1];
+                r[i] = _mm512_castps_si512(_mm512_loadu_ps(reinterpret_cast<const float *>(row) + k0 + k));
+            }
+            transpose16(r);
+            for (int i = 0; i < 16; ++i) {
+                _mm512_storeu_ps(wp + (k + i) * kNR + j0, _mm512_castsi512_ps(r[i]));
+            }
+        }
+    }
+}
+
 void pack_panel(const ggml_tensor * w, int64_t n0, int n_valid, int64_t k0, int kc, float * wp) {
+    if (w->type == GGML_TYPE_F32 && n_valid == kNR && kc % 16 == 0) {
+        pack_panel_f32_full(w, n0, k0, kc, wp);
+        return;
+    }
     thread_local float dequant[kKC];
     const bool is_f32 = w->type == GGML_TYPE_F32;
     const ggml_to_float_t to_float = is_f32 ? nullptr : fast_to_float(w->type);
