@@ -5,7 +5,7 @@
 #include "gemm_bf16.h"
 
 #include "dequant_avx512.h"
-#include "simd_transpose.h"
+#include "simd_avx512.h"
 
 #include <algorithm>
 #include <cstdlib>
@@ -113,16 +113,7 @@ DG_BF16_TARGET void micro_tile_bf16(const uint32_t * wp, const uint16_t * const 
             acc1[r] = _mm512_dpbf16_ps(acc1[r], xv, w1);
         }
     }
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-        float * cr = c[r];
-        if (accumulate) {
-            acc0[r] = _mm512_add_ps(acc0[r], _mm512_maskz_loadu_ps(m0, cr));
-            acc1[r] = _mm512_add_ps(acc1[r], _mm512_maskz_loadu_ps(m1, cr + 16));
-        }
-        _mm512_mask_storeu_ps(cr, m0, acc0[r]);
-        _mm512_mask_storeu_ps(cr + 16, m1, acc1[r]);
-    }
+    store_tile<R>(acc0, acc1, c, m0, m1, accumulate);
 }
 
 using TileFn = void (*)(const uint32_t *, const uint16_t * const *, int, float * const *, __mmask16, __mmask16, bool);

@@ -3,7 +3,7 @@
 
 #include "dequant_avx512.h"
 #include "gemm_bf16.h"
-#include "simd_transpose.h"
+#include "simd_avx512.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -96,16 +96,7 @@ __attribute__((target("avx512f"))) void micro_tile(const float * wp, const float
             acc1[r] = _mm512_fmadd_ps(xv, w1, acc1[r]);
         }
     }
-#pragma GCC unroll 6
-    for (int r = 0; r < R; ++r) {
-        float * cr = c[r];
-        if (accumulate) {
-            acc0[r] = _mm512_add_ps(acc0[r], _mm512_maskz_loadu_ps(m0, cr));
-            acc1[r] = _mm512_add_ps(acc1[r], _mm512_maskz_loadu_ps(m1, cr + 16));
-        }
-        _mm512_mask_storeu_ps(cr, m0, acc0[r]);
-        _mm512_mask_storeu_ps(cr + 16, m1, acc1[r]);
-    }
+    store_tile<R>(acc0, acc1, c, m0, m1, accumulate);
 }
 
 using TileFn = void (*)(const float *, const float * const *, int, float * const *, __mmask16, __mmask16, bool);

@@ -1,5 +1,6 @@
-// A 16 x 16 transpose of 32-bit lanes in AVX-512 registers, shared by the GEMMs' panel packers (f32 panels
-// and bf16 pair panels both store, for each K index, 16 consecutive output features side by side).
+// AVX-512 pieces shared by the f32 and bf16 GEMMs: the 16 x 16 transpose of their panel packers (f32 panels and
+// bf16 pair panels both store, for each K index, 16 consecutive output features side by side) and the
+// epilogue of their register tiles.
 #pragma once
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -29,6 +30,23 @@ __attribute__((target("avx512f"))) inline void transpose16(__m512i r[16]) {
         r[k + 8] = _mm512_shuffle_i32x4(v0, v2, 0xDD);
         r[k + 4] = _mm512_shuffle_i32x4(v1, v3, 0x88);
         r[k + 12] = _mm512_shuffle_i32x4(v1, v3, 0xDD);
+    }
+}
+
+// Writes R tokens' 32-feature accumulators to c[r][0..32): added to what is there when `accumulate` (a later
+// K block), masked to the panel's valid features.
+template <int R>
+__attribute__((target("avx512f"))) inline void store_tile(__m512 (&acc0)[R], __m512 (&acc1)[R], float * const * c,
+                                                          __mmask16 m0, __mmask16 m1, bool accumulate) {
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+        float * cr = c[r];
+        if (accumulate) {
+            acc0[r] = _mm512_add_ps(acc0[r], _mm512_maskz_loadu_ps(m0, cr));
+            acc1[r] = _mm512_add_ps(acc1[r], _mm512_maskz_loadu_ps(m1, cr + 16));
+        }
+        _mm512_mask_storeu_ps(cr, m0, acc0[r]);
+        _mm512_mask_storeu_ps(cr + 16, m1, acc1[r]);
     }
 }
 
