@@ -101,8 +101,12 @@ def _gemm_active() -> bool:
     return " avx512f" in flags and os.environ.get("DIFFGEMMA_NO_GEMM", "0") in ("", "0")
 
 
+# Every weight type the issue lists runs (Q4_K and Q5_0/Q6_K/Q8_0 inside q4_k_m and q5_k_m files).
+ALL_OUTTYPES = ["f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q5_0", "q4_k_m", "q4_0", "mxfp4"]
+
+
 @pytest.mark.skipif(not _gemm_active(), reason="needs the AVX-512 f32 GEMM (ggml's path rounds activations)")
-@pytest.mark.parametrize("outtype", ["f16", "bf16", "q8_0", "q4_k_m"])
+@pytest.mark.parametrize("outtype", ALL_OUTTYPES)
 def test_quantized_engine_matches_hf_on_dequantized_weights(outtype, monkeypatch):
     name = "wide"
     prompt, c1, c2, sc, ref = _hf_decoder_pair(name, weights_as=outtype)
@@ -119,6 +123,22 @@ def test_quantized_engine_matches_hf_on_dequantized_weights(outtype, monkeypatch
         print(f"{name} {outtype} {case}: NMSE vs HF on the dequantized weights {err:.2e}; "
               f"vs the original weights {nmse(ours[case], original[case]):.2e}")
         assert err <= bound, f"{outtype} {case}: NMSE {err} > {bound} against HF on the same weights"
+
+
+DEFAULT_PATH_BOUND = 1e-4  # bf16-rounded activations of quantized products, on a trained-like model
+
+
+@pytest.mark.parametrize("outtype", ALL_OUTTYPES)
+def test_every_weight_type_on_the_default_path_matches_hf_on_its_weights(outtype):
+    """The default kernels (bf16 dot products for quantized weights where the CPU has them) on every type,
+    against HF float64 on the same dequantized weights, on a model that does not amplify rounding 1000x."""
+    name = "wide:trained@0"
+    prompt, c1, c2, sc, ref = _hf_decoder_pair(name, weights_as=outtype)
+    ours = _ours(fx.gguf(name, outtype), prompt, c1, c2, sc)
+    for case in ("plain", "sc", "block2"):
+        err = nmse(ours[case], ref[case])
+        print(f"{name} {outtype} {case}: NMSE vs HF on the dequantized weights {err:.2e} (default path)")
+        assert err <= DEFAULT_PATH_BOUND, f"{outtype} {case}: NMSE {err} > {DEFAULT_PATH_BOUND}"
 
 
 def test_f16_decoder_logits_nmse():
