@@ -1,6 +1,7 @@
 // See attention_cpu.h.
 #include "attention_cpu.h"
 
+#include "cpu_isa.h"
 #include "vec_math.h"
 
 #include <algorithm>
@@ -118,18 +119,16 @@ DG_VECTOR_CLONES float exp_shifted(float * s, const float * mask, int64_t n_keys
 
 bool attention_cpu_applies(const ggml_tensor * q, const ggml_tensor * k, const ggml_tensor * v) {
 #ifdef DG_ATTN_AVX512
-    // A/B switches: DIFFGEMMA_NO_ATTENTION_OP for this op alone, DIFFGEMMA_NO_GEMM for all our CPU kernels.
-    for (const char * name : {"DIFFGEMMA_NO_ATTENTION_OP", "DIFFGEMMA_NO_GEMM"}) {
-        const char * off = std::getenv(name);
-        if (off != nullptr && off[0] != '\0' && off[0] != '0') {
-            return false;
-        }
+    // A/B switches: DIFFGEMMA_NO_ATTENTION_OP for this op alone; DIFFGEMMA_NO_GEMM / DIFFGEMMA_CPU_ISA (cpu_isa.h).
+    const char * off = std::getenv("DIFFGEMMA_NO_ATTENTION_OP");
+    if ((off != nullptr && off[0] != '\0' && off[0] != '0') || kernel_isa() != CpuIsa::kAvx512) {
+        return false;
     }
     const bool f32 = q->type == GGML_TYPE_F32 && k->type == GGML_TYPE_F32 && v->type == GGML_TYPE_F32;
     const bool rows = q->nb[0] == sizeof(float) && k->nb[0] == sizeof(float) && v->nb[0] == sizeof(float);
     const bool shapes = k->ne[0] == q->ne[0] && v->ne[0] == q->ne[0] && k->ne[1] == v->ne[1] && k->ne[2] == v->ne[2] &&
                         k->ne[1] > 0 && q->ne[1] % k->ne[1] == 0 && q->ne[3] == 1 && k->ne[3] == 1 && v->ne[3] == 1;
-    return f32 && rows && shapes && __builtin_cpu_supports("avx512f");
+    return f32 && rows && shapes;
 #else
     (void) q;
     (void) k;

@@ -4,6 +4,7 @@
 // are bf16 rows, whose pair (2p, 2p+1) is one 32-bit word that the micro-kernel broadcasts.
 #include "gemm_bf16.h"
 
+#include "cpu_isa.h"
 #include "dequant_avx512.h"
 #include "simd_avx512.h"
 
@@ -169,7 +170,7 @@ bool gemm_bf16_wanted(const ggml_tensor * w, bool f16_too) {
     // f16 weights stay on the f32 path too: rounding the activations to bf16 moved the F16 file's logits to
     // NMSE 2e-2 against HF on the `wide` test model (bound 1e-4; tests/test_engine_parity.py).
     return w->type != GGML_TYPE_F32 && (f16_too || w->type != GGML_TYPE_F16) && w->ne[0] % 2 == 0 &&
-           cpu_has_avx512_bf16();
+           kernel_isa() == CpuIsa::kAvx512 && cpu_has_avx512_bf16();
 #else
     (void) w;
     (void) f16_too;

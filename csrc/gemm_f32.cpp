@@ -1,6 +1,7 @@
 // See gemm_f32.h.
 #include "gemm_f32.h"
 
+#include "cpu_isa.h"
 #include "dequant_avx512.h"
 #include "gemm_bf16.h"
 #include "simd_avx512.h"
@@ -48,7 +49,7 @@ __attribute__((target("avx512f"))) void pack_panel_f32_full(const ggml_tensor * 
 }
 
 void pack_panel(const ggml_tensor * w, int64_t n0, int n_valid, int64_t k0, int kc, float * wp) {
-    if (w->type == GGML_TYPE_F32 && n_valid == kNR && kc % 16 == 0) {
+    if (w->type == GGML_TYPE_F32 && n_valid == kNR && kc % 16 == 0 && kernel_isa() == CpuIsa::kAvx512) {
         pack_panel_f32_full(w, n0, k0, kc, wp);
         return;
     }
@@ -103,6 +104,44 @@ using TileFn = void (*)(const float *, const float * const *, int, float * const
 constexpr TileFn kTiles[kTR + 1] = {nullptr, micro_tile<1>, micro_tile<2>, micro_tile<3>,
                                     micro_tile<4>, micro_tile<5>, micro_tile<6>};
 
+// The AVX2 + FMA tier of micro_tile, on the same packed panel: 32 features are four 8-float registers, so R <= 3
+// tokens (12 accumulators, 3 broadcasts, 1 weight register of the 16). Only the n_valid features are stored.
+template <int R>
+__attribute__((target("avx2,fma"))) void micro_tile_avx2(const float * wp, const float * const * xr, int kc,
+                                                          float * const * c, int n_valid, bool accumulate) {
+    __m256 acc[R][4];
+    for (int r = 0; r < R; ++r) {
+        for (int j = 0; j < 4; ++j) {
+            acc[r][j] = _mm256_setzero_ps();
+        }
+    }
+    for (int k = 0; k < kc; ++k) {
+        __m256 xv[R];
+        for (int r = 0; r < R; ++r) {
+            xv[r] = _mm256_broadcast_ss(xr[r] + k);
+        }
+        for (int j = 0; j < 4; ++j) {
+            const __m256 wv = _mm256_load_ps(wp + k * kNR + 8 * j);
+            for (int r = 0; r < R; ++r) {
+                acc[r][j] = _mm256_fmadd_ps(xv[r], wv, acc[r][j]);
+            }
+        }
+    }
+    for (int r = 0; r < R; ++r) {
+        alignas(32) float out[kNR];
+        for (int j = 0; j < 4; ++j) {
+            _mm256_store_ps(out + 8 * j, acc[r][j]);
+        }
+        for (int j = 0; j < n_valid; ++j) {
+            c[r][j] = accumulate ? c[r][j] + out[j] : out[j];
+        }
+    }
+}
+
+using TileAvx2Fn = void (*)(const float *, const float * const *, int, float * const *, int, bool);
+constexpr int kTR2 = 3;
+constexpr TileAvx2Fn kTilesAvx2[kTR2 + 1] = {nullptr, micro_tile_avx2<1>, micro_tile_avx2<2>, micro_tile_avx2<3>};
+
 // One weight panel (rows [n0, n0 + 32) of w) times the rows x_rows[i], results into c_rows[i] + n0, i < n.
 void panel_product(const ggml_tensor * w, int64_t n0, const float * const * x_rows, float * const * c_rows, int64_t n,
                    float * wp) {
@@ -112,9 +151,21 @@ void panel_product(const ggml_tensor * w, int64_t n0, const float * const * x_ro
     const __mmask16 m1 = static_cast<__mmask16>(n_valid >= 32 ? 0xFFFF : n_valid <= 16 ? 0 : (1u << (n_valid - 16)) - 1);
     const float * xr[kTR];
     float * cr[kTR];
+    const bool avx512 = kernel_isa() == CpuIsa::kAvx512;
     for (int64_t k0 = 0; k0 < K; k0 += kKC) {
         const int kc = static_cast<int>(std::min<int64_t>(kKC, K - k0));
         pack_panel(w, n0, n_valid, k0, kc, wp);
+        if (!avx512) {
+            for (int64_t t0 = 0; t0 < n; t0 += kTR2) {
+                const int rows = static_cast<int>(std::min<int64_t>(kTR2, n - t0));
+                for (int r = 0; r < rows; ++r) {
+                    xr[r] = x_rows[t0 + r] + k0;
+                    cr[r] = c_rows[t0 + r] + n0;
+                }
+                kTilesAvx2[rows](wp, xr, kc, cr, n_valid, k0 > 0);
+            }
+            continue;
+        }
         for (int64_t t0 = 0; t0 < n; t0 += kTR) {
             const int rows = static_cast<int>(std::min<int64_t>(kTR, n - t0));
             for (int r = 0; r < rows; ++r) {
@@ -143,9 +194,18 @@ bool packable(const ggml_tensor * w) {
            w->nb[1] == ggml_row_size(w->type, w->ne[0]);
 }
 
-bool cpu_has_avx512f() {
-    static const bool has = __builtin_cpu_supports("avx512f");
-    return has;
+// Whether our GEMM takes this weight type on this CPU: any packable type with AVX-512; with AVX2 only the
+// f32 / f16 / bf16 weights, whose ggml products are plain dot products (quantized ones keep ggml's fast int8
+// kernels, which round the activations to 8 bits).
+bool isa_takes(const ggml_tensor * w) {
+    switch (kernel_isa()) {
+        case CpuIsa::kAvx512:
+            return true;
+        case CpuIsa::kAvx2:
+            return w->type == GGML_TYPE_F32 || w->type == GGML_TYPE_F16 || w->type == GGML_TYPE_BF16;
+        default:
+            return false;
+    }
 }
 
 #endif  // DG_GEMM_AVX512
@@ -169,11 +229,7 @@ bool wants_bf16(const ggml_tensor * w, const void * userdata) {
 
 bool gemm_f32_applies(const ggml_tensor * w, const ggml_tensor * x) {
 #ifdef DG_GEMM_AVX512
-    const char * off = std::getenv("DIFFGEMMA_NO_GEMM");
-    if (off != nullptr && off[0] != '\0' && off[0] != '0') {
-        return false;
-    }
-    return cpu_has_avx512f() && packable(w) && x->type == GGML_TYPE_F32 && w->ne[0] == x->ne[0] &&
+    return isa_takes(w) && packable(w) && x->type == GGML_TYPE_F32 && w->ne[0] == x->ne[0] &&
            x->nb[0] == sizeof(float) && w->ne[2] == 1 && w->ne[3] == 1 &&
            x->ne[2] == 1 && x->ne[3] == 1 && x->ne[1] >= kTR;
 #else
@@ -213,11 +269,7 @@ void gemm_f32_kernel(ggml_tensor * dst, int ith, int nth, void * userdata) {
 
 bool gemm_f32_id_applies(const ggml_tensor * as, const ggml_tensor * b, const ggml_tensor * ids) {
 #ifdef DG_GEMM_AVX512
-    const char * off = std::getenv("DIFFGEMMA_NO_GEMM");
-    if (off != nullptr && off[0] != '\0' && off[0] != '0') {
-        return false;
-    }
-    return cpu_has_avx512f() && packable(as) && b->type == GGML_TYPE_F32 && ids->type == GGML_TYPE_I32 &&
+    return isa_takes(as) && packable(as) && b->type == GGML_TYPE_F32 && ids->type == GGML_TYPE_I32 &&
            as->ne[0] == b->ne[0] && b->nb[0] == sizeof(float) && as->ne[3] == 1 &&
            b->ne[3] == 1 && ids->ne[1] == b->ne[2] && (b->ne[1] == 1 || b->ne[1] == ids->ne[0]);
 #else

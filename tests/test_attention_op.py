@@ -33,6 +33,9 @@ def _logits(path, tmp_path, disable_op):
 
 
 def _has_avx512f():
+    """The op runs: an AVX-512F CPU, and neither A/B switch (csrc/cpu_isa.h) caps our kernels below it."""
+    if os.environ.get("DIFFGEMMA_CPU_ISA") == "avx2" or os.environ.get("DIFFGEMMA_NO_GEMM", "0") not in ("", "0"):
+        return False
     return "avx512f" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else False
 
 

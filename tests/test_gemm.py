@@ -6,6 +6,7 @@ The C++ is compiled here into a small driver (tests/c/test_gemm.cpp) with the li
 dg:: namespace is not exported from libdiffgemma. Shapes are chosen to hit every edge: a feature count that
 is not a multiple of the 32-row panel, a K of several 256-wide blocks, token counts that leave a partial
 6-token register tile."""
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -44,7 +45,7 @@ def driver(tmp_path_factory):
     # -ffp-contract=off is dequant_avx512.cpp's, harmless for the others).
     subprocess.run([cxx, "-std=gnu++17", "-O3", "-ffp-contract=off", "-Wall", "-Wextra", "-Wno-unused-parameter", "-I", str(csrc),
                     "-I", str(include), str(REPO / "tests" / "c" / "test_gemm.cpp"), str(csrc / "gemm_f32.cpp"),
-                    str(csrc / "gemm_bf16.cpp"), str(csrc / "dequant_avx512.cpp"), "-L", str(lib), "-lggml-base",
+                    str(csrc / "gemm_bf16.cpp"), str(csrc / "dequant_avx512.cpp"), str(csrc / "cpu_isa.cpp"), "-L", str(lib), "-lggml-base",
                     f"-Wl,-rpath,{lib}", "-o", str(exe)], check=True)
     return exe
 
@@ -54,8 +55,9 @@ def has_bf16(driver):
     return subprocess.run([str(driver), "has-bf16"], check=True, capture_output=True, text=True).stdout.strip() == "1"
 
 
-def _run(driver, *args):
-    res = subprocess.run([str(driver), *map(str, args)], capture_output=True, text=True)
+def _run(driver, *args, env=None):
+    res = subprocess.run([str(driver), *map(str, args)], capture_output=True, text=True,
+                         env=None if env is None else {**os.environ, **env})
     if res.returncode == 3:
         pytest.skip(f"the GEMM does not run on this CPU: {res.stderr.strip()}")
     assert res.returncode == 0, res.stderr
@@ -109,6 +111,26 @@ def test_dense_gemm_matches_numpy(driver, has_bf16, tmp_path, wtype, N, K, T):
     check_product(y, w, x, bf16_path=has_bf16 and wtype in BF16_PATH_TYPES)
     check_product(y_f32, w, x, bf16_path=False)  # DIFFGEMMA_NO_BF16=1 forces the f32 path
     # Splitting the features between threads must not change a single value.
+    np.testing.assert_array_equal(y_split, y)
+
+
+def _has_avx2_fma():
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return " avx2" in flags and " fma" in flags
+
+
+@pytest.mark.skipif(not _has_avx2_fma(), reason="the AVX2 tier needs AVX2 + FMA")
+@pytest.mark.parametrize("wtype", ["f32", "f16", "bf16"])
+@pytest.mark.parametrize("N,K,T", [(80, 768, 13), (40, 1536, 7), (33, 256, 8)])
+def test_avx2_tier_matches_numpy(driver, tmp_path, wtype, N, K, T):
+    """CPUs without AVX-512 run the AVX2 register tile (csrc/gemm_f32.cpp) for f32/f16/bf16 weights with f32
+    activations; DIFFGEMMA_CPU_ISA=avx2 selects it here. Partial last panels (N=33, 40, 80) and token counts
+    that leave a partial 3-token tile."""
+    out = tmp_path / "out.bin"
+    _run(driver, "check", wtype, N, K, T, out, env={"DIFFGEMMA_CPU_ISA": "avx2"})
+    w, x, y, y_f32, y_split = read_dense(out)
+    assert np.all(np.isfinite(y)), "some outputs were never written"
+    check_product(y, w, x, bf16_path=False)
     np.testing.assert_array_equal(y_split, y)
 
 

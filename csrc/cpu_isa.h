@@ -1,0 +1,18 @@
+// Which of our CPU kernels may run: the instruction set of this CPU, capped by the A/B switches.
+//
+// DIFFGEMMA_NO_GEMM=1 turns all of them off (ggml's own kernels run); DIFFGEMMA_CPU_ISA=avx2 caps them at
+// the AVX2 tier, so the AVX2 code is tested on AVX-512 machines too.
+#pragma once
+
+namespace dg {
+
+enum class CpuIsa : int {
+    kNone = 0,    // ggml's kernels only
+    kAvx2 = 1,    // AVX2 + FMA: the f32 GEMM (f32, f16 and bf16 weights)
+    kAvx512 = 2,  // AVX-512F: every kernel (GEMM of any type, attention op, bf16 path where AVX512_BF16)
+};
+
+// Read once per process (the environment and the CPU do not change while it runs).
+CpuIsa kernel_isa();
+
+}  // namespace dg
