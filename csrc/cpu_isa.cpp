@@ -13,28 +13,32 @@ bool env_flag(const char * name) {
     return v != nullptr && v[0] != '\0' && v[0] != '0';
 }
 
-CpuIsa detect() {
+// What the CPU can run, detected once.
+CpuIsa cpu_tier() {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-    if (env_flag("DIFFGEMMA_NO_GEMM")) {
-        return CpuIsa::kNone;
-    }
-    const char * cap = std::getenv("DIFFGEMMA_CPU_ISA");
-    const bool cap_avx2 = cap != nullptr && std::strcmp(cap, "avx2") == 0;
-    if (!cap_avx2 && __builtin_cpu_supports("avx512f")) {
-        return CpuIsa::kAvx512;
-    }
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-        return CpuIsa::kAvx2;
-    }
-#endif
+    static const CpuIsa tier = __builtin_cpu_supports("avx512f")                                      ? CpuIsa::kAvx512
+                               : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? CpuIsa::kAvx2
+                                                                                                  : CpuIsa::kNone;
+    return tier;
+#else
     return CpuIsa::kNone;
+#endif
 }
 
 }  // namespace
 
 CpuIsa kernel_isa() {
-    static const CpuIsa isa = detect();
-    return isa;
+    // The switches are read on every call (a getenv per graph node): tests and benchmarks flip them between
+    // passes of one process.
+    if (env_flag("DIFFGEMMA_NO_GEMM")) {
+        return CpuIsa::kNone;
+    }
+    const char * cap = std::getenv("DIFFGEMMA_CPU_ISA");
+    const CpuIsa tier = cpu_tier();
+    if (cap != nullptr && std::strcmp(cap, "avx2") == 0 && tier == CpuIsa::kAvx512) {
+        return CpuIsa::kAvx2;
+    }
+    return tier;
 }
 
 }  // namespace dg

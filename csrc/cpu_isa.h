@@ -12,7 +12,7 @@ enum class CpuIsa : int {
     kAvx512 = 2,  // AVX-512F: every kernel (GEMM of any type, attention op, bf16 path where AVX512_BF16)
 };
 
-// Read once per process (the environment and the CPU do not change while it runs).
+// The CPU is probed once; the two environment switches are read on every call.
 CpuIsa kernel_isa();
 
 }  // namespace dg
