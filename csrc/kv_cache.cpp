@@ -1,6 +1,7 @@
 #include "kv_cache.h"
 
 #include "errors.h"
+#include "host_memory.h"
 
 #include <algorithm>
 
@@ -13,6 +14,24 @@ KvCache::~KvCache() {
     if (ctx_ != nullptr) {
         ggml_free(ctx_);
     }
+}
+
+// Refuses a host KV cache larger than the memory left (host_memory.h): with overcommit the allocation itself
+// would succeed and the process be killed later, when encoding touches the pages.
+static void check_fits_in_host_memory(size_t need, size_t per_position, int32_t n_ctx, ggml_backend_buffer_type_t buft) {
+    if (!ggml_backend_buft_is_host(buft)) {
+        return;
+    }
+    const uint64_t available = available_host_memory();
+    if (available == 0 || need <= available) {
+        return;
+    }
+    const uint64_t fixed = need - per_position * static_cast<uint64_t>(n_ctx);
+    const uint64_t fitting = per_position > 0 && available > fixed ? (available - fixed) / per_position : 0;
+    raise(DIFFGEMMA_ERR_OUT_OF_MEMORY,
+          "cannot allocate the KV cache: %.1f MiB for n_ctx=%d, but only %.1f MiB of memory is available "
+          "(hint: n_ctx <= %llu fits; an f16 cache halves it)",
+          need / 1048576.0, n_ctx, available / 1048576.0, static_cast<unsigned long long>(fitting));
 }
 
 void KvCache::init(const HParams & hp, int32_t n_ctx, int32_t slack, ggml_type type, ggml_backend_buffer_type_t buft) {
@@ -35,9 +54,14 @@ void KvCache::init(const HParams & hp, int32_t n_ctx, int32_t slack, ggml_type t
         ggml_format_name(v_.back(), "cache_v_l%d", il);
     }
     size_t need = 0;
+    size_t per_position = 0;  // bytes that grow with n_ctx: the layers whose slots are n_ctx
     for (int il = 0; il < hp.n_layer; ++il) {
         need += ggml_nbytes(k_[il]) + ggml_nbytes(v_[il]);
+        if (n_slots_[il] == n_ctx) {
+            per_position += (ggml_nbytes(k_[il]) + ggml_nbytes(v_[il])) / static_cast<size_t>(n_ctx);
+        }
     }
+    check_fits_in_host_memory(need, per_position, n_ctx, buft);
     {
         // A failed allocation is reported once, by the error below; ggml's own three log lines about it would
         // only repeat it on stderr (a log callback still receives them).

@@ -72,6 +72,19 @@ def test_kv_cache_allocation_failure_is_an_error(path, capfd):
     assert "failed to allocate" not in capfd.readouterr().err, "the reason belongs in the exception, not on stderr"
 
 
+def test_kv_cache_larger_than_free_memory_is_refused_up_front_with_a_fitting_n_ctx(path):
+    # With overcommit a huge allocation can succeed and the process die later when encoding touches it: the
+    # context compares the cache with the memory left (MemAvailable + swap, cgroup limit) before allocating.
+    if not os.path.exists("/proc/meminfo"):
+        pytest.skip("needs /proc/meminfo")
+    with pytest.raises(OutOfMemoryError) as e:
+        Model(path, n_threads=1, n_ctx=2**31 - 1)
+    msg = str(e.value)
+    assert "of memory is available" in msg, msg
+    fitting = int(re.search(r"n_ctx <= (\d+) fits", msg).group(1))
+    assert 0 < fitting < 2**31 - 1
+
+
 # ---- cancel ----------------------------------------------------------------------------------------------------
 
 class _Canceller(threading.Thread):
