@@ -120,8 +120,7 @@ DG_VECTOR_CLONES float exp_shifted(float * s, const float * mask, int64_t n_keys
 bool attention_cpu_applies(const ggml_tensor * q, const ggml_tensor * k, const ggml_tensor * v) {
 #ifdef DG_ATTN_AVX512
     // A/B switches: DIFFGEMMA_NO_ATTENTION_OP for this op alone; DIFFGEMMA_NO_GEMM / DIFFGEMMA_CPU_ISA (cpu_isa.h).
-    const char * off = std::getenv("DIFFGEMMA_NO_ATTENTION_OP");
-    if ((off != nullptr && off[0] != '\0' && off[0] != '0') || kernel_isa() != CpuIsa::kAvx512) {
+    if (env_flag("DIFFGEMMA_NO_ATTENTION_OP") || kernel_isa() != CpuIsa::kAvx512) {
         return false;
     }
     const bool f32 = q->type == GGML_TYPE_F32 && k->type == GGML_TYPE_F32 && v->type == GGML_TYPE_F32;

@@ -6,12 +6,12 @@
 
 namespace dg {
 
-namespace {
-
 bool env_flag(const char * name) {
     const char * v = std::getenv(name);
     return v != nullptr && v[0] != '\0' && v[0] != '0';
 }
+
+namespace {
 
 // What the CPU can run, detected once.
 CpuIsa cpu_tier() {

@@ -12,7 +12,11 @@ enum class CpuIsa : int {
     kAvx512 = 2,  // AVX-512F: every kernel (GEMM of any type, attention op, bf16 path where AVX512_BF16)
 };
 
-// The CPU is probed once; the two environment switches are read on every call.
+// The CPU is probed once; the two environment switches are read on every call. Read it once per kernel
+// call (not per panel): it is a getenv.
 CpuIsa kernel_isa();
+
+// True when the environment variable is set to something other than "" or "0" (our A/B switches).
+bool env_flag(const char * name);
 
 }  // namespace dg

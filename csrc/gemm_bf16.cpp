@@ -163,8 +163,7 @@ bool cpu_has_avx512_bf16() {
 
 bool gemm_bf16_wanted(const ggml_tensor * w, bool f16_too) {
 #ifdef DG_GEMM_BF16
-    const char * off = std::getenv("DIFFGEMMA_NO_BF16");
-    if (off != nullptr && off[0] != '\0' && off[0] != '0') {
+    if (env_flag("DIFFGEMMA_NO_BF16")) {
         return false;
     }
     // f16 weights stay on the f32 path too: rounding the activations to bf16 moved the F16 file's logits to

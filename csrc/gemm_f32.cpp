@@ -26,9 +26,6 @@ constexpr int kKC = 256;  // K block: a packed panel is 32 KiB, resident in L1 w
 
 #ifdef DG_GEMM_AVX512
 
-// Packs rows [n0, n0 + n_valid) x columns [k0, k0 + kc) of w transposed: wp[k * 32 + j] = w[n0 + j][k0 + k],
-// zero for j >= n_valid. Quantized / half-precision weights are dequantized here (ggml's to_float), so
-// every weight type runs the same f32 register tile and the activations are never quantized.
 // The common f32 case of pack_panel (32 full rows, kc a multiple of 16) as 16 x 16 in-register transposes:
 // the scalar scatter below costs as much as the products when an expert sees only ~32 tokens.
 __attribute__((target("avx512f"))) void pack_panel_f32_full(const ggml_tensor * w, int64_t n0, int64_t k0, int kc,
@@ -48,8 +45,11 @@ __attribute__((target("avx512f"))) void pack_panel_f32_full(const ggml_tensor * 
     }
 }
 
-void pack_panel(const ggml_tensor * w, int64_t n0, int n_valid, int64_t k0, int kc, float * wp) {
-    if (w->type == GGML_TYPE_F32 && n_valid == kNR && kc % 16 == 0 && kernel_isa() == CpuIsa::kAvx512) {
+// Packs rows [n0, n0 + n_valid) x columns [k0, k0 + kc) of w transposed: wp[k * 32 + j] = w[n0 + j][k0 + k],
+// zero for j >= n_valid. Quantized / half-precision weights are dequantized here (ggml's to_float), so
+// every weight type runs the same f32 register tile and the activations are never quantized.
+void pack_panel(const ggml_tensor * w, int64_t n0, int n_valid, int64_t k0, int kc, float * wp, bool avx512) {
+    if (w->type == GGML_TYPE_F32 && n_valid == kNR && kc % 16 == 0 && avx512) {
         pack_panel_f32_full(w, n0, k0, kc, wp);
         return;
     }
@@ -142,19 +142,19 @@ using TileAvx2Fn = void (*)(const float *, const float * const *, int, float * c
 constexpr int kTR2 = 3;
 constexpr TileAvx2Fn kTilesAvx2[kTR2 + 1] = {nullptr, micro_tile_avx2<1>, micro_tile_avx2<2>, micro_tile_avx2<3>};
 
-// One weight panel (rows [n0, n0 + 32) of w) times the rows x_rows[i], results into c_rows[i] + n0, i < n.
+// One weight panel (rows [n0, n0 + 32) of w) times the rows x_rows[i], results into c_rows[i] + n0, i < n;
+// `avx512` picks the register tile (else the AVX2 one).
 void panel_product(const ggml_tensor * w, int64_t n0, const float * const * x_rows, float * const * c_rows, int64_t n,
-                   float * wp) {
+                   float * wp, bool avx512) {
     const int64_t K = w->ne[0];
     const int n_valid = static_cast<int>(std::min<int64_t>(kNR, w->ne[1] - n0));
     const __mmask16 m0 = static_cast<__mmask16>(n_valid >= 16 ? 0xFFFF : (1u << n_valid) - 1);
     const __mmask16 m1 = static_cast<__mmask16>(n_valid >= 32 ? 0xFFFF : n_valid <= 16 ? 0 : (1u << (n_valid - 16)) - 1);
     const float * xr[kTR];
     float * cr[kTR];
-    const bool avx512 = kernel_isa() == CpuIsa::kAvx512;
     for (int64_t k0 = 0; k0 < K; k0 += kKC) {
         const int kc = static_cast<int>(std::min<int64_t>(kKC, K - k0));
-        pack_panel(w, n0, n_valid, k0, kc, wp);
+        pack_panel(w, n0, n_valid, k0, kc, wp, avx512);
         if (!avx512) {
             for (int64_t t0 = 0; t0 < n; t0 += kTR2) {
                 const int rows = static_cast<int>(std::min<int64_t>(kTR2, n - t0));
@@ -257,8 +257,9 @@ void gemm_f32_kernel(ggml_tensor * dst, int ith, int nth, void * userdata) {
         return;
     }
     float * wp = panel_buffer();
+    const bool avx512 = kernel_isa() == CpuIsa::kAvx512;
     for (int64_t p = n_panels * ith / nth; p < n_panels * (ith + 1) / nth; ++p) {
-        panel_product(w, p * kNR, x_rows.data(), c_rows.data(), T, wp);
+        panel_product(w, p * kNR, x_rows.data(), c_rows.data(), T, wp, avx512);
     }
 #else
     (void) dst;
@@ -294,6 +295,7 @@ void gemm_f32_id_kernel(ggml_tensor * dst, int ith, int nth, void * userdata) {
     std::vector<float *> c_rows;
     float * wp = panel_buffer();
     const bool bf16 = wants_bf16(as, userdata);
+    const bool avx512 = kernel_isa() == CpuIsa::kAvx512;
     int64_t item = 0;
     for (int64_t e = 0; e < n_expert; ++e) {
         x_rows.clear();
@@ -325,7 +327,7 @@ void gemm_f32_id_kernel(ggml_tensor * dst, int ith, int nth, void * userdata) {
         }
         for (int64_t p = 0; p < n_panels; ++p, ++item) {
             if (item % nth == ith) {
-                panel_product(&w, p * kNR, x_rows.data(), c_rows.data(), n_rows, wp);
+                panel_product(&w, p * kNR, x_rows.data(), c_rows.data(), n_rows, wp, avx512);
             }
         }
     }
