@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from engine_fixtures import gguf
+from kernel_tier import kernel_tier
 
 TESTS = Path(__file__).parent
 RUN = r'''
@@ -32,14 +33,7 @@ def _logits(path, tmp_path, disable_op):
     return np.load(out)
 
 
-def _has_avx512f():
-    """The op runs: an AVX-512F CPU, and neither A/B switch (csrc/cpu_isa.h) caps our kernels below it."""
-    if os.environ.get("DIFFGEMMA_CPU_ISA") == "avx2" or os.environ.get("DIFFGEMMA_NO_GEMM", "0") not in ("", "0"):
-        return False
-    return "avx512f" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else False
-
-
-@pytest.mark.skipif(not _has_avx512f(), reason="the fused attention op needs AVX-512F; ggml's chain runs instead")
+@pytest.mark.skipif(kernel_tier() != "avx512", reason="the fused attention op needs AVX-512F; ggml's chain runs instead")
 @pytest.mark.parametrize("name", ["small", "gqa4"])
 def test_fused_attention_matches_ggml_chain(name, tmp_path):
     path = gguf(name)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import engine_fixtures as fx
+from kernel_tier import kernel_tier
 from diffgemma_cpp import Model
 from diffgemma_cpp._native import ffi, lib
 from diffgemma_cpp.bench import _timings
@@ -59,6 +60,7 @@ def test_op_profile_lists_the_weight_products():
         assert "token_embd.weight" in text and "attn_q.weight" in text
 
 
+@pytest.mark.skipif(kernel_tier() == "none", reason="none of our GEMM tiers runs on this CPU")
 def test_f32_gemm_matches_ggml_mul_mat():
     """The custom GEMM and ggml's mul_mat compute the same products (only the summation order differs)."""
     with Model(fx.gguf("wide", "f32"), n_threads=2) as m:
@@ -113,6 +115,7 @@ def test_bench_cli_markdown_and_bad_arguments(capsys):
         _cmd_bench(A)
 
 
+@pytest.mark.skipif(kernel_tier() != "avx512", reason="only the AVX-512 tier multiplies quantized weights itself")
 def test_gemm_runs_quantized_weights_with_f32_activations():
     """q8_0 weights go through the GEMM too (dequantized while packing): it must change the result, and bring
     it closer to the F32 file's than ggml's path, which quantizes the activations to 8 bits as well."""

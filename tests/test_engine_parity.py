@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import engine_fixtures as fx
+from kernel_tier import kernel_tier
 from diffgemma_cpp import Model
 
 CONFIGS = ["small", "gqa4", "wide"]
@@ -94,26 +95,13 @@ DEQUANT_BOUND = {"plain": 1e-8, "sc": 1e-8, "block2": 1e-8}
 DEQUANT_SC_BOUND_ROUNDED_EMBD = 3e-5  # the SC case where the f16 copy rounds the embedding (q8_0, q4_k_m)
 
 
-def _kernel_tier() -> str:
-    """Which of our CPU kernels run here (csrc/cpu_isa.h): "avx512" (all), "avx2" (the f32 GEMM for f32, f16
-    and bf16 weights; quantized weights use ggml's int8 kernels) or "none"."""
-    import os
-
-    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
-    if os.environ.get("DIFFGEMMA_NO_GEMM", "0") not in ("", "0"):
-        return "none"
-    if " avx512f" in flags and os.environ.get("DIFFGEMMA_CPU_ISA") != "avx2":
-        return "avx512"
-    return "avx2" if " avx2" in flags and " fma" in flags else "none"
-
-
 def _gemm_active() -> bool:
-    return _kernel_tier() == "avx512"
+    return kernel_tier() == "avx512"
 
 
 def _exact_kernels_for(outtype: str) -> bool:
     """Our f32-activation GEMM multiplies this type (else ggml's kernels round the activations)."""
-    return _kernel_tier() == "avx512" or (_kernel_tier() == "avx2" and outtype in ("f16", "bf16"))
+    return kernel_tier() == "avx512" or (kernel_tier() == "avx2" and outtype in ("f16", "bf16"))
 
 
 # Every weight type the issue lists runs (Q4_K and Q5_0/Q6_K/Q8_0 inside q4_k_m and q5_k_m files).
@@ -123,7 +111,7 @@ ALL_OUTTYPES = ["f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q5_0", "q4_k_m", "q4_0
 @pytest.mark.parametrize("outtype", ALL_OUTTYPES)
 def test_quantized_engine_matches_hf_on_dequantized_weights(outtype, monkeypatch):
     if not _exact_kernels_for(outtype):
-        pytest.skip(f"{outtype}: ggml's kernels round the activations on this CPU tier ({_kernel_tier()})")
+        pytest.skip(f"{outtype}: ggml's kernels round the activations on this CPU tier ({kernel_tier()})")
     name = "wide"
     prompt, c1, c2, sc, ref = _hf_decoder_pair(name, weights_as=outtype)
     *_, original = _hf_decoder_pair(name)
@@ -149,7 +137,7 @@ def test_every_weight_type_on_the_default_path_matches_hf_on_its_weights(outtype
     """The default kernels (bf16 dot products for quantized weights where the CPU has them) on every type,
     against HF float64 on the same dequantized weights, on a model that does not amplify rounding 1000x."""
     if not _exact_kernels_for(outtype):
-        pytest.skip(f"{outtype}: bound set for our kernels; ggml's round activations to 8 bits ({_kernel_tier()})")
+        pytest.skip(f"{outtype}: bound set for our kernels; ggml's round activations to 8 bits ({kernel_tier()})")
     name = "wide:trained@0"
     prompt, c1, c2, sc, ref = _hf_decoder_pair(name, weights_as=outtype)
     ours = _ours(fx.gguf(name, outtype), prompt, c1, c2, sc)
@@ -231,7 +219,7 @@ def _trained_like_cases(seed: int):
 # With none of our kernels (DIFFGEMMA_NO_GEMM=1, or a CPU without AVX2), ggml's CPU kernels round activations to
 # the weight's dot-product type: measured there, bf16 seed 3 block2 reaches NMSE 1.24e-4 (bound 1e-4). Our AVX2
 # tier multiplies bf16 weights with f32 activations, so the bounds hold from AVX2 up.
-OWN_KERNELS = pytest.mark.skipif(_kernel_tier() == "none", reason="the bounds are met by our kernels; ggml's "
+OWN_KERNELS = pytest.mark.skipif(kernel_tier() == "none", reason="the bounds are met by our kernels; ggml's "
                                  "activation-rounding bf16 kernel exceeds them slightly")
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from kernel_tier import cpu_flags
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Weight types whose products take the bf16 path on a CPU with AVX512_BF16 (f32 and f16 keep the f32 path).
@@ -114,12 +116,7 @@ def test_dense_gemm_matches_numpy(driver, has_bf16, tmp_path, wtype, N, K, T):
     np.testing.assert_array_equal(y_split, y)
 
 
-def _has_avx2_fma():
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return " avx2" in flags and " fma" in flags
-
-
-@pytest.mark.skipif(not _has_avx2_fma(), reason="the AVX2 tier needs AVX2 + FMA")
+@pytest.mark.skipif(not (" avx2" in cpu_flags() and " fma" in cpu_flags()), reason="the AVX2 tier needs AVX2 + FMA")
 @pytest.mark.parametrize("wtype", ["f32", "f16", "bf16"])
 @pytest.mark.parametrize("N,K,T", [(80, 768, 13), (40, 1536, 7), (33, 256, 8)])
 def test_avx2_tier_matches_numpy(driver, tmp_path, wtype, N, K, T):
