@@ -64,6 +64,9 @@ diffgemma_context::~diffgemma_context() {
     if (sched != nullptr) {
         ggml_backend_sched_free(sched);
     }
+    if (gpu != nullptr) {
+        ggml_backend_free(gpu);
+    }
     if (cpu != nullptr) {
         ggml_backend_free(cpu);
     }
@@ -113,7 +116,7 @@ void encode_tokens(diffgemma_context * c, const int32_t * tokens, int32_t n_toke
         const auto t0 = Clock::now();
         const int32_t T = std::min(c->n_batch, n_tokens - start);
         GraphScope g(c);
-        GraphBuilder b{hp, c->model->w, c->kv, g.ctx, g.gf};
+        GraphBuilder b{hp, c->model->w, c->kv, g.ctx, g.gf, c->gpu != nullptr};
         GraphInputs in = b.build_encoder(c->n_past, T);
         ggml_backend_sched_reset(c->sched);
         compute(c, g.gf, "encoder");
@@ -154,7 +157,14 @@ void rewind(diffgemma_context * c, int32_t n_keep) {
     encode_tokens(c, keep.data(), n_keep);
 }
 
-void decoder_pass(diffgemma_context * c, const int32_t * canvas, const float * sc_logits, float sc_scale, float * out_logits) {
+namespace {
+
+// Builds, allocates and runs one decoder graph over `canvas`, then hands its logits tensor to `use` while the
+// tensor still exists (the graph's metadata and buffers are reused by the next pass). Self-conditioning
+// reads host `sc_logits` (softmax at sc_scale in the graph), or with `sc_on_gpu` the sampler's probabilities.
+template <typename Use>
+void run_decoder(diffgemma_context * c, const int32_t * canvas, const float * sc_logits, float sc_scale, bool sc_on_gpu,
+                 Use use) {
     const HParams & hp = c->model->hp;
     const int32_t C = hp.canvas_length;
     for (int32_t i = 0; i < C; ++i) {
@@ -168,9 +178,11 @@ void decoder_pass(diffgemma_context * c, const int32_t * canvas, const float * s
     }
     const auto t_setup = Clock::now();
     GraphScope g(c);
-    GraphBuilder b{hp, c->model->w, c->kv, g.ctx, g.gf};
+    GraphBuilder b{hp, c->model->w, c->kv, g.ctx, g.gf, c->gpu != nullptr};
     c->sc_topk.scale = sc_scale;
-    GraphInputs in = b.build_decoder(c->n_past, C, sc_logits != nullptr, sc_scale, c->sc_topk.k > 0 ? &c->sc_topk : nullptr);
+    const bool with_sc = sc_logits != nullptr || sc_on_gpu;
+    GraphInputs in = b.build_decoder(c->n_past, C, with_sc, sc_scale, c->sc_topk.k > 0 ? &c->sc_topk : nullptr,
+                                     sc_on_gpu ? c->gpu_sampler->sc_probs() : nullptr);
     ggml_backend_sched_reset(c->sched);
     compute(c, g.gf, "decoder");
     std::vector<int32_t> pos(static_cast<size_t>(C));
@@ -187,10 +199,30 @@ void decoder_pass(diffgemma_context * c, const int32_t * canvas, const float * s
     tm.compute_begin = tm.last_node = Clock::now();
     run(c, g.gf, "decoder");
     tm.add_decoder_compute(ms_since(tm.compute_begin));
-    const auto t_read = Clock::now();
-    ggml_backend_tensor_get(in.logits, out_logits, 0, ggml_nbytes(in.logits));
-    tm.totals.readback_ms += ms_since(t_read);
+    use(in.logits);
     tm.totals.n_decoder += 1;
+}
+
+}  // namespace
+
+void decoder_pass(diffgemma_context * c, const int32_t * canvas, const float * sc_logits, float sc_scale, float * out_logits) {
+    run_decoder(c, canvas, sc_logits, sc_scale, false, [&](ggml_tensor * logits) {
+        const auto t_read = Clock::now();
+        ggml_backend_tensor_get(logits, out_logits, 0, ggml_nbytes(logits));
+        c->timing.totals.readback_ms += ms_since(t_read);
+    });
+}
+
+void decoder_pass_gpu(diffgemma_context * c, const int32_t * canvas, bool with_sc, float inv_temp, const float * uniforms,
+                      std::vector<RowStats> & stats) {
+    if (c->gpu_sampler == nullptr) {
+        raise(DIFFGEMMA_ERR_INTERNAL, "decoder_pass_gpu needs a context whose head is offloaded");
+    }
+    run_decoder(c, canvas, nullptr, 1.0f, with_sc, [&](ggml_tensor * logits) {
+        const auto t_sampler = Clock::now();
+        c->gpu_sampler->step(logits, inv_temp, uniforms, stats);
+        c->timing.totals.sampler_ms += ms_since(t_sampler);
+    });
 }
 
 }  // namespace dg
@@ -255,9 +287,38 @@ int32_t diffgemma_context_new(diffgemma_model * model, const diffgemma_context_p
         // Ring slack of sliding layers: one encoder chunk, and at least one canvas, so that a prompt repeated
         // after one generated block still finds its sliding windows in the cache.
         const int32_t slack = std::max(c->n_batch, hp.canvas_length);
-        c->kv.init(hp, n_ctx, slack, p.kv_type == DIFFGEMMA_KV_F16 ? GGML_TYPE_F16 : GGML_TYPE_F32, ggml_backend_cpu_buffer_type());
-        ggml_backend_t backends[1] = {c->cpu};
-        c->sched = ggml_backend_sched_new(backends, nullptr, 1, kGraphNodes, false, true);
+        const ggml_type kv_type = p.kv_type == DIFFGEMMA_KV_F16 ? GGML_TYPE_F16 : GGML_TYPE_F32;
+        const dg::Placement & pl = model->placement;
+        std::vector<ggml_backend_buffer_type_t> kv_buft(static_cast<size_t>(hp.n_layer), ggml_backend_cpu_buffer_type());
+        if (pl.use_gpu) {
+            if (pl.head_on_gpu && p.sc_top_k > 0) {
+                dg::raise(DIFFGEMMA_ERR_INVALID_ARGUMENT, "sc_top_k is an approximation for the CPU; with the head offloaded "
+                          "the exact self-conditioning product runs on the GPU (use sc_top_k=0)");
+            }
+            for (int il = 0; il < hp.n_layer; ++il) {
+                if (pl.layer_on_gpu[il]) {
+                    kv_buft[static_cast<size_t>(il)] = dg::gpu_buffer_type(pl.gpu);
+                }
+            }
+            const size_t weights_on_gpu = dg::gpu_weight_bytes(hp, model->w, pl).total();
+            dg::check_context_fits(hp, pl, n_ctx, weights_on_gpu, [&](int32_t n) {
+                return dg::KvCache::bytes_for(hp, n, slack, kv_type, pl.layer_on_gpu);
+            });
+            c->gpu = dg::gpu_backend_init(pl.gpu);
+        }
+        c->kv.init(hp, n_ctx, slack, kv_type, kv_buft);
+        if (pl.head_on_gpu && dg::GpuStepSampler::available(pl)) {
+            c->gpu_sampler = std::make_unique<dg::GpuStepSampler>(hp, pl);
+        } else if (pl.head_on_gpu) {
+            dg::log(DIFFGEMMA_LOG_WARN, "the head is on %s, but this build has no diffgemma CUDA sampler for it: each "
+                    "denoising step reads %.0f MiB of logits back to the host (build with CMAKE_ARGS=\"-DDIFFGEMMA_CUDA=ON\")",
+                    pl.gpu.name.c_str(), 4.0 * hp.n_vocab * hp.canvas_length / 1048576.0);
+        }
+        // The GPU first: ggml's scheduler prefers earlier backends. No op offload: weights the user kept in
+        // host memory (cpu_moe, layers on the CPU) are multiplied there instead of being copied over each pass.
+        ggml_backend_t backends[2] = {c->gpu != nullptr ? c->gpu : c->cpu, c->cpu};
+        const int n_backends = c->gpu != nullptr ? 2 : 1;
+        c->sched = ggml_backend_sched_new(backends, nullptr, n_backends, kGraphNodes, false, false);
         if (c->sched == nullptr) {
             dg::raise(DIFFGEMMA_ERR_BACKEND, "cannot create the ggml scheduler");
         }

@@ -109,6 +109,18 @@ void log(int32_t level, const char * fmt, ...) {
     emit(level, line.c_str());
 }
 
+void announce(const char * text) {
+    std::string line = text;
+    if (line.empty() || line.back() != '\n') {
+        line.push_back('\n');
+    }
+    if (g_log_callback.load() != nullptr) {
+        emit(DIFFGEMMA_LOG_INFO, line.c_str());
+    } else {
+        std::fputs(line.c_str(), stderr);
+    }
+}
+
 GgmlErrorCapture::GgmlErrorCapture() {
     // The bridge must be ggml's sink for the capture to see anything; installing it again is harmless.
     ggml_log_set(ggml_log_bridge, nullptr);

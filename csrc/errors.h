@@ -19,6 +19,10 @@ void clear_error();
 // printf-style logging through the user's callback (default: stderr at WARN and above).
 void log(int32_t level, const char * fmt, ...) __attribute__((format(printf, 2, 3)));
 
+// A message the user should see whatever the log level (the offload memory plan): INFO through the log
+// callback, or stderr when none is set.
+void announce(const char * text);
+
 // printf into a std::string.
 std::string format(const char * fmt, ...) __attribute__((format(printf, 1, 2)));
 

@@ -112,7 +112,9 @@ int32_t denoise_canvas(diffgemma_context * c, const diffgemma_sampler_params & p
     for (int32_t i = 0; i < C; ++i) {
         canvas[static_cast<size_t>(i)] = replay ? replay->init[static_cast<size_t>(block) * C + i] : draw_token(c->rng, V);
     }
-    std::vector<float> logits(CV), sc(CV);
+    // With the head offloaded the logits and the self-conditioning input stay on the GPU (gpu_step_sampler.h).
+    const bool on_gpu = c->gpu_sampler != nullptr;
+    std::vector<float> logits(on_gpu ? 0 : CV), sc(on_gpu ? 0 : CV);
     bool have_sc = false;
     std::vector<std::vector<int32_t>> history;  // the last k argmax canvases
     std::vector<int32_t> argmax(static_cast<size_t>(C));
@@ -123,16 +125,24 @@ int32_t denoise_canvas(diffgemma_context * c, const diffgemma_sampler_params & p
         if (c->cancel.load()) {
             raise(DIFFGEMMA_ERR_CANCELLED, "generation cancelled before step %d of block %d", steps + 1, block);
         }
-        decoder_pass(c, canvas.data(), have_sc ? sc.data() : nullptr, 1.0f, logits.data());
-        const auto t_sampler = Clock::now();
         const float T = static_cast<float>(p.t_min + (static_cast<double>(p.t_max) - p.t_min) * n / N);
         const size_t step_offset = (static_cast<size_t>(block) * (replay ? replay->n_steps : 0) + static_cast<size_t>(steps)) * C;
+        // The uniforms are drawn before the pass (which draws nothing), so both paths consume the RNG alike.
         if (replay == nullptr) {
             for (auto & u : uniforms) {
                 u = draw_uniform(c->rng);
             }
         }
-        step_stats(logits.data(), C, V, T, replay ? nullptr : uniforms.data(), c->n_threads, st);
+        auto t_sampler = Clock::now();
+        if (on_gpu) {
+            // Replays bring their own samples; the GPU still needs some uniform (zeros) for the statistics.
+            decoder_pass_gpu(c, canvas.data(), have_sc, 1.0f / T, uniforms.data(), st);
+            t_sampler = Clock::now();  // the sampler's GPU time is already in sampler_ms
+        } else {
+            decoder_pass(c, canvas.data(), have_sc ? sc.data() : nullptr, 1.0f, logits.data());
+            t_sampler = Clock::now();
+            step_stats(logits.data(), C, V, T, replay ? nullptr : uniforms.data(), c->n_threads, st);
+        }
         const std::vector<bool> accept = accept_set(st, p.entropy_bound);
         double mean_entropy = 0.0;
         for (int32_t j = 0; j < C; ++j) {
@@ -158,7 +168,7 @@ int32_t denoise_canvas(diffgemma_context * c, const diffgemma_sampler_params & p
                 history.erase(history.begin());
             }
         }
-        std::swap(sc, logits);
+        std::swap(sc, logits);  // the GPU path keeps its probabilities on the GPU instead
         have_sc = true;
         if (on_step != nullptr && on_step(block, steps + 1, N, argmax.data(), C, user_data) != 0) {
             raise(DIFFGEMMA_ERR_CANCELLED, "generation cancelled by the step callback at step %d of block %d", steps + 1, block);

@@ -32,8 +32,9 @@ ggml_tensor * GraphBuilder::rms(ggml_tensor * x, ggml_tensor * weight) {
 
 // A weight matrix times activations: our f32 GEMM (gemm_f32.h) where it applies, else ggml's mul_mat.
 // activations: how the GEMM may round x (gemm_f32.h); ggml's mul_mat rounds as its weight type dictates.
+// Offloaded weights always take ggml's op: a custom op would run on the CPU and pull the weight back.
 ggml_tensor * GraphBuilder::matmul(ggml_tensor * weight, ggml_tensor * x, GemmActivations activations) {
-    if (!gemm_f32_applies(weight, x)) {
+    if (w.on_gpu(weight) || !gemm_f32_applies(weight, x)) {
         return ggml_mul_mat(ctx, weight, x);
     }
     ggml_tensor * args[2] = {weight, x};
@@ -43,7 +44,7 @@ ggml_tensor * GraphBuilder::matmul(ggml_tensor * weight, ggml_tensor * x, GemmAc
 
 // Expert matrices times their routed rows: our f32 GEMM where it applies, else ggml's mul_mat_id.
 ggml_tensor * GraphBuilder::matmul_id(ggml_tensor * experts, ggml_tensor * x, ggml_tensor * ids) {
-    if (!gemm_f32_id_applies(experts, x, ids)) {
+    if (w.on_gpu(experts) || !gemm_f32_id_applies(experts, x, ids)) {
         return ggml_mul_mat_id(ctx, experts, x, ids);
     }
     ggml_tensor * args[3] = {experts, x, ids};
@@ -52,9 +53,21 @@ ggml_tensor * GraphBuilder::matmul_id(ggml_tensor * experts, ggml_tensor * x, gg
 }
 
 // gelu_tanh(gate) * up as one exact custom node (cpu_ops.h): ggml_gelu on the CPU reads an f16 table, whose
-// ~1e-3 relative error would show in HF parity, and the exact op chain costs ten graph nodes.
-ggml_tensor * GraphBuilder::geglu(ggml_tensor * gate, ggml_tensor * up) {
+// ~1e-3 relative error would show in HF parity, and the exact op chain costs ten graph nodes. On a real GPU
+// (where `weight`, the matrix that produced gate, lives) ggml's fused GEGLU computes tanh in f32.
+ggml_tensor * GraphBuilder::geglu(ggml_tensor * gate, ggml_tensor * up, const ggml_tensor * weight) {
+    if (real_gpu && w.on_gpu(weight)) {
+        return ggml_geglu_split(ctx, gate, up);
+    }
     return ggml_map_custom2(ctx, gate, up, geglu_tanh_kernel, GGML_N_TASKS_MAX, nullptr);
+}
+
+// cap * tanh(logits / cap): our one-pass CPU op, or three ggml ops (exact on every backend) on the GPU.
+ggml_tensor * GraphBuilder::softcap(ggml_tensor * logits) {
+    if (w.on_gpu(w.head)) {
+        return ggml_scale(ctx, ggml_tanh(ctx, ggml_scale(ctx, logits, 1.0f / hp.softcap)), hp.softcap);
+    }
+    return ggml_map_custom1(ctx, logits, softcap_kernel, GGML_N_TASKS_MAX, const_cast<float *>(&hp.softcap));
 }
 
 ggml_tensor * GraphBuilder::attention(int il, ggml_tensor * h, ggml_tensor * pos, int32_t n_past, bool encoder,
@@ -97,7 +110,7 @@ ggml_tensor * GraphBuilder::attention(int il, ggml_tensor * h, ggml_tensor * pos
         k = ggml_concat(ctx, kv.k_range(ctx, il, key_begin, n_past), k, 2);
         v = ggml_concat(ctx, kv.v_range(ctx, il, key_begin, n_past), v, 2);
     }
-    if (attention_cpu_applies(q, k, v)) {
+    if (!w.on_gpu(l.wq) && attention_cpu_applies(q, k, v)) {
         ggml_tensor * args[4] = {q, k, v, mask};
         ggml_tensor * out = ggml_custom_4d(ctx, GGML_TYPE_F32, D, hp.n_head, T, 1, args, mask != nullptr ? 4 : 3,
                                            attention_cpu_kernel, GGML_N_TASKS_MAX, nullptr);
@@ -116,7 +129,7 @@ ggml_tensor * GraphBuilder::attention(int il, ggml_tensor * h, ggml_tensor * pos
 ggml_tensor * GraphBuilder::dense_ffn(int il, ggml_tensor * r) {
     const LayerWeights & l = w.layers[static_cast<size_t>(il)];
     ggml_tensor * h = rms(r, l.ffn_norm);
-    ggml_tensor * act = geglu(matmul(l.ffn_gate, h), matmul(l.ffn_up, h));
+    ggml_tensor * act = geglu(matmul(l.ffn_gate, h), matmul(l.ffn_up, h), l.ffn_gate);
     return rms(matmul(l.ffn_down, act), l.post_ffw_norm_1);
 }
 
@@ -150,7 +163,7 @@ ggml_tensor * GraphBuilder::moe(int il, ggml_tensor * r) {
         gate = matmul_id(l.gate_exps, x, ids);
         up = matmul_id(l.up_exps, x, ids);
     }
-    ggml_tensor * act = geglu(gate, up);                                          // [F, k, T]
+    ggml_tensor * act = geglu(gate, up, l.down_exps);                             // [F, k, T]
     ggml_tensor * y = ggml_mul(ctx, matmul_id(l.down_exps, act, ids), weights);  // [E, k, T]
     ggml_tensor * sum = nullptr;
     for (int j = 0; j < k; ++j) {
@@ -195,7 +208,7 @@ GraphInputs GraphBuilder::build_encoder(int32_t n_past, int32_t n_tokens) {
 }
 
 GraphInputs GraphBuilder::build_decoder(int32_t n_past, int32_t n_canvas, bool with_sc, float sc_scale,
-                                        const ScTopkParams * sc_topk) {
+                                        const ScTopkParams * sc_topk, ggml_tensor * sc_probs) {
     GraphInputs in;
     in.ids = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n_canvas);
     in.pos = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n_canvas);
@@ -203,10 +216,16 @@ GraphInputs GraphBuilder::build_decoder(int32_t n_past, int32_t n_canvas, bool w
     ggml_set_input(in.pos);
     ggml_tensor * x = ggml_scale(ctx, ggml_get_rows(ctx, w.tok_embd, in.ids), hp.embed_scale);
     if (with_sc && w.sc_gate != nullptr) {
-        in.sc_logits = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, hp.n_vocab, n_canvas);
-        ggml_set_input(in.sc_logits);
+        if (sc_probs == nullptr) {
+            in.sc_logits = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, hp.n_vocab, n_canvas);
+            ggml_set_input(in.sc_logits);
+        }
         ggml_tensor * soft;  // probs @ E: [n_embd, C]
-        if (sc_topk != nullptr) {
+        if (sc_probs != nullptr) {
+            // f16 probabilities; an F32 file's f32 embd_t needs them in f32 (ggml-cuda pairs f16 only with f16).
+            ggml_tensor * probs = sc_probs->type == w.embd_t->type ? sc_probs : ggml_cast(ctx, sc_probs, w.embd_t->type);
+            soft = ggml_mul_mat(ctx, w.embd_t, probs);
+        } else if (sc_topk != nullptr) {
             soft = sc_topk_soft_embedding(ctx, in.sc_logits, w.tok_embd, sc_topk);
         } else {
             // probs stay f32: the GEMM reads the f16 embd_t directly, and ggml's mul_mat converts them itself
@@ -220,7 +239,7 @@ GraphInputs GraphBuilder::build_decoder(int32_t n_past, int32_t n_canvas, bool w
         }
         soft = ggml_scale(ctx, soft, hp.embed_scale);
         ggml_tensor * u = rms(soft, w.sc_pre_norm);
-        ggml_tensor * act = geglu(matmul(w.sc_gate, u), matmul(w.sc_up, u));
+        ggml_tensor * act = geglu(matmul(w.sc_gate, u), matmul(w.sc_up, u), w.sc_gate);
         x = ggml_add(ctx, x, matmul(w.sc_down, act));
     }
     x = rms(x, nullptr);  // self_conditioning.post_norm (no weight), applied on every step
@@ -230,8 +249,7 @@ GraphInputs GraphBuilder::build_decoder(int32_t n_past, int32_t n_canvas, bool w
     }
     ggml_set_name(x, kNodeHeadIn);
     x = rms(x, w.output_norm);
-    ggml_tensor * logits = matmul(w.tok_embd, x);  // tied head: [V, C]
-    logits = ggml_map_custom1(ctx, logits, softcap_kernel, GGML_N_TASKS_MAX, const_cast<float *>(&hp.softcap));
+    ggml_tensor * logits = softcap(matmul(w.head, x));  // tied head: [V, C]
     ggml_set_output(logits);
     in.logits = logits;
     ggml_build_forward_expand(gf, logits);

@@ -36,6 +36,9 @@ struct GraphBuilder {
     const KvCache & kv;
     ggml_context * ctx;
     ggml_cgraph * gf;
+    // The offload GPU is a real device (not the test stand-in, gpu_devices.h): element-wise work on its layers
+    // must use ggml's ops too. The stand-in keeps our exact CPU geglu, since ggml's CPU gelu reads an f16 table.
+    bool real_gpu = false;
 
     // Encoder: writes K/V of positions [n_past, n_past+T) into the cache. The last layer stops after K/V.
     GraphInputs build_encoder(int32_t n_past, int32_t n_tokens);
@@ -44,12 +47,15 @@ struct GraphBuilder {
     // With `with_sc`, the canvas input adds the self-conditioning MLP of softmax(sc_logits*sc_scale) @ E;
     // `sc_topk` (nullptr = exact) replaces that product by its top-k approximation (sc_topk.h), whose own
     // scale field is used then.
+    // `sc_probs` (device sampler, nullptr otherwise): the previous step's probabilities, already computed
+    // on the GPU [n_vocab, C] (f16 or bf16); they replace softmax(sc_logits) and sc_logits is not an input.
     GraphInputs build_decoder(int32_t n_past, int32_t n_canvas, bool with_sc, float sc_scale,
-                              const ScTopkParams * sc_topk = nullptr);
+                              const ScTopkParams * sc_topk = nullptr, ggml_tensor * sc_probs = nullptr);
 
   private:
     ggml_tensor * rms(ggml_tensor * x, ggml_tensor * weight);
-    ggml_tensor * geglu(ggml_tensor * gate, ggml_tensor * up);
+    ggml_tensor * geglu(ggml_tensor * gate, ggml_tensor * up, const ggml_tensor * weight);
+    ggml_tensor * softcap(ggml_tensor * logits);
     ggml_tensor * matmul(ggml_tensor * weight, ggml_tensor * x, GemmActivations activations = GemmActivations::kAuto);
     ggml_tensor * matmul_id(ggml_tensor * experts, ggml_tensor * x, ggml_tensor * ids);
     ggml_tensor * attention(int il, ggml_tensor * h, ggml_tensor * pos, int32_t n_past, bool encoder,

@@ -8,11 +8,11 @@
 namespace dg {
 
 KvCache::~KvCache() {
-    if (buf_ != nullptr) {
-        ggml_backend_buffer_free(buf_);
+    for (ggml_backend_buffer_t b : bufs_) {
+        ggml_backend_buffer_free(b);
     }
-    if (ctx_ != nullptr) {
-        ggml_free(ctx_);
+    for (ggml_context * c : ctxs_) {
+        ggml_free(c);
     }
 }
 
@@ -34,49 +34,92 @@ static void check_fits_in_host_memory(size_t need, size_t per_position, int32_t 
           need / 1048576.0, n_ctx, available / 1048576.0, static_cast<unsigned long long>(fitting));
 }
 
-void KvCache::init(const HParams & hp, int32_t n_ctx, int32_t slack, ggml_type type, ggml_backend_buffer_type_t buft) {
-    n_ctx_ = n_ctx;
-    type_ = type;
-    ggml_init_params params = {ggml_tensor_overhead() * static_cast<size_t>(2 * hp.n_layer + 2), nullptr, true};
-    ctx_ = ggml_init(params);
-    if (ctx_ == nullptr) {
-        raise(DIFFGEMMA_ERR_OUT_OF_MEMORY, "cannot create the KV cache context");
-    }
-    for (int il = 0; il < hp.n_layer; ++il) {
-        const int64_t D = hp.head_dim(il);
-        const int64_t kv = hp.n_head_kv[il];
-        const int64_t ring = static_cast<int64_t>(hp.n_swa) - 1 + slack;
-        const int32_t slots = hp.is_swa[il] && hp.n_swa > 0 ? static_cast<int32_t>(std::min<int64_t>(n_ctx, ring)) : n_ctx;
-        n_slots_.push_back(slots);
-        k_.push_back(ggml_new_tensor_3d(ctx_, type, D, kv, slots));
-        v_.push_back(ggml_new_tensor_3d(ctx_, type, D, kv, slots));
-        ggml_format_name(k_.back(), "cache_k_l%d", il);
-        ggml_format_name(v_.back(), "cache_v_l%d", il);
-    }
-    size_t need = 0;
-    size_t per_position = 0;  // bytes that grow with n_ctx: the layers whose slots are n_ctx
-    for (int il = 0; il < hp.n_layer; ++il) {
-        need += ggml_nbytes(k_[il]) + ggml_nbytes(v_[il]);
-        if (n_slots_[il] == n_ctx) {
-            per_position += (ggml_nbytes(k_[il]) + ggml_nbytes(v_[il])) / static_cast<size_t>(n_ctx);
-        }
-    }
-    check_fits_in_host_memory(need, per_position, n_ctx, buft);
-    {
-        // A failed allocation is reported once, by the error below; ggml's own three log lines about it would
-        // only repeat it on stderr (a log callback still receives them).
-        GgmlErrorCapture quiet_ggml;
-        buf_ = ggml_backend_alloc_ctx_tensors_from_buft(ctx_, buft);
-    }
-    if (buf_ == nullptr) {
-        raise(DIFFGEMMA_ERR_OUT_OF_MEMORY,
-              "cannot allocate the KV cache: %.1f MiB for n_ctx=%d (hint: a smaller n_ctx or an f16 cache)",
-              need / 1048576.0, n_ctx);
-    }
-    ggml_backend_buffer_set_usage(buf_, GGML_BACKEND_BUFFER_USAGE_COMPUTE);
+namespace {
+
+int32_t slots_of(const HParams & hp, int il, int32_t n_ctx, int32_t slack) {
+    const int64_t ring = static_cast<int64_t>(hp.n_swa) - 1 + slack;
+    return hp.is_swa[il] && hp.n_swa > 0 ? static_cast<int32_t>(std::min<int64_t>(n_ctx, ring)) : n_ctx;
 }
 
-size_t KvCache::bytes() const { return buf_ ? ggml_backend_buffer_get_size(buf_) : 0; }
+}  // namespace
+
+size_t KvCache::bytes_for(const HParams & hp, int32_t n_ctx, int32_t slack, ggml_type type, const std::vector<uint8_t> & selected) {
+    size_t bytes = 0;
+    for (int il = 0; il < hp.n_layer; ++il) {
+        if (selected[static_cast<size_t>(il)]) {
+            const size_t row = ggml_row_size(type, hp.head_dim(il)) * static_cast<size_t>(hp.n_head_kv[il]);
+            bytes += 2 * row * static_cast<size_t>(slots_of(hp, il, n_ctx, slack));
+        }
+    }
+    return bytes;
+}
+
+void KvCache::init(const HParams & hp, int32_t n_ctx, int32_t slack, ggml_type type,
+                   const std::vector<ggml_backend_buffer_type_t> & buft) {
+    n_ctx_ = n_ctx;
+    type_ = type;
+    k_.assign(static_cast<size_t>(hp.n_layer), nullptr);
+    v_.assign(static_cast<size_t>(hp.n_layer), nullptr);
+    for (int il = 0; il < hp.n_layer; ++il) {
+        n_slots_.push_back(slots_of(hp, il, n_ctx, slack));
+    }
+    // One context and buffer per buffer type, holding the layers placed there.
+    std::vector<ggml_backend_buffer_type_t> types;
+    for (ggml_backend_buffer_type_t t : buft) {
+        if (std::find(types.begin(), types.end(), t) == types.end()) {
+            types.push_back(t);
+        }
+    }
+    for (ggml_backend_buffer_type_t t : types) {
+        ggml_init_params params = {ggml_tensor_overhead() * static_cast<size_t>(2 * hp.n_layer + 2), nullptr, true};
+        ggml_context * ctx = ggml_init(params);
+        if (ctx == nullptr) {
+            raise(DIFFGEMMA_ERR_OUT_OF_MEMORY, "cannot create the KV cache context");
+        }
+        ctxs_.push_back(ctx);
+        std::vector<uint8_t> here(static_cast<size_t>(hp.n_layer), 0);
+        size_t per_position = 0;  // bytes that grow with n_ctx: the layers whose slots are n_ctx
+        for (int il = 0; il < hp.n_layer; ++il) {
+            if (buft[static_cast<size_t>(il)] != t) {
+                continue;
+            }
+            here[static_cast<size_t>(il)] = 1;
+            const int64_t D = hp.head_dim(il);
+            const int64_t kv = hp.n_head_kv[il];
+            k_[il] = ggml_new_tensor_3d(ctx, type, D, kv, n_slots_[il]);
+            v_[il] = ggml_new_tensor_3d(ctx, type, D, kv, n_slots_[il]);
+            ggml_format_name(k_[il], "cache_k_l%d", il);
+            ggml_format_name(v_[il], "cache_v_l%d", il);
+            if (n_slots_[il] == n_ctx) {
+                per_position += (ggml_nbytes(k_[il]) + ggml_nbytes(v_[il])) / static_cast<size_t>(n_ctx);
+            }
+        }
+        const size_t need = bytes_for(hp, n_ctx, slack, type, here);
+        check_fits_in_host_memory(need, per_position, n_ctx, t);
+        ggml_backend_buffer_t buf;
+        {
+            // A failed allocation is reported once, by the error below; ggml's own three log lines about it would
+            // only repeat it on stderr (a log callback still receives them).
+            GgmlErrorCapture quiet_ggml;
+            buf = ggml_backend_alloc_ctx_tensors_from_buft(ctx, t);
+        }
+        if (buf == nullptr) {
+            raise(DIFFGEMMA_ERR_OUT_OF_MEMORY,
+                  "cannot allocate the KV cache in %s: %.1f MiB for n_ctx=%d (hint: a smaller n_ctx or an f16 cache)",
+                  ggml_backend_buft_name(t), need / 1048576.0, n_ctx);
+        }
+        ggml_backend_buffer_set_usage(buf, GGML_BACKEND_BUFFER_USAGE_COMPUTE);
+        bufs_.push_back(buf);
+    }
+}
+
+size_t KvCache::bytes() const {
+    size_t total = 0;
+    for (ggml_backend_buffer_t b : bufs_) {
+        total += ggml_backend_buffer_get_size(b);
+    }
+    return total;
+}
 
 // Slots [first, first+n) of t as a [head_dim, n_kv_head, n] view.
 static ggml_tensor * slot_view(ggml_context * ctx, ggml_tensor * t, int32_t first, int32_t n) {

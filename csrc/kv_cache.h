@@ -24,8 +24,14 @@ class KvCache {
     ~KvCache();
 
     // Allocates every layer in `type` (F32 or F16): n_ctx slots for full layers, min(n_ctx, n_swa-1+slack)
-    // for sliding layers. `slack` must be at least the longest encoder chunk. Throws dg::Error.
-    void init(const HParams & hp, int32_t n_ctx, int32_t slack, ggml_type type, ggml_backend_buffer_type_t buft);
+    // for sliding layers. `slack` must be at least the longest encoder chunk. Layer il lives in buffer type
+    // buft[il] (host memory, or the GPU its layer is offloaded to). Throws dg::Error.
+    void init(const HParams & hp, int32_t n_ctx, int32_t slack, ggml_type type,
+              const std::vector<ggml_backend_buffer_type_t> & buft);
+
+    // Bytes of the cache that n_ctx = `n_ctx` with this slack takes in the layers `selected` (a layer mask).
+    static size_t bytes_for(const HParams & hp, int32_t n_ctx, int32_t slack, ggml_type type,
+                            const std::vector<uint8_t> & selected);
 
     int32_t n_ctx() const { return n_ctx_; }
     int32_t n_slots(int il) const { return n_slots_[static_cast<size_t>(il)]; }
@@ -52,8 +58,8 @@ class KvCache {
 
   private:
     ggml_tensor * range(ggml_context * ctx, ggml_tensor * t, int il, int32_t begin, int32_t end) const;
-    ggml_context * ctx_ = nullptr;
-    ggml_backend_buffer_t buf_ = nullptr;
+    std::vector<ggml_context *> ctxs_;  // one per distinct buffer type
+    std::vector<ggml_backend_buffer_t> bufs_;
     std::vector<ggml_tensor *> k_, v_;
     std::vector<int32_t> n_slots_;
     int32_t n_ctx_ = 0;

@@ -95,6 +95,8 @@ void diffgemma_model_default_params(diffgemma_model_params * params) {
     params->n_gpu_layers = 0;
     params->main_gpu = 0;
     params->n_threads = 0;
+    params->cpu_moe = 0;
+    params->n_cpu_moe = 0;
 }
 
 int32_t diffgemma_model_load(const char * path, const diffgemma_model_params * params, diffgemma_model ** out) {
@@ -106,11 +108,6 @@ int32_t diffgemma_model_load(const char * path, const diffgemma_model_params * p
     diffgemma_model_default_params(&defaults);
     const diffgemma_model_params & p = params ? *params : defaults;
     return dg::guard([&]() -> int32_t {
-        if (p.n_gpu_layers != 0) {
-            dg::raise(DIFFGEMMA_ERR_BACKEND,
-                      "n_gpu_layers=%d requested, but this build runs on the CPU only (hint: n_gpu_layers=0; GPU offload "
-                      "needs a CUDA build: CMAKE_ARGS=\"-DDIFFGEMMA_CUDA=ON\" pip install .)", p.n_gpu_layers);
-        }
         // ggml sizes its thread pools and CPU masks for at most GGML_MAX_N_THREADS: more would index past
         // them, and a typo like 100000 would otherwise spawn that many threads (an apparent hang).
         if (p.n_threads > GGML_MAX_N_THREADS) {
@@ -137,8 +134,13 @@ int32_t diffgemma_model_load(const char * path, const diffgemma_model_params * p
         if (gguf_find_key(model->gguf, dg::key_name(dg::Key::TOKENIZER_MODEL).c_str()) >= 0) {
             model->vocab = std::make_unique<diffgemma_vocab>(model->gguf);
         }
+        // The placement needs only the layer count; it is decided (and its parameters checked) before the
+        // weights are read, and the memory plan is checked before anything is uploaded to the GPU.
+        model->placement = dg::plan_placement(model->hp, p);
         model->store.load(path, model->gguf, model->meta_ctx, model->hp, model->w,
                           p.n_threads > 0 ? p.n_threads : dg::default_thread_count());
+        model->memory_plan = dg::check_and_announce_plan(model->hp, model->w, model->placement, p);
+        model->store.place(model->hp, model->placement, model->w);
         if (model->vocab && model->vocab->n_tokens() != model->hp.n_vocab) {
             // The head and embeddings define the id space; a tokenizer beyond it would produce invalid ids.
             if (model->vocab->n_tokens() > model->hp.n_vocab) {
@@ -155,6 +157,8 @@ int32_t diffgemma_model_load(const char * path, const diffgemma_model_params * p
 }
 
 void diffgemma_model_free(diffgemma_model * model) { delete model; }
+
+const char * diffgemma_model_memory_plan(const diffgemma_model * m) { return m ? m->memory_plan.c_str() : ""; }
 
 int32_t diffgemma_model_n_vocab(const diffgemma_model * m) { return m ? m->hp.n_vocab : 0; }
 int32_t diffgemma_model_n_embd(const diffgemma_model * m) { return m ? m->hp.n_embd : 0; }

@@ -3,7 +3,9 @@
 
 #include "diffgemma.h"
 #include "hparams.h"
+#include "gpu_step_sampler.h"
 #include "kv_cache.h"
+#include "placement.h"
 #include "sc_topk.h"
 #include "timing.h"
 #include "weights.h"
@@ -26,6 +28,8 @@ struct diffgemma_model {
     dg::HParams hp;
     dg::Weights w;
     dg::WeightStore store;
+    dg::Placement placement;             // what is offloaded to which GPU (CPU only by default)
+    std::string memory_plan;             // the plan printed at load ("" when nothing is offloaded)
     gguf_context * gguf = nullptr;       // metadata (kept for diffgemma_model_meta_*)
     ggml_context * meta_ctx = nullptr;   // tensor descriptors bound to the mapping
     std::unique_ptr<diffgemma_vocab> vocab;  // nullptr when the GGUF has no tokenizer
@@ -36,8 +40,10 @@ struct diffgemma_model {
 struct diffgemma_context {
     diffgemma_model * model = nullptr;
     ggml_backend_t cpu = nullptr;
+    ggml_backend_t gpu = nullptr;         // the offload GPU's backend (nullptr: CPU only, or the test stand-in)
     ggml_backend_sched_t sched = nullptr;
     dg::KvCache kv;
+    std::unique_ptr<dg::GpuStepSampler> gpu_sampler;  // with an offloaded head: sampling where the logits are
     int32_t n_past = 0;
     int32_t n_batch = 512;
     int32_t n_threads = 1;
@@ -72,6 +78,11 @@ void encode_tokens(diffgemma_context * ctx, const int32_t * tokens, int32_t n_to
 void rewind(diffgemma_context * ctx, int32_t n_keep);
 void decoder_pass(diffgemma_context * ctx, const int32_t * canvas, const float * sc_logits, float sc_scale,
                   float * out_logits);
+// The decoder pass of a context with an offloaded head (gpu_sampler): self-conditioning reads the
+// probabilities the previous step left on the GPU (with_sc), the logits stay there, and `stats` receives
+// their per-position statistics at inv_temp (gpu_step_sampler.h).
+void decoder_pass_gpu(diffgemma_context * ctx, const int32_t * canvas, bool with_sc, float inv_temp,
+                      const float * uniforms, std::vector<RowStats> & stats);
 
 // Uniform draws with a fixed algorithm (std::uniform_*_distribution differs between C++ libraries, and the
 // same seed must give the same tokens everywhere).

@@ -2,6 +2,7 @@
 
 #include "errors.h"
 #include "names.h"
+#include "placement.h"
 
 #include "ggml-cpu.h"
 #include "gguf.h"
@@ -240,6 +241,12 @@ void build_transposed_embedding(const Weights & w, ggml_tensor * dst, int n_thre
 }  // namespace
 
 WeightStore::~WeightStore() {
+    if (gpu_buf_ != nullptr) {
+        ggml_backend_buffer_free(gpu_buf_);
+    }
+    if (gpu_ctx_ != nullptr) {
+        ggml_free(gpu_ctx_);
+    }
     if (derived_buf_ != nullptr) {
         ggml_backend_buffer_free(derived_buf_);
     }
@@ -327,6 +334,70 @@ void WeightStore::load(const std::string & path, gguf_context * gguf, ggml_conte
             raise(DIFFGEMMA_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes for the transposed embedding", ggml_nbytes(w.embd_t));
         }
         build_transposed_embedding(w, w.embd_t, n_threads);
+    }
+    w.head = w.tok_embd;
+}
+
+void WeightStore::place(const HParams & hp, const Placement & pl, Weights & w) {
+    if (!pl.use_gpu) {
+        return;
+    }
+    // The slots to repoint: the offloaded layers' tensors (their experts unless kept on the host), and the head.
+    std::vector<ggml_tensor **> slots;
+    for (int il = 0; il < hp.n_layer; ++il) {
+        if (!pl.layer_on_gpu[il]) {
+            continue;
+        }
+        LayerWeights & l = w.layers[static_cast<size_t>(il)];
+        for (ggml_tensor * LayerWeights::* m : kLayerTensors) {
+            if (l.*m != nullptr && (pl.experts_on_gpu(il) || !is_expert_tensor(m))) {
+                slots.push_back(&(l.*m));
+            }
+        }
+    }
+    if (pl.head_on_gpu) {
+        for (ggml_tensor ** slot : {&w.head, &w.output_norm, &w.sc_pre_norm, &w.sc_gate, &w.sc_up, &w.sc_down, &w.embd_t}) {
+            if (*slot != nullptr) {
+                slots.push_back(slot);
+            }
+        }
+    }
+    if (slots.empty()) {
+        return;
+    }
+    ggml_init_params params = {ggml_tensor_overhead() * slots.size(), nullptr, true};
+    gpu_ctx_ = ggml_init(params);
+    if (gpu_ctx_ == nullptr) {
+        raise(DIFFGEMMA_ERR_OUT_OF_MEMORY, "cannot create the context of the offloaded weights");
+    }
+    std::vector<ggml_tensor *> copies;
+    for (ggml_tensor ** slot : slots) {
+        ggml_tensor * copy = ggml_dup_tensor(gpu_ctx_, *slot);
+        ggml_set_name(copy, ggml_get_name(*slot));
+        copies.push_back(copy);
+    }
+    {
+        GgmlErrorCapture quiet_ggml;  // the error below says it once, with the size
+        gpu_buf_ = ggml_backend_alloc_ctx_tensors_from_buft(gpu_ctx_, gpu_buffer_type(pl.gpu));
+    }
+    if (gpu_buf_ == nullptr) {
+        size_t total = 0;
+        for (const ggml_tensor * t : copies) {
+            total += ggml_nbytes(t);
+        }
+        raise(DIFFGEMMA_ERR_OUT_OF_MEMORY, "cannot allocate %.1f MiB of weights on %s (hint: a smaller n_gpu_layers, or "
+              "cpu_moe / n_cpu_moe to keep expert weights in host memory)", total / 1048576.0, pl.gpu.name.c_str());
+    }
+    ggml_backend_buffer_set_usage(gpu_buf_, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+    for (size_t i = 0; i < slots.size(); ++i) {
+        ggml_backend_tensor_set(copies[i], (*slots[i])->data, 0, ggml_nbytes(copies[i]));
+        *slots[i] = copies[i];
+    }
+    w.gpu_buffer = gpu_buf_;
+    // The host copy of the transposed embedding has no reader left once the head is offloaded.
+    if (pl.head_on_gpu && derived_buf_ != nullptr) {
+        ggml_backend_buffer_free(derived_buf_);
+        derived_buf_ = nullptr;
     }
 }
 

@@ -42,6 +42,33 @@ struct LayerWeights {
     ggml_tensor * enc_scale = nullptr;        // [1] encoder (clean tokens) layer scalar
 };
 
+// Every tensor member of LayerWeights, in one list, so that placement and byte counts cannot miss one (the
+// static_assert fails when a member is added without being listed).
+inline constexpr ggml_tensor * LayerWeights::* kLayerTensors[] = {
+    &LayerWeights::attn_norm, &LayerWeights::wq, &LayerWeights::wk, &LayerWeights::wv, &LayerWeights::wo,
+    &LayerWeights::q_norm, &LayerWeights::k_norm, &LayerWeights::post_attn_norm, &LayerWeights::ffn_norm,
+    &LayerWeights::ffn_gate, &LayerWeights::ffn_up, &LayerWeights::ffn_down, &LayerWeights::post_ffw_norm_1,
+    &LayerWeights::gate_inp, &LayerWeights::gate_inp_scale, &LayerWeights::pre_ffw_norm_2,
+    &LayerWeights::gate_up_exps, &LayerWeights::gate_exps, &LayerWeights::up_exps, &LayerWeights::down_exps,
+    &LayerWeights::down_exps_scale, &LayerWeights::post_ffw_norm_2, &LayerWeights::post_ffw_norm,
+    &LayerWeights::dec_scale, &LayerWeights::enc_scale,
+};
+static_assert(sizeof(LayerWeights) == sizeof(kLayerTensors) / sizeof(kLayerTensors[0]) * sizeof(ggml_tensor *),
+              "a LayerWeights member is missing from kLayerTensors");
+
+// The expert matrices: what cpu_moe / n_cpu_moe keep in host memory.
+inline bool is_expert_tensor(ggml_tensor * LayerWeights::* m) {
+    return m == &LayerWeights::gate_up_exps || m == &LayerWeights::gate_exps || m == &LayerWeights::up_exps ||
+           m == &LayerWeights::down_exps;
+}
+
+template <typename F>
+void for_each_layer_tensor(const LayerWeights & l, F f) {
+    for (ggml_tensor * LayerWeights::* m : kLayerTensors) {
+        f(l.*m);
+    }
+}
+
 struct Weights {
     ggml_tensor * tok_embd = nullptr;      // [n_embd, n_vocab]; also the tied LM head
     ggml_tensor * output_norm = nullptr;   // [n_embd]
@@ -51,8 +78,21 @@ struct Weights {
     ggml_tensor * sc_up = nullptr;         // [n_embd, n_ff]
     ggml_tensor * sc_down = nullptr;       // [n_ff, n_embd]
     ggml_tensor * embd_t = nullptr;        // [n_vocab, n_embd] transposed copy of tok_embd for probs @ E (ours)
+    ggml_tensor * head = nullptr;          // the tied LM head: tok_embd, or its GPU copy when the head is offloaded
     std::vector<LayerWeights> layers;
+    ggml_backend_buffer_t gpu_buffer = nullptr;  // holds every offloaded weight (nullptr: none)
+
+    // True for a weight (or a view of one) that lives in the GPU buffer: the graph then builds it with ggml's
+    // own ops, which every backend has, instead of our CPU custom ops.
+    bool on_gpu(const ggml_tensor * t) const {
+        if (t != nullptr && t->view_src != nullptr) {
+            t = t->view_src;
+        }
+        return gpu_buffer != nullptr && t != nullptr && t->buffer == gpu_buffer;
+    }
 };
+
+struct Placement;
 
 // Owns the mapping, the ggml contexts and buffers behind Weights.
 class WeightStore {
@@ -69,12 +109,18 @@ class WeightStore {
 
     size_t mapped_bytes() const { return map_size_; }
 
+    // Copies the weights `pl` offloads into one GPU buffer and repoints `w` at the copies (the mapping keeps
+    // the originals: the host layers and the input embedding read them there). Throws dg::Error.
+    void place(const HParams & hp, const Placement & pl, Weights & w);
+
   private:
     void * map_ = nullptr;
     size_t map_size_ = 0;
     ggml_backend_buffer_t weights_buf_ = nullptr;
     ggml_context * derived_ctx_ = nullptr;
     ggml_backend_buffer_t derived_buf_ = nullptr;
+    ggml_context * gpu_ctx_ = nullptr;
+    ggml_backend_buffer_t gpu_buf_ = nullptr;
 };
 
 }  // namespace dg

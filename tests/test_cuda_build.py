@@ -94,6 +94,8 @@ def test_cuda_sources_compile_through_cmake(tmp_path):
     assert sources
     objects = [f"CMakeFiles/diffgemma.dir/csrc/cuda/{src.name}.o" for src in sources]
     objects.append("CMakeFiles/diffgemma.dir/csrc/sampler_math.cpp.o")
+    # The engine's CUDA-only code paths (DIFFGEMMA_WITH_CUDA): the device sampler behind the offloaded head.
+    objects += [f"CMakeFiles/diffgemma.dir/csrc/{name}.cpp.o" for name in ("gpu_step_sampler", "context", "generate")]
     if not shutil.which("ninja"):
         pytest.skip("per-object build targets need the Ninja generator")
     res = subprocess.run([_cmake(), "--build", str(build), "--target", *objects, "--", "-v"],

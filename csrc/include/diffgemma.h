@@ -54,7 +54,7 @@ extern "C" {
 // cffi-begin
 
 /* Bumped on every incompatible change of this header. */
-#define DIFFGEMMA_API_VERSION 2
+#define DIFFGEMMA_API_VERSION 3
 
 /* ---- status codes ---- */
 enum diffgemma_status {
@@ -94,6 +94,11 @@ DIFFGEMMA_API int32_t diffgemma_api_version(void);
 
 /* One line: our version, ggml version and commit, backends compiled in, CPU features. Static storage. */
 DIFFGEMMA_API const char * diffgemma_system_info(void);
+
+/* GPUs this build can offload to (0 on a CPU-only build), and a description of GPU i ("NAME (DESCRIPTION),
+ * FREE of TOTAL MiB free"), or NULL for an index out of range. The text stays valid until the next call. */
+DIFFGEMMA_API int32_t diffgemma_gpu_count(void);
+DIFFGEMMA_API const char * diffgemma_gpu_description(int32_t i);
 
 /* Compute threads used when a params struct leaves n_threads <= 0: one per physical core among the CPUs this
  * process may run on (affinity mask), capped by a cgroup v2 CPU quota. */
@@ -242,9 +247,13 @@ enum diffgemma_kv_type {
 };
 
 typedef struct diffgemma_model_params {
-    int32_t n_gpu_layers;   /* layers to offload to the GPU (-1 = all); 0 = CPU only (the only mode built yet) */
-    int32_t main_gpu;       /* GPU index for a single-GPU run */
+    int32_t n_gpu_layers;   /* layers on the GPU, counted from the last one: 0 = CPU only; k = the last k layers;
+                               -1 or more than n_layer = every layer plus the head (output norm, tied LM head,
+                               self-conditioning), which keeps the logits and the sampler on the GPU */
+    int32_t main_gpu;       /* index of the GPU among those ggml reports (diffgemma_gpu_count) */
     int32_t n_threads;      /* threads for load-time work (<= 0: one per physical core we may use) */
+    int32_t cpu_moe;        /* 1 = the expert weights of every layer stay in host memory (the MoE runs on the CPU) */
+    int32_t n_cpu_moe;      /* the expert weights of the first k offloaded layers stay in host memory */
 } diffgemma_model_params;
 
 typedef struct diffgemma_context_params {
@@ -294,6 +303,11 @@ DIFFGEMMA_API void diffgemma_context_default_params(diffgemma_context_params * p
 DIFFGEMMA_API int32_t diffgemma_model_load(const char * path, const diffgemma_model_params * params,
                                            diffgemma_model ** out);
 DIFFGEMMA_API void diffgemma_model_free(diffgemma_model * model);
+
+/* The GPU memory plan of a model loaded with n_gpu_layers != 0 (also logged, at INFO, before the weights were
+ * uploaded; to stderr when no log callback is set): per device the weights, compute buffers and KV cache.
+ * "" when nothing is offloaded. Valid while the model lives. */
+DIFFGEMMA_API const char * diffgemma_model_memory_plan(const diffgemma_model * model);
 
 /* Hyper-parameters (0 for a NULL model). */
 DIFFGEMMA_API int32_t diffgemma_model_n_vocab(const diffgemma_model * model);

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,10 +77,17 @@ def _ids(values, what: str):
 class Model(CompletionMixin, Closeable):
     """A DiffusionGemma GGUF loaded for generation (weights memory-mapped, one KV cache)."""
 
-    def __init__(self, model_path, *, n_gpu_layers: int = 0, n_threads: int | None = None, n_ctx: int | None = None,
+    def __init__(self, model_path, *, n_gpu_layers: int = 0, main_gpu: int = 0, cpu_moe: bool = False,
+                 n_cpu_moe: int = 0, n_threads: int | None = None, n_ctx: int | None = None,
                  n_batch: int | None = None, seed: int | None = None, kv_type: str = "f32", sc_top_k: int = 0,
                  sc_top_k_renormalize: bool = False, verbose: bool = False):
-        """sc_top_k: 0 (default) runs the exact self-conditioning product softmax(S) @ E over the whole
+        """n_gpu_layers: 0 (default) runs on the CPU; k offloads the last k layers to GPU `main_gpu`; -1 offloads
+        every layer and the head, which keeps the logits and the sampler on the GPU. cpu_moe=True keeps every
+        layer's expert weights in host memory (the MoE then runs on the CPU), n_cpu_moe=k those of the first k
+        layers. The memory plan is printed before the weights are uploaded; a model that does not fit fails
+        with OutOfMemoryError saying how much is missing and which setting fits.
+
+        sc_top_k: 0 (default) runs the exact self-conditioning product softmax(S) @ E over the whole
         vocabulary; k in 1..n_vocab keeps only each canvas row's k most probable tokens (faster, approximate;
         bench/README.md lists the measured logit and token error). sc_top_k_renormalize rescales the kept
         probabilities to sum to 1."""
@@ -97,6 +105,11 @@ class Model(CompletionMixin, Closeable):
         for name, value in (("n_threads", n_threads), ("n_ctx", n_ctx), ("n_batch", n_batch)):
             if value is not None and (not isinstance(value, int) or value <= 0):
                 raise errors.InvalidArgumentError(f"{name} must be a positive integer or None, got {value!r}")
+        for name, value, low in (("n_gpu_layers", n_gpu_layers, -1), ("main_gpu", main_gpu, 0), ("n_cpu_moe", n_cpu_moe, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low or value >= 2**31:
+                raise errors.InvalidArgumentError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not isinstance(cpu_moe, bool):
+            raise errors.InvalidArgumentError(f"cpu_moe must be True or False, got {cpu_moe!r}")
         if isinstance(sc_top_k, bool) or not isinstance(sc_top_k, int) or sc_top_k < 0:
             raise errors.InvalidArgumentError(f"sc_top_k must be 0 (exact) or a positive integer, got {sc_top_k!r}")
         self.verbose = verbose
@@ -105,10 +118,18 @@ class Model(CompletionMixin, Closeable):
         mp = ffi.new("diffgemma_model_params *")
         lib.diffgemma_model_default_params(mp)
         mp.n_gpu_layers = n_gpu_layers
+        mp.main_gpu = main_gpu
+        mp.cpu_moe = int(cpu_moe)
+        mp.n_cpu_moe = n_cpu_moe
         mp.n_threads = n_threads or 0
         out = ffi.new("diffgemma_model **")
         check(lib.diffgemma_model_load(self.model_path.encode(), mp, out))
         self._model = out[0]
+        # The GPU memory plan (placement.h): shown whenever something is offloaded, as users need to see where
+        # their memory went; also logged at INFO by the C library before the upload.
+        self.memory_plan = string(lib.diffgemma_model_memory_plan(self._model))
+        if self.memory_plan:
+            print(self.memory_plan, file=sys.stderr)
         cp = ffi.new("diffgemma_context_params *")
         lib.diffgemma_context_default_params(cp)
         cp.n_ctx = n_ctx or 0

@@ -1,0 +1,101 @@
+#include "gpu_devices.h"
+
+#include "errors.h"
+
+#include <cstdlib>
+#include <string>
+
+namespace dg {
+
+namespace {
+
+constexpr const char * kStandInVar = "DIFFGEMMA_TEST_GPU_MIB";
+
+// The stand-in's memory in bytes, or 0 when the variable is unset or not a positive number of MiB.
+size_t stand_in_bytes() {
+    const char * v = std::getenv(kStandInVar);
+    if (v == nullptr || *v == '\0') {
+        return 0;
+    }
+    char * end = nullptr;
+    const unsigned long long mib = std::strtoull(v, &end, 10);
+    if (*end != '\0' || mib == 0 || mib > (1ull << 30)) {
+        log(DIFFGEMMA_LOG_WARN, "ignoring %s=%s: it must be a positive number of MiB", kStandInVar, v);
+        return 0;
+    }
+    return static_cast<size_t>(mib) << 20;
+}
+
+}  // namespace
+
+std::vector<Gpu> list_gpus() {
+    std::vector<Gpu> gpus;
+    if (stand_in_bytes() > 0) {
+        Gpu g;
+        g.dev = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
+        g.stand_in = true;
+        g.name = std::string("stand-in GPU (the CPU, ") + kStandInVar + ")";
+        if (g.dev != nullptr) {
+            gpus.push_back(g);
+        }
+        return gpus;
+    }
+    for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+        ggml_backend_dev_t dev = ggml_backend_dev_get(i);
+        const enum ggml_backend_dev_type type = ggml_backend_dev_type(dev);
+        if (type != GGML_BACKEND_DEVICE_TYPE_GPU && type != GGML_BACKEND_DEVICE_TYPE_IGPU) {
+            continue;
+        }
+        Gpu g;
+        g.dev = dev;
+        g.name = format("%s (%s)", ggml_backend_dev_name(dev), ggml_backend_dev_description(dev));
+        gpus.push_back(g);
+    }
+    return gpus;
+}
+
+GpuMemory gpu_memory(const Gpu & gpu) {
+    GpuMemory m;
+    if (gpu.stand_in) {
+        m.free = m.total = stand_in_bytes();
+        return m;
+    }
+    ggml_backend_dev_memory(gpu.dev, &m.free, &m.total);
+    return m;
+}
+
+ggml_backend_buffer_type_t gpu_buffer_type(const Gpu & gpu) { return ggml_backend_dev_buffer_type(gpu.dev); }
+
+ggml_backend_t gpu_backend_init(const Gpu & gpu) {
+    if (gpu.stand_in) {
+        return nullptr;
+    }
+    ggml_backend_t b = ggml_backend_dev_init(gpu.dev, nullptr);
+    if (b == nullptr) {
+        raise(DIFFGEMMA_ERR_BACKEND, "cannot initialise %s", gpu.name.c_str());
+    }
+    return b;
+}
+
+std::string gpu_description(const Gpu & gpu) {
+    const GpuMemory m = gpu_memory(gpu);
+    return format("%s, %zu of %zu MiB free", gpu.name.c_str(), m.free >> 20, m.total >> 20);
+}
+
+}  // namespace dg
+
+extern "C" {
+
+int32_t diffgemma_gpu_count(void) { return static_cast<int32_t>(dg::list_gpus().size()); }
+
+const char * diffgemma_gpu_description(int32_t i) {
+    static thread_local std::string text;
+    const std::vector<dg::Gpu> gpus = dg::list_gpus();
+    if (i < 0 || static_cast<size_t>(i) >= gpus.size()) {
+        return nullptr;
+    }
+    text = dg::gpu_description(gpus[static_cast<size_t>(i)]);
+    return text.c_str();
+}
+
+}  // extern "C"

@@ -1,0 +1,41 @@
+// The GPUs the engine can offload to: ggml's devices of type GPU (discrete or integrated), in ggml's order.
+//
+// Machines without a GPU can still exercise every offload path (placement, device buffers, the graphs
+// without CPU custom ops, the memory plan and its errors): with DIFFGEMMA_TEST_GPU_MIB=N set, the list is one
+// stand-in "GPU" with N MiB of free memory whose buffers are host memory and whose work runs on the CPU
+// backend. It exists for the tests; nothing else should set it.
+#pragma once
+
+#include "ggml-backend.h"
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+namespace dg {
+
+struct Gpu {
+    ggml_backend_dev_t dev = nullptr;  // the ggml device (the CPU device for the stand-in)
+    bool stand_in = false;
+    std::string name;                  // "CUDA0 (NVIDIA H100 80GB HBM3)"
+};
+
+struct GpuMemory {
+    size_t free = 0;
+    size_t total = 0;
+};
+
+std::vector<Gpu> list_gpus();
+GpuMemory gpu_memory(const Gpu & gpu);
+
+// Where tensors placed on the GPU are allocated (the stand-in: a host buffer type).
+ggml_backend_buffer_type_t gpu_buffer_type(const Gpu & gpu);
+
+// The backend that computes on the GPU; nullptr for the stand-in, whose work runs on the CPU backend.
+// Throws dg::Error when the device cannot be initialised.
+ggml_backend_t gpu_backend_init(const Gpu & gpu);
+
+// "CUDA0 (NVIDIA H100), 79012 of 81559 MiB free"
+std::string gpu_description(const Gpu & gpu);
+
+}  // namespace dg

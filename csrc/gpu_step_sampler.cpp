@@ -1,0 +1,107 @@
+#include "gpu_step_sampler.h"
+
+#include "errors.h"
+
+#ifdef DIFFGEMMA_WITH_CUDA
+#include "cuda/sampler_ggml.h"
+#endif
+
+#include <cmath>
+#include <cstring>
+
+namespace dg {
+
+#ifndef DIFFGEMMA_WITH_CUDA
+// Only declared in this build; the unique_ptr's deleter still needs a complete type.
+class CudaSampler {};
+#endif
+
+bool GpuStepSampler::available(const Placement & pl) {
+    if (pl.gpu.stand_in) {
+        return true;
+    }
+#ifdef DIFFGEMMA_WITH_CUDA
+    return pl.gpu.dev != nullptr && std::strncmp(ggml_backend_dev_name(pl.gpu.dev), "CUDA", 4) == 0;
+#else
+    return false;
+#endif
+}
+
+GpuStepSampler::GpuStepSampler(const HParams & hp, const Placement & pl) : stand_in_(pl.gpu.stand_in) {
+#ifdef DIFFGEMMA_WITH_CUDA
+    if (!stand_in_) {
+        cuda_ = std::make_unique<CudaSampler>();
+    }
+#endif
+    ggml_init_params params = {ggml_tensor_overhead(), nullptr, true};
+    ctx_ = ggml_init(params);
+    if (ctx_ == nullptr) {
+        raise(DIFFGEMMA_ERR_OUT_OF_MEMORY, "cannot create the sampler's context");
+    }
+    probs_ = ggml_new_tensor_2d(ctx_, GGML_TYPE_F16, hp.n_vocab, hp.canvas_length);
+    ggml_set_name(probs_, "sc_probs");
+    {
+        GgmlErrorCapture quiet_ggml;
+        buf_ = ggml_backend_alloc_ctx_tensors_from_buft(ctx_, gpu_buffer_type(pl.gpu));
+    }
+    if (buf_ == nullptr) {
+        raise(DIFFGEMMA_ERR_OUT_OF_MEMORY, "cannot allocate %.1f MiB on %s for the self-conditioning probabilities",
+              ggml_nbytes(probs_) / 1048576.0, pl.gpu.name.c_str());
+    }
+    if (stand_in_) {
+        host_logits_.resize(static_cast<size_t>(hp.n_vocab) * static_cast<size_t>(hp.canvas_length));
+        host_probs_.resize(static_cast<size_t>(hp.n_vocab));
+    }
+}
+
+GpuStepSampler::~GpuStepSampler() {
+    if (buf_ != nullptr) {
+        ggml_backend_buffer_free(buf_);
+    }
+    if (ctx_ != nullptr) {
+        ggml_free(ctx_);
+    }
+}
+
+size_t GpuStepSampler::bytes() const { return buf_ != nullptr ? ggml_backend_buffer_get_size(buf_) : 0; }
+
+void GpuStepSampler::step(const ggml_tensor * logits, float inv_temp, const float * uniforms, std::vector<RowStats> & out) {
+    const int64_t V = logits->ne[0];
+    const int64_t C = logits->ne[1];
+    out.assign(static_cast<size_t>(C), RowStats{});
+    if (cuda_ != nullptr) {
+#ifdef DIFFGEMMA_WITH_CUDA
+        int32_t st = cuda_->row_stats(logits, inv_temp, uniforms, out.data());
+        if (st == DIFFGEMMA_OK) {
+            st = cuda_->write_probs(logits, inv_temp, probs_);
+        }
+        if (st != DIFFGEMMA_OK) {
+            raise(st, "%s", diffgemma_last_error());
+        }
+#endif
+    } else {
+        // The stand-in: the same contract on the host (its buffers are host memory anyway).
+        ggml_backend_tensor_get(logits, host_logits_.data(), 0, ggml_nbytes(logits));
+        std::vector<ggml_fp16_t> row16(static_cast<size_t>(V));
+        for (int64_t j = 0; j < C; ++j) {
+            const float * row = host_logits_.data() + j * V;
+            RowStats & s = out[static_cast<size_t>(j)];
+            if (!row_stats(row, V, inv_temp, uniforms[j], &s)) {
+                s.argmax = -1;
+                continue;
+            }
+            row_probs(row, V, inv_temp, s.log_z, host_probs_.data());
+            ggml_fp32_to_fp16_row(host_probs_.data(), row16.data(), V);
+            ggml_backend_tensor_set(probs_, row16.data(), static_cast<size_t>(j) * probs_->nb[1], row16.size() * sizeof(ggml_fp16_t));
+        }
+    }
+    for (int64_t j = 0; j < C; ++j) {
+        if (out[static_cast<size_t>(j)].argmax < 0) {
+            raise(DIFFGEMMA_ERR_BAD_FORMAT, "canvas position %lld has NaN or infinite logits: the model's weight matrices "
+                  "probably hold NaN/Inf values (hint: check the file with `diffgemma-cpp info`, re-convert it)",
+                  static_cast<long long>(j));
+        }
+    }
+}
+
+}  // namespace dg

@@ -1,0 +1,276 @@
+#include "placement.h"
+
+#include "errors.h"
+
+#include <algorithm>
+#include <initializer_list>
+
+namespace dg {
+
+namespace {
+
+constexpr double kMiB = 1048576.0;
+constexpr double kGiB = 1073741824.0;
+
+// Fills the per-layer flags; the parameters are already validated.
+void lay_out(const HParams & hp, int32_t n_gpu_layers, bool cpu_moe, int32_t n_cpu_moe, Placement & pl) {
+    const int32_t n = hp.n_layer;
+    const bool all = n_gpu_layers < 0 || n_gpu_layers > n;
+    const int32_t first_on_gpu = all ? 0 : n - n_gpu_layers;
+    pl.layer_on_gpu.assign(static_cast<size_t>(n), 0);
+    pl.experts_on_host.assign(static_cast<size_t>(n), 0);
+    for (int32_t il = first_on_gpu; il < n; ++il) {
+        pl.layer_on_gpu[il] = 1;
+        pl.experts_on_host[il] = cpu_moe || il < n_cpu_moe ? 1 : 0;
+    }
+    pl.head_on_gpu = all;
+}
+
+size_t nbytes(const ggml_tensor * t) { return t != nullptr ? ggml_nbytes(t) : 0; }
+
+// ggml_nbytes of the transposed embedding weights.cpp builds for self-conditioning (f32 or f16 copy).
+size_t embd_t_bytes(const HParams & hp, const Weights & w) {
+    if (w.sc_gate == nullptr) {
+        return 0;
+    }
+    const size_t elt = w.tok_embd->type == GGML_TYPE_F32 ? 4 : 2;
+    return static_cast<size_t>(hp.n_vocab) * static_cast<size_t>(hp.n_embd) * elt;
+}
+
+struct PlanBytes {
+    GpuWeightBytes weights;
+    size_t kv = 0;
+    size_t compute = 0;
+    size_t total() const { return weights.total() + kv + compute; }
+};
+
+// Device bytes of a placement with a minimal context (one prompt chunk and one canvas).
+PlanBytes plan_bytes(const HParams & hp, const Weights & w, const Placement & pl) {
+    const int32_t n_ctx_min = 2 * hp.canvas_length;
+    PlanBytes b;
+    b.weights = gpu_weight_bytes(hp, w, pl);
+    b.kv = estimate_gpu_kv_bytes(hp, pl, n_ctx_min);
+    b.compute = estimate_gpu_compute_bytes(hp, n_ctx_min, pl);
+    return b;
+}
+
+// "3.2 MiB", "14.25 GiB"
+std::string gib(size_t bytes) {
+    return bytes < (1u << 30) ? format("%.1f MiB", bytes / kMiB) : format("%.2f GiB", bytes / kGiB);
+}
+
+// The first setting (least offload given up) whose plan fits in `free` bytes, as a hint for the error.
+std::string fitting_setting(const HParams & hp, const Weights & w, const Placement & pl, const diffgemma_model_params & p,
+                            size_t free) {
+    Placement trial = pl;  // same GPU, other layers
+    // 1. Keep more expert weights in host memory (the MoE is most of a DiffusionGemma layer's bytes).
+    if (!p.cpu_moe) {
+        for (int32_t k = std::max(p.n_cpu_moe + 1, 1); k <= hp.n_layer; ++k) {
+            lay_out(hp, p.n_gpu_layers, false, k, trial);
+            const size_t need = plan_bytes(hp, w, trial).total();
+            if (need <= free) {
+                return format("n_cpu_moe=%d keeps the experts of the first %d layers in host memory and needs %s", k, k,
+                              gib(need).c_str());
+            }
+        }
+    }
+    // 2. Fewer layers on the GPU, experts of all of them in host memory.
+    const int32_t start = p.n_gpu_layers < 0 || p.n_gpu_layers > hp.n_layer ? hp.n_layer : p.n_gpu_layers - 1;
+    for (int32_t k = start; k >= 1; --k) {
+        lay_out(hp, k, true, 0, trial);
+        const size_t need = plan_bytes(hp, w, trial).total();
+        if (need <= free) {
+            return format("n_gpu_layers=%d with cpu_moe=1 needs %s", k, gib(need).c_str());
+        }
+    }
+    return "nothing of this model fits next to its compute buffers; n_gpu_layers=0 runs it on the CPU";
+}
+
+}  // namespace
+
+int Placement::n_layers_on_gpu() const {
+    return static_cast<int>(std::count(layer_on_gpu.begin(), layer_on_gpu.end(), uint8_t{1}));
+}
+
+std::string Placement::summary() const {
+    if (!use_gpu) {
+        return "CPU only";
+    }
+    const int n = static_cast<int>(layer_on_gpu.size());
+    const int on = n_layers_on_gpu();
+    int host_experts = 0;
+    for (int il = 0; il < n; ++il) {
+        host_experts += layer_on_gpu[il] && experts_on_host[il];
+    }
+    std::string s = on == 0 ? format("no layers of %d", n) : format("layers %d-%d of %d", n - on, n - 1, n);
+    if (host_experts > 0) {
+        s += format(" (experts of %d of them in host memory)", host_experts);
+    }
+    s += head_on_gpu ? ", head on the GPU" : ", head on the CPU";
+    return s;
+}
+
+Placement plan_placement(const HParams & hp, const diffgemma_model_params & p) {
+    if (p.n_gpu_layers < -1) {
+        raise(DIFFGEMMA_ERR_INVALID_ARGUMENT, "n_gpu_layers=%d: use -1 for every layer, 0 for none, or a layer count",
+              p.n_gpu_layers);
+    }
+    if (p.cpu_moe != 0 && p.cpu_moe != 1) {
+        raise(DIFFGEMMA_ERR_INVALID_ARGUMENT, "cpu_moe must be 0 or 1, got %d", p.cpu_moe);
+    }
+    if (p.n_cpu_moe < 0) {
+        raise(DIFFGEMMA_ERR_INVALID_ARGUMENT, "n_cpu_moe must not be negative, got %d", p.n_cpu_moe);
+    }
+    if (p.main_gpu < 0) {
+        raise(DIFFGEMMA_ERR_INVALID_ARGUMENT, "main_gpu must not be negative, got %d", p.main_gpu);
+    }
+    Placement pl;
+    if (p.n_gpu_layers == 0) {
+        if (p.cpu_moe || p.n_cpu_moe > 0) {
+            log(DIFFGEMMA_LOG_WARN, "cpu_moe / n_cpu_moe have no effect with n_gpu_layers=0: everything runs on the CPU");
+        }
+        lay_out(hp, 0, false, 0, pl);
+        return pl;
+    }
+    const std::vector<Gpu> gpus = list_gpus();
+    if (gpus.empty()) {
+        std::string backends;
+        for (size_t i = 0; i < ggml_backend_reg_count(); ++i) {
+            backends += (i ? ", " : "") + std::string(ggml_backend_reg_name(ggml_backend_reg_get(i)));
+        }
+        raise(DIFFGEMMA_ERR_BACKEND,
+              "n_gpu_layers=%d requested, but ggml reports no GPU (backends in this build: %s). Hint: n_gpu_layers=0 "
+              "runs on the CPU; offload needs a CUDA ggml (USE_CUDA=1 pip install --no-binary libggml-python "
+              "libggml-python) and CMAKE_ARGS=\"-DDIFFGEMMA_CUDA=ON\" pip install .",
+              p.n_gpu_layers, backends.c_str());
+    }
+    if (static_cast<size_t>(p.main_gpu) >= gpus.size()) {
+        raise(DIFFGEMMA_ERR_INVALID_ARGUMENT, "main_gpu=%d, but there %s %zu GPU%s (0 .. %zu)", p.main_gpu,
+              gpus.size() == 1 ? "is" : "are", gpus.size(), gpus.size() == 1 ? "" : "s", gpus.size() - 1);
+    }
+    pl.use_gpu = true;
+    pl.gpu_index = p.main_gpu;
+    pl.gpu = gpus[static_cast<size_t>(p.main_gpu)];
+    lay_out(hp, p.n_gpu_layers, p.cpu_moe != 0, p.n_cpu_moe, pl);
+    return pl;
+}
+
+GpuWeightBytes gpu_weight_bytes(const HParams & hp, const Weights & w, const Placement & pl) {
+    GpuWeightBytes b;
+    for (int il = 0; il < hp.n_layer; ++il) {
+        if (!pl.layer_on_gpu[il]) {
+            continue;
+        }
+        const LayerWeights & l = w.layers[static_cast<size_t>(il)];
+        const size_t experts = nbytes(l.gate_up_exps) + nbytes(l.gate_exps) + nbytes(l.up_exps) + nbytes(l.down_exps);
+        size_t all = 0;
+        for_each_layer_tensor(l, [&](const ggml_tensor * t) { all += nbytes(t); });
+        b.layers += all - experts;
+        b.experts += pl.experts_on_gpu(il) ? experts : 0;
+    }
+    if (pl.head_on_gpu) {
+        b.head = nbytes(w.tok_embd) + nbytes(w.output_norm) + nbytes(w.sc_pre_norm) + nbytes(w.sc_gate) + nbytes(w.sc_up) +
+                 nbytes(w.sc_down) + embd_t_bytes(hp, w);
+    }
+    return b;
+}
+
+size_t estimate_gpu_kv_bytes(const HParams & hp, const Placement & pl, int32_t n_ctx) {
+    const int64_t slack = std::max(512, hp.canvas_length);
+    size_t bytes = 0;
+    for (int il = 0; il < hp.n_layer; ++il) {
+        if (!pl.layer_on_gpu[il]) {
+            continue;
+        }
+        const int64_t slots = hp.is_swa[il] && hp.n_swa > 0 ? std::min<int64_t>(n_ctx, hp.n_swa - 1 + slack) : n_ctx;
+        bytes += 2 * static_cast<size_t>(hp.head_dim(il)) * static_cast<size_t>(hp.n_head_kv[il]) * static_cast<size_t>(slots) * 4;
+    }
+    return bytes;
+}
+
+size_t estimate_gpu_compute_bytes(const HParams & hp, int32_t n_ctx, const Placement & pl) {
+    const size_t C = static_cast<size_t>(hp.canvas_length);
+    // Logits, the previous step's logits or probabilities, and their softmax.
+    const size_t head = pl.head_on_gpu ? 3 * static_cast<size_t>(hp.n_vocab) * C * 4 : 0;
+    // Attention scores of the widest layer: every head against every visible key.
+    const size_t scores = static_cast<size_t>(hp.n_head) * C * static_cast<size_t>(n_ctx + hp.canvas_length) * 4;
+    // A few layers' activations alive at once: residual stream and norms, dense FFN, routed expert rows.
+    const size_t per_layer = C * 4 *
+        (8 * static_cast<size_t>(hp.n_embd) + 3 * static_cast<size_t>(hp.n_ff) +
+         3 * static_cast<size_t>(hp.n_ff_exp) * static_cast<size_t>(hp.n_expert_used) + 2 * static_cast<size_t>(hp.n_expert));
+    // ggml-cuda's pool (quantized activation copies, cuBLAS workspace) lives outside the compute buffer; the
+    // stand-in has none.
+    const size_t backend_pool = pl.gpu.stand_in ? 0 : 256u << 20;
+    return head + scores + 4 * per_layer + backend_pool;
+}
+
+std::string check_and_announce_plan(const HParams & hp, const Weights & w, const Placement & pl,
+                                    const diffgemma_model_params & p) {
+    if (!pl.use_gpu) {
+        return std::string();
+    }
+    const PlanBytes b = plan_bytes(hp, w, pl);
+    // What stays in the host mapping: the input embedding, the layers on the CPU, experts kept on the host,
+    // and a head on the CPU (with its transposed copy for self-conditioning).
+    size_t host = nbytes(w.tok_embd);
+    for (int il = 0; il < hp.n_layer; ++il) {
+        const LayerWeights & l = w.layers[static_cast<size_t>(il)];
+        for (ggml_tensor * LayerWeights::* m : kLayerTensors) {
+            if (!pl.layer_on_gpu[il] || (is_expert_tensor(m) && !pl.experts_on_gpu(il))) {
+                host += nbytes(l.*m);
+            }
+        }
+    }
+    if (!pl.head_on_gpu) {
+        host += nbytes(w.output_norm) + nbytes(w.sc_pre_norm) + nbytes(w.sc_gate) + nbytes(w.sc_up) + nbytes(w.sc_down) +
+                nbytes(w.embd_t);
+    }
+    const GpuMemory mem = gpu_memory(pl.gpu);
+    const int32_t n_ctx_default = std::min<int32_t>(4096, std::max(hp.n_ctx_train, hp.canvas_length * 2));
+    std::string plan = format(
+        "memory plan, GPU %d: %s: %s\n"
+        "  weights %s (layers %.0f MiB, experts %.0f MiB, head %.0f MiB), compute buffers ~%.0f MiB,\n"
+        "  KV cache %.0f MiB at n_ctx %d (%.0f MiB at the default n_ctx %d, allocated with each context);\n"
+        "  needs %s of %s free; host memory: %s of weights used from the mapped file",
+        pl.gpu_index, gpu_description(pl.gpu).c_str(), pl.summary().c_str(), gib(b.weights.total()).c_str(),
+        b.weights.layers / kMiB, b.weights.experts / kMiB, b.weights.head / kMiB, b.compute / kMiB, b.kv / kMiB,
+        2 * hp.canvas_length, estimate_gpu_kv_bytes(hp, pl, n_ctx_default) / kMiB, n_ctx_default, gib(b.total()).c_str(),
+        gib(mem.free).c_str(), gib(host).c_str());
+    if (b.total() > mem.free) {
+        raise(DIFFGEMMA_ERR_OUT_OF_MEMORY, "the model does not fit on GPU %d: %s missing.\n%s\nHint: %s", pl.gpu_index,
+              gib(b.total() - mem.free).c_str(), plan.c_str(), fitting_setting(hp, w, pl, p, mem.free).c_str());
+    }
+    announce(plan.c_str());
+    return plan;
+}
+
+void check_context_fits(const HParams & hp, const Placement & pl, int32_t n_ctx, size_t weights_on_gpu,
+                        const std::function<size_t(int32_t)> & kv_bytes_at) {
+    if (!pl.use_gpu) {
+        return;
+    }
+    const GpuMemory mem = gpu_memory(pl.gpu);
+    const size_t free = pl.gpu.stand_in ? (mem.free > weights_on_gpu ? mem.free - weights_on_gpu : 0) : mem.free;
+    auto need_at = [&](int32_t n) { return kv_bytes_at(n) + estimate_gpu_compute_bytes(hp, n, pl); };
+    const size_t need = need_at(n_ctx);
+    if (need <= free) {
+        return;
+    }
+    // The largest n_ctx (whole canvases, at least two) that fits, by bisection: the need grows with n_ctx.
+    int32_t lo = 0, hi = n_ctx;
+    while (hi - lo > 1) {
+        const int32_t mid = lo + (hi - lo) / 2;
+        (need_at(mid) <= free ? lo : hi) = mid;
+    }
+    const int32_t fitting = lo / hp.canvas_length * hp.canvas_length;
+    const std::string hint = fitting >= 2 * hp.canvas_length
+        ? format("n_ctx=%d fits; an f16 KV cache halves the cache", fitting)
+        : std::string("fewer n_gpu_layers, or cpu_moe / n_cpu_moe to free GPU memory for the cache");
+    raise(DIFFGEMMA_ERR_OUT_OF_MEMORY,
+          "the context does not fit on GPU %d (%s): its KV cache needs %.1f MiB for n_ctx=%d and the compute buffers "
+          "~%.1f MiB, but %.1f MiB are free (hint: %s)",
+          pl.gpu_index, pl.gpu.name.c_str(), kv_bytes_at(n_ctx) / kMiB, n_ctx,
+          estimate_gpu_compute_bytes(hp, n_ctx, pl) / kMiB, free / kMiB, hint.c_str());
+}
+
+}  // namespace dg
