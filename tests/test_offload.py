@@ -285,3 +285,20 @@ def test_cuda_generation_commits_the_cpu_tokens(monkeypatch):
     ours, readback, _ = _generate(path, dict(n_gpu_layers=-1), prompts, seed=11)
     assert readback == 0
     assert ours == ref
+
+
+def test_cli_offload_options_reach_the_model(monkeypatch):
+    import argparse
+
+    import diffgemma_cpp
+    from diffgemma_cpp import cli_text
+
+    seen = {}
+    monkeypatch.setattr(diffgemma_cpp, "Model", lambda path, **kw: seen.update(kw, path=path))
+    parser = argparse.ArgumentParser()
+    cli_text._add_model_options(parser)
+    cli_text._load_model(parser.parse_args(["-m", "x.gguf", "-ngl", "-1", "-mg", "1", "--cpu-moe", "--n-cpu-moe", "4"]))
+    assert seen == dict(path="x.gguf", n_gpu_layers=-1, main_gpu=1, cpu_moe=True, n_cpu_moe=4)
+    seen.clear()
+    cli_text._load_model(parser.parse_args(["-m", "x.gguf"]))
+    assert seen == dict(path="x.gguf")  # unset options keep the library's defaults

@@ -27,7 +27,12 @@ __all__ = ["add_text_commands"]
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-m", "--model", required=True, help="GGUF model file")
     parser.add_argument("-ngl", "--n-gpu-layers", type=int, default=None,
-                        help="layers to offload to the GPU (-1 = all; default 0)")
+                        help="layers to offload to the GPU, counted from the last (-1 = all and the head; default 0)")
+    parser.add_argument("-mg", "--main-gpu", type=int, default=None, help="index of the GPU to use (default 0)")
+    parser.add_argument("--cpu-moe", action="store_true", default=None,
+                        help="keep every layer's expert weights in host memory (runs the MoE on the CPU)")
+    parser.add_argument("--n-cpu-moe", type=int, default=None, metavar="N",
+                        help="keep the expert weights of the first N layers in host memory")
     parser.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
     parser.add_argument("-c", "--ctx-size", type=int, default=None, help="context size in tokens (default: model's)")
     parser.add_argument("--sc-top-k", type=int, default=None, metavar="K",
@@ -51,8 +56,9 @@ def _load_model(args: argparse.Namespace) -> Any:
     """Open the model with the options given (options left unset keep the library defaults)."""
     from . import Model  # the engine; imported here so `--help` works without loading anything
 
-    options = {"n_gpu_layers": args.n_gpu_layers, "n_threads": args.threads, "n_ctx": args.ctx_size,
-               "sc_top_k": args.sc_top_k}
+    names = {"n_gpu_layers": "n_gpu_layers", "main_gpu": "main_gpu", "cpu_moe": "cpu_moe", "n_cpu_moe": "n_cpu_moe",
+             "n_threads": "threads", "n_ctx": "ctx_size", "sc_top_k": "sc_top_k"}
+    options = {option: getattr(args, attr, None) for option, attr in names.items()}
     return Model(args.model, **{k: v for k, v in options.items() if v is not None})
 
 
