@@ -143,7 +143,7 @@ class Watchdog:
                 why = "terminated (SIGTERM)"
                 break
         phase = self.report.data.get("phase")
-        self.report.data["notes"].append(f"{why} during phase {phase!r}; the figures above it are complete")
+        self.report.data["notes"].append(f"{why} during phase {phase!r}; figures recorded before this phase are complete")
         try:
             self.report.lock.acquire(timeout=5)
             self.report.data.update(status="timed_out", elapsed_s=time.perf_counter() - self.report.t0)
@@ -185,7 +185,7 @@ def release_shape(shape):
     return dataclasses.replace(shape, is_swa=tuple(pattern), n_head_kv=tuple(kv_swa if s else 2 for s in pattern))
 
 
-def derive(summary: dict, shape, n_prompt: int) -> dict:
+def derive(summary: dict, shape, n_prompt: int, layer_bytes: tuple | None = None) -> dict:
     """Per-step figures (medians), per-layer backbone and the 30-layer extrapolation."""
     from diffgemma_cpp.bench_flops import step_flops
 
@@ -217,6 +217,17 @@ def derive(summary: dict, shape, n_prompt: int) -> dict:
                                 "layers' larger heads",
         "flop_weighted_tok_s_at_20_steps": shape.canvas * 1000.0 / (STEPS_PER_BLOCK * weighted),
     }
+    if layer_bytes:
+        b_meas, b_full = layer_bytes
+        by_bytes = rest + parts["backbone"] * b_full / b_meas
+        out["extrapolated_30_layers"].update({
+            "byte_weighted_step_ms": by_bytes,
+            "byte_weighted_method": f"backbone scaled by the layers' weight bytes, 30 release layers / the {n} "
+                                    f"measured ({b_full / 2**30:.2f} / {b_meas / 2**30:.2f} GiB): for a "
+                                    "memory-bound backbone (the release gives some layers 8-bit expert down "
+                                    "projections)",
+            "byte_weighted_tok_s_at_20_steps": shape.canvas * 1000.0 / (STEPS_PER_BLOCK * by_bytes),
+        })
     return out
 
 
@@ -253,7 +264,9 @@ def summary_text(d: dict) -> str:
     if e.get("step_ms") is not None:
         lines.append(f"EXTRAPOLATED to 30 layers (per layer, not measured): step {f(e['step_ms'], 2)} ms -> "
                      f"{f(e['tok_s_at_20_steps'], 0)} tok/s at 20 steps/block (FLOP-weighted: "
-                     f"{f(e['flop_weighted_step_ms'], 2)} ms -> {f(e['flop_weighted_tok_s_at_20_steps'], 0)} tok/s)")
+                     f"{f(e['flop_weighted_step_ms'], 2)} ms -> {f(e['flop_weighted_tok_s_at_20_steps'], 0)} tok/s; "
+                     f"weight-byte-weighted: {f(e.get('byte_weighted_step_ms'), 2)} ms -> "
+                     f"{f(e.get('byte_weighted_tok_s_at_20_steps'), 0)} tok/s)")
     elif e:
         lines.append(f"30-layer extrapolation: {e.get('note')}")
     lc = d.get("logits_check")
@@ -282,8 +295,9 @@ def main(argv=None) -> int:
 
         report.update(system_info=diffgemma_cpp.system_info())
 
-        def bytes_for(n):
-            return mk.file_bytes(mk.plan_types(mk.release_hparams(n, args.vocab, args.experts))[1])
+        def bytes_for(n, layers_only=False):
+            tensors = mk.plan_types(mk.release_hparams(n, args.vocab, args.experts))[1]
+            return mk.file_bytes([t for t in tensors if t.layer is not None or not layers_only])
 
         n_layers, how = choose_layers(args, bytes_for)
         report.update("build", layers_chosen_by=how)
@@ -291,6 +305,7 @@ def main(argv=None) -> int:
         report.update(model=info)
         print(f"  built {info['bytes'] / 2**30:.2f} GiB in {info['seconds']:.1f} s", flush=True)
 
+        layer_bytes = (bytes_for(n_layers, True), bytes_for(RELEASE_LAYERS, True))
         report.update("load")
         threads = args.threads or lib.diffgemma_default_n_threads()
         runner = bench.EngineRunner(info["path"], threads, args.prompt_tokens, split=True,
@@ -306,7 +321,8 @@ def main(argv=None) -> int:
             t0 = time.monotonic()
             runs.append(runner.denoise(args.steps, seed=r))
             summary = bench.summarize(runs)
-            report.update(runs=runs, summary=summary, derived=derive(summary, runner.shape, args.prompt_tokens))
+            report.update(runs=runs, summary=summary, derived=derive(summary, runner.shape, args.prompt_tokens,
+                                                                     layer_bytes))
             if r + 1 < args.repetitions and watchdog.left() < 2 * (time.monotonic() - t0) + 20:
                 report.data["notes"].append(f"stopped after {r + 1} repetition(s) to stay inside --timeout-s")
                 break

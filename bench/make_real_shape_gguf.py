@@ -6,7 +6,9 @@
 Geometry is the release's (model-spec.md §2.2): hidden 2816, dense/self-conditioning FFN 2112, 16 query heads,
 sliding layers 8 KV heads x 256, full layers 2 KV heads x 512 (no attn_v), pattern 5 sliding : 1 full,
 128 experts top-8 of width 704, vocabulary 262144, canvas 256. `--layers N` keeps the first N layers of the
-release pattern (n_layer = N in the metadata), so per-layer costs can be measured and extrapolated to 30.
+release pattern (n_layer = N in the metadata) with the types those layers have in the 30-layer file, so
+per-layer costs can be measured and extrapolated to 30. The 30-layer plan is the published Q4_K_M's mix
+(gguf-format.md §8: 692 tensors, f32 423, q4_K 194, q5_0 33, q8_0 28, q6_K 14; 15.6 GiB).
 
 Tensor names, order, metadata keys and the per-tensor types come from the converter (names table, `model_kv`,
 `_layer_specs`, `assign_types` for the q4_k_m recipe), and the file is written by the converter's streaming
@@ -200,9 +202,15 @@ def _vector(ident: str, hp: HParams, ne0: int) -> np.ndarray:
 
 
 def plan_types(hp: HParams, outtype: str = "q4_k_m") -> tuple:
-    """(names-table ids, OutTensors) in the converter's file order, with the recipe's types; no sources yet."""
+    """(names-table ids, OutTensors) in the converter's file order, with the recipe's types; no sources yet.
+
+    The types are those of the first hp.n_layer layers of the whole 30-layer file: the recipe gives more bits
+    to some layers by their position among all 30 (attn_v, ffn_down, ffn_down_exps), so the recipe runs on the
+    full plan and the later layers are dropped afterwards."""
     if outtype not in OUTTYPE_CHOICES:
         raise ValueError(f"--outtype must be one of {', '.join(OUTTYPE_CHOICES)}, got {outtype!r}")
+    n_keep = hp.n_layer
+    hp = release_hparams(RELEASE_LAYERS, hp.n_vocab, hp.n_expert)
     specs = [("ROPE_FREQS", None, (hp.head_dim_full // 2,)), ("TOKEN_EMBD", None, (hp.n_vocab, hp.n_embd))]
     specs += [(ident, None, shape_fn(hp)) for ident, _, shape_fn in _GLOBAL_SPECS]
     idents, tensors = [], []
@@ -215,7 +223,8 @@ def plan_types(hp: HParams, outtype: str = "q4_k_m") -> tuple:
             tensors.append(OutTensor(names.layer_tensor(ident, il), tuple(reversed(shape)), ROLE_BY_ID[ident], il,
                                      None))
     assign_types(tensors, OUTTYPES[outtype], n_layer=hp.n_layer)
-    return idents, tensors
+    keep = [i for i, t in enumerate(tensors) if t.layer is None or t.layer < n_keep]
+    return [idents[i] for i in keep], [tensors[i] for i in keep]
 
 
 def plan(hp: HParams, outtype: str = "q4_k_m", seed: int = 0) -> list:
