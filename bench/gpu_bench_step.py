@@ -12,9 +12,13 @@
    self-conditioning / backbone / head comes from diffgemma_timings' split mode, plus graph setup, logits
    read-back and the host sampler);
 4. reports ms per step, its parts, backbone ms per layer, the 30-layer figure EXTRAPOLATED from the N measured
-   layers (backbone / N * 30 + everything else as measured; a FLOP-weighted variant that counts the full-
-   attention layers' larger heads is given too), and tokens/s at 20 steps per block = 256 * 1000 / (20 * step ms);
-5. checks one decoder pass's logits (finite, spread).
+   layers (backbone / N * 30 + everything else as measured; FLOP- and weight-byte-weighted variants that count
+   the full-attention layers' larger heads and the release's 8-bit expert layers are given too), and tokens/s
+   at 20 steps per block = 256 * 1000 / (20 * step ms);
+5. checks one decoder pass's logits (finite, spread);
+6. on the GPU (--max-layers, default 30 there), runs a second round with as many more layers as the time left
+   allows, judged from the first round's measured build / load / step times; that round, when it completes,
+   is the headline (all 30 layers: measured, no extrapolation). A failed second round leaves the first.
 
 Writes DIR/gpu_step_bench.json after every phase (so a run cut short still leaves what it measured) and prints
 a short text summary (also stored in the JSON as "summary_text"). A watchdog ends the run with the JSON written
@@ -51,6 +55,7 @@ DEFAULT_LAYERS = 6            # one whole 5 sliding : 1 full period; ~3.4 GB
 BUILD_BYTES_PER_S = 0.4e9
 LOAD_BYTES_PER_S = 0.5e9
 FIXED_S = 45.0
+GROW_MARGIN_S = 25.0          # slack on top of the estimate before a second, larger round is started
 JSON_NAME = "gpu_step_bench.json"
 
 
@@ -68,6 +73,11 @@ def parse_args(argv):
                     help="without --layers: the most layers whose build + load + steps fit this many seconds")
     ap.add_argument("--timeout-s", type=float, default=_env_int("DG_GPU_BENCH_TIMEOUT_S", 285),
                     help="hard limit for the whole run; the JSON is written and the run ends (default 285)")
+    ap.add_argument("--max-layers", type=int, default=_env_int("DG_GPU_BENCH_MAX_LAYERS", None),
+                    help="after the first round, measure again with as many layers up to this as the time left "
+                         "allows (default 30 on the GPU, off with --n-gpu-layers 0)")
+    ap.add_argument("--no-split", action="store_true",
+                    help="time whole decoder passes (no self-conditioning / backbone / head split, no extrapolation)")
     ap.add_argument("--n-gpu-layers", "-ngl", type=int, default=_env_int("DG_GPU_BENCH_N_GPU_LAYERS", -1),
                     help="layers on the GPU (-1 all, the default; 0 for a CPU run)")
     ap.add_argument("--steps", type=int, default=_env_int("DG_GPU_BENCH_STEPS", 8),
@@ -82,6 +92,10 @@ def parse_args(argv):
     args = ap.parse_args(argv)
     if args.layers is not None and not 1 <= args.layers <= RELEASE_LAYERS:
         ap.error(f"--layers must be in 1..{RELEASE_LAYERS}")
+    if args.max_layers is None:
+        args.max_layers = RELEASE_LAYERS if args.n_gpu_layers != 0 else 0
+    if not 0 <= args.max_layers <= RELEASE_LAYERS:
+        ap.error(f"--max-layers must be in 0..{RELEASE_LAYERS}")
     if args.steps < 2 or args.repetitions < 1 or args.prompt_tokens < 1:
         ap.error("--steps must be >= 2, --repetitions and --prompt-tokens >= 1")
     if args.timeout_s <= 0 or (args.budget_s is not None and args.budget_s <= 0):
@@ -143,7 +157,8 @@ class Watchdog:
                 why = "terminated (SIGTERM)"
                 break
         phase = self.report.data.get("phase")
-        self.report.data["notes"].append(f"{why} during phase {phase!r}; figures recorded before this phase are complete")
+        self.report.data["notes"].append(f"{why} during phase {phase!r}; "
+                                         "figures recorded before this phase are complete")
         try:
             self.report.lock.acquire(timeout=5)
             self.report.data.update(status="timed_out", elapsed_s=time.perf_counter() - self.report.t0)
@@ -195,6 +210,10 @@ def derive(summary: dict, shape, n_prompt: int, layer_bytes: tuple | None = None
     parts = {k: med.get(f"{k}_ms") for k in ("setup", "sc", "backbone", "head", "readback", "sampler")}
     out = {"measured": {"n_layers": n, "step_ms": step, **{f"{k}_ms": v for k, v in parts.items()},
                         "tok_s_at_20_steps": shape.canvas * 1000.0 / (STEPS_PER_BLOCK * step)}}
+    if n >= RELEASE_LAYERS:
+        out["measured"]["backbone_ms_per_layer"] = None if parts["backbone"] is None else parts["backbone"] / n
+        out["extrapolated_30_layers"] = {"note": "all 30 layers measured: no extrapolation"}
+        return out
     if parts["backbone"] is None:
         out["extrapolated_30_layers"] = {"note": "not available: the run gave no split timings (split mode off "
                                                  "or not supported by this build)"}
@@ -246,34 +265,130 @@ def logits_check(model, canvas) -> dict:
                                           "max": float(entropy.max())}}
 
 
-def summary_text(d: dict) -> str:
-    m = d.get("derived", {}).get("measured", {})
-    e = d.get("derived", {}).get("extrapolated_30_layers", {})
-    b = d.get("model", {})
-    f = lambda v, digits=1: "n/a" if v is None else f"{v:.{digits}f}"  # noqa: E731
-    lines = [f"gpu_bench_step: {d.get('device') or 'no GPU name'} | {d.get('system_info', '')}",
-             f"model: {b.get('n_layers')} of 30 release layers, vocab {b.get('n_vocab')}, {b.get('outtype')}, "
-             f"{f((b.get('bytes') or 0) / 2**30, 2)} GiB; build {f(b.get('seconds'))} s, load {f(d.get('load_s'))} s, "
-             f"warm-up {f(d.get('warmup_s'))} s, n_gpu_layers {d['args'].get('n_gpu_layers')}"]
+def _fmt(v, digits=1) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def round_text(r: dict, prompt_tokens: int) -> list:
+    f = _fmt
+    b = r.get("model", {})
+    lines = [f"[{r['n_layers']} of 30 layers] {r.get('status')}: vocab {b.get('n_vocab')}, {b.get('outtype')}, "
+             f"{f((b.get('bytes') or 0) / 2**30, 2)} GiB; build {f(b.get('seconds'))} s, load {f(r.get('load_s'))} s, "
+             f"warm-up {f(r.get('warmup_s'))} s" + (f"; {r['error']}" if r.get("error") else "")]
+    m = r.get("derived", {}).get("measured", {})
     if m:
-        lines.append(f"measured ({m['n_layers']} layers, canvas 256, prompt {d['args']['prompt_tokens']}): step "
-                     f"{f(m['step_ms'], 2)} ms = setup {f(m.get('setup_ms'), 2)} + self-cond {f(m.get('sc_ms'), 2)} + "
-                     f"backbone {f(m.get('backbone_ms'), 2)} + head {f(m.get('head_ms'), 2)} + read-back "
+        lines.append(f"  measured (canvas 256, prompt {prompt_tokens}): step {f(m['step_ms'], 2)} ms = setup "
+                     f"{f(m.get('setup_ms'), 2)} + self-cond {f(m.get('sc_ms'), 2)} + backbone "
+                     f"{f(m.get('backbone_ms'), 2)} + head {f(m.get('head_ms'), 2)} + read-back "
                      f"{f(m.get('readback_ms'), 2)} + sampler {f(m.get('sampler_ms'), 2)}; backbone/layer "
-                     f"{f(m.get('backbone_ms_per_layer'), 2)} ms; {f(m['tok_s_at_20_steps'], 0)} tok/s at 20 steps/block")
+                     f"{f(m.get('backbone_ms_per_layer'), 2)} ms; "
+                     f"{f(m['tok_s_at_20_steps'], 0)} tok/s at 20 steps/block")
+    e = r.get("derived", {}).get("extrapolated_30_layers", {})
     if e.get("step_ms") is not None:
-        lines.append(f"EXTRAPOLATED to 30 layers (per layer, not measured): step {f(e['step_ms'], 2)} ms -> "
+        lines.append(f"  EXTRAPOLATED to 30 layers (per layer, not measured): step {f(e['step_ms'], 2)} ms -> "
                      f"{f(e['tok_s_at_20_steps'], 0)} tok/s at 20 steps/block (FLOP-weighted: "
                      f"{f(e['flop_weighted_step_ms'], 2)} ms -> {f(e['flop_weighted_tok_s_at_20_steps'], 0)} tok/s; "
                      f"weight-byte-weighted: {f(e.get('byte_weighted_step_ms'), 2)} ms -> "
                      f"{f(e.get('byte_weighted_tok_s_at_20_steps'), 0)} tok/s)")
     elif e:
-        lines.append(f"30-layer extrapolation: {e.get('note')}")
-    lc = d.get("logits_check")
+        lines.append(f"  30 layers: {e.get('note')}")
+    lc = r.get("logits_check")
     if lc:
-        lines.append(f"logits: finite {lc['finite']}, std {f(lc['std'], 3)}, max |x| {f(lc['max_abs'], 2)}")
+        lines.append(f"  logits: finite {lc['finite']}, std {f(lc['std'], 3)}, max |x| {f(lc['max_abs'], 2)}")
+    return lines
+
+
+def summary_text(d: dict) -> str:
+    lines = [f"gpu_bench_step: {d.get('device') or 'no GPU name'} | {d.get('system_info', '')}",
+             f"n_gpu_layers {d['args'].get('n_gpu_layers')}, {d.get('threads', '?')} CPU threads, steps "
+             f"{d['args'].get('steps')} per canvas (the first, without self-conditioning, untimed)"]
+    for r in d.get("rounds", []):
+        lines += round_text(r, d["args"]["prompt_tokens"])
+    if d.get("headline_layers"):
+        lines.append(f"headline: the {d['headline_layers']}-layer round")
     lines.append(f"status {d.get('status')}" + (f": {d.get('error')}" if d.get("error") else ""))
     return "\n".join(lines)
+
+
+class Bench:
+    """One round = build the N-layer file, load it, time encode + denoising, check the logits, free it."""
+
+    def __init__(self, args, report: Report, work: Path):
+        import diffgemma_cpp
+        from diffgemma_cpp import bench
+        from diffgemma_cpp._native import lib
+        import make_real_shape_gguf as mk
+
+        self.args, self.report, self.work, self.bench, self.mk = args, report, work, bench, mk
+        self.threads = args.threads or lib.diffgemma_default_n_threads()
+        report.update(system_info=diffgemma_cpp.system_info(), threads=self.threads, rounds=[])
+
+    def file_bytes(self, n: int, layers_only: bool = False) -> int:
+        tensors = self.mk.plan_types(self.mk.release_hparams(n, self.args.vocab, self.args.experts))[1]
+        return self.mk.file_bytes([t for t in tensors if t.layer is not None or not layers_only])
+
+    def round(self, n: int, left) -> dict:
+        """Runs one round; its dict (in report.data["rounds"]) is filled in as it goes. Raises on failure."""
+        args, report, rnd = self.args, self.report, {"n_layers": n, "status": "running"}
+        report.data["rounds"].append(rnd)
+        t_start = time.monotonic()
+        report.update(f"{n}L: build")
+        path = self.work / f"real-shape-{n}L.gguf"
+        runner = None
+        try:
+            info = self.mk.build(path, n, args.vocab, "q4_k_m", args.experts)
+            rnd["model"] = info
+            print(f"  built {info['bytes'] / 2**30:.2f} GiB in {info['seconds']:.1f} s", flush=True)
+            layer_bytes = (self.file_bytes(n, True), self.file_bytes(RELEASE_LAYERS, True))
+            report.update(f"{n}L: load")
+            runner = self.bench.EngineRunner(info["path"], self.threads, args.prompt_tokens, split=not args.no_split,
+                                             n_gpu_layers=args.n_gpu_layers)
+            rnd.update(load_s=runner.load_s, warmup_s=runner.warmup_s)
+            t_measure = time.monotonic()
+            report.update(f"{n}L: encode")
+            rnd["encode"] = runner.encode()
+            runs = []
+            for r in range(args.repetitions):
+                report.update(f"{n}L: denoise {r + 1}/{args.repetitions}")
+                t0 = time.monotonic()
+                runs.append(runner.denoise(args.steps, seed=r))
+                rnd.update(runs=runs, summary=self.bench.summarize(runs))
+                rnd["derived"] = derive(rnd["summary"], runner.shape, args.prompt_tokens, layer_bytes)
+                report.update()
+                if r + 1 < args.repetitions and left() < 2 * (time.monotonic() - t0) + 20:
+                    report.data["notes"].append(f"{n}L: stopped after {r + 1} repetition(s) to stay inside --timeout-s")
+                    break
+            report.update(f"{n}L: logits check")
+            rnd["logits_check"] = logits_check(runner.model, runner.canvas)
+            rnd["measure_s"] = time.monotonic() - t_measure
+            if not rnd["logits_check"]["finite"]:
+                raise FloatingPointError("the decoder's logits hold NaN/Inf")
+            rnd["status"] = "ok"
+        except BaseException as exc:
+            rnd.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            if runner is not None:
+                runner.close()
+            if not args.keep_model:
+                path.unlink(missing_ok=True)
+            rnd["round_s"] = time.monotonic() - t_start
+            report.update()
+        return rnd
+
+    def next_layers(self, done: dict, left: float) -> int | None:
+        """The most layers (<= --max-layers, > done's) a second round can build, load and time in `left` s,
+        from the rates the first round measured on this machine; None if none fits."""
+        b = done["model"]["bytes"]
+        build_rate = b / max(done["model"]["seconds"], 1e-3)
+        load_rate = b / max(done["load_s"] + done["warmup_s"], 1e-3)
+        best = None
+        for m in range(done["n_layers"] + 1, self.args.max_layers + 1):
+            bm = self.file_bytes(m)
+            estimate = bm / build_rate + bm / load_rate + done["measure_s"] * m / done["n_layers"] + GROW_MARGIN_S
+            if estimate <= left:
+                best = m
+        return best
 
 
 def main(argv=None) -> int:
@@ -284,54 +399,24 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="dg-gpu-bench-", dir=args.model_dir))
     cleanup = (lambda: None) if args.keep_model else (lambda: shutil.rmtree(work, ignore_errors=True))
     watchdog = Watchdog(report, args.timeout_s, cleanup)
-    runner = None
     status, code = "ok", 0
     try:
         report.update("import", device=device_name())
-        import diffgemma_cpp
-        from diffgemma_cpp import bench
-        from diffgemma_cpp._native import lib
-        import make_real_shape_gguf as mk
-
-        report.update(system_info=diffgemma_cpp.system_info())
-
-        def bytes_for(n, layers_only=False):
-            tensors = mk.plan_types(mk.release_hparams(n, args.vocab, args.experts))[1]
-            return mk.file_bytes([t for t in tensors if t.layer is not None or not layers_only])
-
-        n_layers, how = choose_layers(args, bytes_for)
-        report.update("build", layers_chosen_by=how)
-        info = mk.build(work / f"real-shape-{n_layers}L.gguf", n_layers, args.vocab, "q4_k_m", args.experts)
-        report.update(model=info)
-        print(f"  built {info['bytes'] / 2**30:.2f} GiB in {info['seconds']:.1f} s", flush=True)
-
-        layer_bytes = (bytes_for(n_layers, True), bytes_for(RELEASE_LAYERS, True))
-        report.update("load")
-        threads = args.threads or lib.diffgemma_default_n_threads()
-        runner = bench.EngineRunner(info["path"], threads, args.prompt_tokens, split=True,
-                                    n_gpu_layers=args.n_gpu_layers)
-        report.update(load_s=runner.load_s, warmup_s=runner.warmup_s, threads=threads)
-
-        report.update("encode")
-        report.update(encode=runner.encode())
-
-        runs = []
-        for r in range(args.repetitions):
-            report.update(f"denoise {r + 1}/{args.repetitions}")
-            t0 = time.monotonic()
-            runs.append(runner.denoise(args.steps, seed=r))
-            summary = bench.summarize(runs)
-            report.update(runs=runs, summary=summary, derived=derive(summary, runner.shape, args.prompt_tokens,
-                                                                     layer_bytes))
-            if r + 1 < args.repetitions and watchdog.left() < 2 * (time.monotonic() - t0) + 20:
-                report.data["notes"].append(f"stopped after {r + 1} repetition(s) to stay inside --timeout-s")
-                break
-
-        report.update("logits check")
-        report.update(logits_check=logits_check(runner.model, runner.canvas))
-        if not report.data["logits_check"]["finite"]:
-            status, code = "failed", 1
-            report.update(error="the decoder's logits hold NaN/Inf")
+        b = Bench(args, report, work)
+        n_layers, how = choose_layers(args, b.file_bytes)
+        report.update(layers_chosen_by=how)
+        done = b.round(n_layers, watchdog.left)
+        report.update(headline_layers=n_layers, derived=done["derived"])
+        more = b.next_layers(done, watchdog.left()) if args.max_layers > n_layers else None
+        if args.max_layers > n_layers and more is None:
+            report.data["notes"].append(f"no second round: more than {n_layers} layers would not fit the time left")
+        if more is not None:
+            try:
+                bigger = b.round(more, watchdog.left)
+                report.update(headline_layers=more, derived=bigger["derived"])
+            except Exception as exc:  # the first round stands; say why the second did not
+                report.data["notes"].append(f"the {more}-layer round failed ({type(exc).__name__}: {exc}); "
+                                            f"the headline stays the {n_layers}-layer round")
     except KeyboardInterrupt:
         status, code = "interrupted", 130
     except Exception as exc:  # every failure ends in the JSON with its phase, then a non-zero exit
@@ -340,8 +425,6 @@ def main(argv=None) -> int:
         print(f"gpu_bench_step: FAILED in phase {report.data['phase']!r}: {type(exc).__name__}: {exc}",
               file=sys.stderr, flush=True)
     finally:
-        if runner is not None:
-            runner.close()
         cleanup()
     report.update(status=status)
     text = summary_text(report.data)

@@ -99,7 +99,10 @@ def _bench(tmp_path, *extra):
 def test_step_bench_writes_the_split_and_the_labelled_extrapolation(tmp_path):
     proc, d = _bench(tmp_path, "--n-gpu-layers", "0")
     assert proc.returncode == 0, proc.stderr + proc.stdout
-    assert d["status"] == "ok" and d["model"]["n_layers"] == 1 and d["load_s"] > 0 and d["model"]["seconds"] > 0
+    assert d["status"] == "ok" and d["headline_layers"] == 1 and len(d["rounds"]) == 1
+    r = d["rounds"][0]
+    assert r["status"] == "ok" and r["model"]["n_layers"] == 1 and r["load_s"] > 0 and r["model"]["seconds"] > 0
+    assert r["derived"] == d["derived"]
     m = d["derived"]["measured"]
     assert m["step_ms"] > 0 and m["backbone_ms"] > 0 and m["head_ms"] > 0 and m["sc_ms"] > 0
     assert m["sampler_ms"] > 0 and m["backbone_ms_per_layer"] == pytest.approx(m["backbone_ms"])
@@ -107,7 +110,7 @@ def test_step_bench_writes_the_split_and_the_labelled_extrapolation(tmp_path):
     e = d["derived"]["extrapolated_30_layers"]
     assert "EXTRAPOLATED" in e["label"]
     assert e["step_ms"] == pytest.approx(m["step_ms"] + 29 * m["backbone_ms"])
-    assert d["logits_check"]["finite"]
+    assert r["logits_check"]["finite"]
     assert "EXTRAPOLATED to 30 layers" in proc.stdout and "EXTRAPOLATED" in d["summary_text"]
     assert list(tmp_path.iterdir()) == [tmp_path / "out"]  # the temporary model is removed
 
@@ -116,8 +119,9 @@ def test_step_bench_writes_the_split_and_the_labelled_extrapolation(tmp_path):
 def test_step_bench_on_a_cpu_only_build_fails_clearly_when_asked_for_the_gpu(tmp_path):
     proc, d = _bench(tmp_path, "--n-gpu-layers", "-1")
     assert proc.returncode == 1
-    assert d["status"] == "failed" and d["phase"] == "load" and "n_gpu_layers" in d["error"]
-    assert "FAILED in phase 'load'" in proc.stderr
+    assert d["status"] == "failed" and d["phase"] == "1L: load" and "n_gpu_layers" in d["error"]
+    assert d["rounds"][0]["status"] == "failed"
+    assert "FAILED in phase '1L: load'" in proc.stderr
 
 
 def test_step_bench_rejects_bad_arguments(tmp_path):
