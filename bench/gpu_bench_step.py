@@ -10,7 +10,8 @@
 3. times a random prompt's encoding and `--repetitions` canvases of exactly `--steps` denoising steps
    (EngineRunner.denoise: the per-step figures cover the self-conditioned steps; the split into
    self-conditioning / backbone / head comes from diffgemma_timings' split mode, plus graph setup, logits
-   read-back and the host sampler);
+   read-back and the host sampler), then one more canvas with the split timing off (one graph per pass and
+   no timing callbacks, as the engine runs normally: "unsplit");
 4. reports ms per step, its parts, backbone ms per layer, the 30-layer figure EXTRAPOLATED from the N measured
    layers (backbone / N * 30 + everything else as measured; FLOP- and weight-byte-weighted variants that count
    the full-attention layers' larger heads and the release's 8-bit expert layers are given too), and tokens/s
@@ -200,8 +201,10 @@ def release_shape(shape):
     return dataclasses.replace(shape, is_swa=tuple(pattern), n_head_kv=tuple(kv_swa if s else 2 for s in pattern))
 
 
-def derive(summary: dict, shape, n_prompt: int, layer_bytes: tuple | None = None) -> dict:
-    """Per-step figures (medians), per-layer backbone and the 30-layer extrapolation."""
+def derive(summary: dict, shape, n_prompt: int, layer_bytes: tuple | None = None,
+           unsplit: dict | None = None) -> dict:
+    """Per-step figures (medians), per-layer backbone and the 30-layer extrapolation. `unsplit`: a run with
+    the split timing off (one graph per pass, no timing callbacks), the step as the engine really runs it."""
     from diffgemma_cpp.bench_flops import step_flops
 
     med = {k: v["median"] for k, v in summary.items()}
@@ -210,6 +213,9 @@ def derive(summary: dict, shape, n_prompt: int, layer_bytes: tuple | None = None
     parts = {k: med.get(f"{k}_ms") for k in ("setup", "sc", "backbone", "head", "readback", "sampler")}
     out = {"measured": {"n_layers": n, "step_ms": step, **{f"{k}_ms": v for k, v in parts.items()},
                         "tok_s_at_20_steps": shape.canvas * 1000.0 / (STEPS_PER_BLOCK * step)}}
+    if unsplit is not None:
+        out["measured"].update(step_ms_unsplit=unsplit["step_ms"],
+                               tok_s_at_20_steps_unsplit=shape.canvas * 1000.0 / (STEPS_PER_BLOCK * unsplit["step_ms"]))
     if n >= RELEASE_LAYERS:
         out["measured"]["backbone_ms_per_layer"] = None if parts["backbone"] is None else parts["backbone"] / n
         out["extrapolated_30_layers"] = {"note": "all 30 layers measured: no extrapolation"}
@@ -225,6 +231,8 @@ def derive(summary: dict, shape, n_prompt: int, layer_bytes: tuple | None = None
     f_full = step_flops(release_shape(shape), n_prompt)["backbone"]
     weighted = rest + parts["backbone"] * f_full / f_meas
     out["measured"]["backbone_ms_per_layer"] = per_layer
+    if unsplit is not None:
+        out["measured"]["split_overhead_ms"] = step - unsplit["step_ms"]
     out["extrapolated_30_layers"] = {
         "label": f"EXTRAPOLATED from {n} measured layer(s), not measured",
         "method": "step_ms - backbone_ms + backbone_ms / n_layers * 30 (all non-backbone parts as measured)",
@@ -236,6 +244,12 @@ def derive(summary: dict, shape, n_prompt: int, layer_bytes: tuple | None = None
                                 "layers' larger heads",
         "flop_weighted_tok_s_at_20_steps": shape.canvas * 1000.0 / (STEPS_PER_BLOCK * weighted),
     }
+    if unsplit is not None:
+        from_unsplit = unsplit["step_ms"] + per_layer * (RELEASE_LAYERS - n)
+        out["extrapolated_30_layers"].update(
+            step_ms_from_unsplit=from_unsplit,
+            from_unsplit_method="unsplit step_ms + backbone_ms / n_layers * (30 - n_layers)",
+            tok_s_at_20_steps_from_unsplit=shape.canvas * 1000.0 / (STEPS_PER_BLOCK * from_unsplit))
     if layer_bytes:
         b_meas, b_full = layer_bytes
         by_bytes = rest + parts["backbone"] * b_full / b_meas
@@ -283,6 +297,9 @@ def round_text(r: dict, prompt_tokens: int) -> list:
                      f"{f(m.get('readback_ms'), 2)} + sampler {f(m.get('sampler_ms'), 2)}; backbone/layer "
                      f"{f(m.get('backbone_ms_per_layer'), 2)} ms; "
                      f"{f(m['tok_s_at_20_steps'], 0)} tok/s at 20 steps/block")
+        if m.get("step_ms_unsplit") is not None:
+            lines.append(f"  unsplit (no timing callbacks): step {f(m['step_ms_unsplit'], 2)} ms; "
+                         f"{f(m['tok_s_at_20_steps_unsplit'], 0)} tok/s at 20 steps/block")
     e = r.get("derived", {}).get("extrapolated_30_layers", {})
     if e.get("step_ms") is not None:
         lines.append(f"  EXTRAPOLATED to 30 layers (per layer, not measured): step {f(e['step_ms'], 2)} ms -> "
@@ -290,6 +307,9 @@ def round_text(r: dict, prompt_tokens: int) -> list:
                      f"{f(e['flop_weighted_step_ms'], 2)} ms -> {f(e['flop_weighted_tok_s_at_20_steps'], 0)} tok/s; "
                      f"weight-byte-weighted: {f(e.get('byte_weighted_step_ms'), 2)} ms -> "
                      f"{f(e.get('byte_weighted_tok_s_at_20_steps'), 0)} tok/s)")
+        if e.get("step_ms_from_unsplit") is not None:
+            lines.append(f"  EXTRAPOLATED from the unsplit step: {f(e['step_ms_from_unsplit'], 2)} ms -> "
+                         f"{f(e['tok_s_at_20_steps_from_unsplit'], 0)} tok/s at 20 steps/block")
     elif e:
         lines.append(f"  30 layers: {e.get('note')}")
     lc = r.get("logits_check")
@@ -319,7 +339,7 @@ class Bench:
         from diffgemma_cpp._native import lib
         import make_real_shape_gguf as mk
 
-        self.args, self.report, self.work, self.bench, self.mk = args, report, work, bench, mk
+        self.args, self.report, self.work, self.bench, self.mk, self.lib = args, report, work, bench, mk, lib
         self.threads = args.threads or lib.diffgemma_default_n_threads()
         report.update(system_info=diffgemma_cpp.system_info(), threads=self.threads, rounds=[])
 
@@ -358,6 +378,12 @@ class Bench:
                 if r + 1 < args.repetitions and left() < 2 * (time.monotonic() - t0) + 20:
                     report.data["notes"].append(f"{n}L: stopped after {r + 1} repetition(s) to stay inside --timeout-s")
                     break
+            if not args.no_split and left() > 2 * (time.monotonic() - t0) + 20:
+                report.update(f"{n}L: denoise, split timing off")
+                self.lib.diffgemma_timings_enable(runner.model._c, 0)
+                rnd["unsplit_run"] = runner.denoise(args.steps, seed=args.repetitions)
+                rnd["derived"] = derive(rnd["summary"], runner.shape, args.prompt_tokens, layer_bytes,
+                                        rnd["unsplit_run"])
             report.update(f"{n}L: logits check")
             rnd["logits_check"] = logits_check(runner.model, runner.canvas)
             rnd["measure_s"] = time.monotonic() - t_measure

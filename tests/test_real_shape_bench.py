@@ -107,6 +107,7 @@ def test_step_bench_writes_the_split_and_the_labelled_extrapolation(tmp_path):
     assert m["step_ms"] > 0 and m["backbone_ms"] > 0 and m["head_ms"] > 0 and m["sc_ms"] > 0
     assert m["sampler_ms"] > 0 and m["backbone_ms_per_layer"] == pytest.approx(m["backbone_ms"])
     assert m["tok_s_at_20_steps"] == pytest.approx(256 * 1000 / (20 * m["step_ms"]))
+    assert m["step_ms_unsplit"] == pytest.approx(r["unsplit_run"]["step_ms"]) and m["step_ms_unsplit"] > 0
     e = d["derived"]["extrapolated_30_layers"]
     assert "EXTRAPOLATED" in e["label"]
     assert e["step_ms"] == pytest.approx(m["step_ms"] + 29 * m["backbone_ms"])
