@@ -129,3 +129,14 @@ def test_step_bench_rejects_bad_arguments(tmp_path):
     proc = subprocess.run([sys.executable, str(BENCH / "gpu_bench_step.py"), "--out", str(tmp_path), "--layers", "31"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--layers must be in 1..30" in proc.stderr
+
+
+def test_budget_mode_picks_more_layers_for_more_time():
+    import gpu_bench_step as gb
+
+    bytes_for = lambda n: mk.file_bytes(mk.plan_types(mk.release_hparams(n))[1])  # noqa: E731
+    pick = lambda **kw: gb.choose_layers(gb.parse_args(["--out", "x", *kw.get("argv", [])]), bytes_for)[0]  # noqa: E731
+    assert pick() == gb.DEFAULT_LAYERS
+    assert pick(argv=["--layers", "3"]) == 3
+    small, large = pick(argv=["--budget-s", "60"]), pick(argv=["--budget-s", "1000"])
+    assert 1 <= small < large == 30
