@@ -36,7 +36,7 @@ class EngineRunner:
     """A loaded GGUF with a fixed random prompt; each call measures one thing and returns a dict of numbers."""
 
     def __init__(self, path, n_threads: int, prompt_tokens: int = 512, split: bool = True, seed: int = 0,
-                 sc_top_k: int = 0):
+                 sc_top_k: int = 0, n_gpu_layers: int = 0):
         from .model import Model
 
         self.path = Path(path)
@@ -44,8 +44,9 @@ class EngineRunner:
         t0 = time.perf_counter()
         C = self.shape.canvas
         self.model = Model(path, n_threads=n_threads, n_ctx=prompt_tokens + 4 * C, kv_type="f32",
-                           sc_top_k=sc_top_k)
+                           sc_top_k=sc_top_k, n_gpu_layers=n_gpu_layers)
         self.load_s = time.perf_counter() - t0
+        self.n_gpu_layers = n_gpu_layers
         self.n_threads = n_threads
         self.sc_top_k = sc_top_k
         check(lib.diffgemma_timings_enable(self.model._c, int(split)))
@@ -57,6 +58,7 @@ class EngineRunner:
         self.model.encode(self.prompt[:8])
         self.model.decoder_logits(self.canvas)
         self.model.reset()
+        self.warmup_s = time.perf_counter() - t0 - self.load_s
 
     def close(self):
         self.model.close()
@@ -136,14 +138,15 @@ def fmt(stat: dict, digits: int = 1) -> str:
 
 
 def run_bench(model, n_threads: int, prompt_tokens: int, steps: int, blocks: int, repetitions: int,
-              split: bool = True, sc_top_k: int = 0) -> dict:
-    runner = EngineRunner(model, n_threads, prompt_tokens, split, sc_top_k=sc_top_k)
+              split: bool = True, sc_top_k: int = 0, n_gpu_layers: int = 0) -> dict:
+    runner = EngineRunner(model, n_threads, prompt_tokens, split, sc_top_k=sc_top_k, n_gpu_layers=n_gpu_layers)
     try:
         runs = []
         for r in range(repetitions):
             runs.append({**runner.encode(), **runner.denoise(steps, blocks, seed=r)})
         return {"model": str(model), "threads": n_threads, "prompt_tokens": prompt_tokens, "steps": steps,
-                "blocks": blocks, "repetitions": repetitions, "sc_top_k": sc_top_k, "load_s": runner.load_s,
+                "blocks": blocks, "repetitions": repetitions, "sc_top_k": sc_top_k, "n_gpu_layers": n_gpu_layers,
+                "load_s": runner.load_s,
                 "canvas": runner.shape.canvas, "summary": summarize(runs), "runs": runs,
                 "peak_rss_mib": peak_rss_mib()}
     finally:
@@ -183,7 +186,7 @@ def _cmd_bench(args) -> int:
     if args.sc_top_k < 0:
         raise errors.InvalidArgumentError(f"--sc-top-k must be 0 (exact) or positive, got {args.sc_top_k}")
     result = run_bench(args.model, threads, args.prompt_tokens, args.steps, args.blocks, args.repetitions,
-                       split=not args.no_split, sc_top_k=args.sc_top_k)
+                       split=not args.no_split, sc_top_k=args.sc_top_k, n_gpu_layers=args.n_gpu_layers)
     print(json.dumps(result, indent=2) if args.output == "json" else format_markdown(result))
     return 0
 
@@ -201,5 +204,7 @@ def add_bench_parser(subparsers) -> None:
                    help="do not split decoder passes into self-conditioning / backbone / head")
     p.add_argument("--sc-top-k", type=int, default=0, metavar="K",
                    help="top-k self-conditioning (default 0 = the exact product over the whole vocabulary)")
+    p.add_argument("-ngl", "--n-gpu-layers", type=int, default=0,
+                   help="layers to offload to the GPU (-1: all; needs a CUDA build; default 0)")
     p.add_argument("-o", "--output", choices=("md", "json"), default="md")
     p.set_defaults(func=_cmd_bench)

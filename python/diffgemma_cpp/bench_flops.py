@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import names
 from .errors import ModelLoadError
 
 
@@ -56,8 +57,14 @@ def read_shape(path) -> Shape:
     n_layer = int(get("%s.block_count"))
     kv = get("%s.attention.head_count_kv", array=True)
     pattern = get("%s.attention.sliding_window_pattern", array=True)
+    # The vocabulary is the embedding's row count (a file may carry no tokenizer, e.g. bench models).
+    embd = next((t for t in reader.tensors if t.name == names.tensor("TOKEN_EMBD")), None)
+    n_vocab = int(embd.shape[1]) if embd is not None and len(embd.shape) > 1 else 0
+    tokens = names.key("TOKENIZER_TOKENS")
+    if n_vocab == 0 and tokens in reader.fields:
+        n_vocab = len(reader.fields[tokens].data)
     return Shape(
-        n_vocab=len(reader.fields["tokenizer.ggml.tokens"].data) if "tokenizer.ggml.tokens" in reader.fields else 0,
+        n_vocab=n_vocab,
         n_embd=int(get("%s.embedding_length")), n_ff=int(get("%s.feed_forward_length")),
         n_head=int(get("%s.attention.head_count")),
         n_head_kv=tuple(int(x) for x in (kv if len(kv) == n_layer else kv * n_layer)),
