@@ -1,0 +1,151 @@
+"""CPU vs GPU agreement (issue 8's acceptance), with nothing but our package: no torch, no transformers.
+
+    python bench/gpu_bench_parity.py --out DIR        # on a machine with a GPU (bench/gpu_session.sh runs it)
+    DIFFGEMMA_TEST_GPU_MIB=4096 python bench/gpu_bench_parity.py --out DIR   # the CPU stand-in GPU (a dry run)
+
+On the bundled, trained sudoku model (F32 as shipped, and requantized to F16):
+  * decoder logits, CPU vs every placement (everything; layers only; the last layer; experts in host memory):
+    NMSE per case (plain, self-conditioned, after re-encoding a canvas as block 2). Bound: 1e-4 for F16.
+  * generation: the same seed on 6 puzzles commits the same tokens on the CPU and fully offloaded (the device
+    sampler), and no logits are read back there.
+Writes DIR/gpu_parity.json and prints a summary; exits 1 when a bound is missed. tests/test_offload.py runs the
+same `measure` (on the stand-in in the default suite, on a real GPU when there is one).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+NMSE_BOUND = {"f16": 1e-4, "f32": 1e-4}
+PLACEMENTS = [
+    dict(n_gpu_layers=-1),                 # everything, head included: logits and sampler on the GPU
+    dict(n_gpu_layers=1000),               # every layer and the head (more than n_layer)
+    dict(n_gpu_layers=1),                  # the last layer only: head and sampler on the CPU
+    dict(n_gpu_layers=-1, cpu_moe=True),   # experts in host memory
+    dict(n_gpu_layers=-1, n_cpu_moe=1),    # experts of the first layer in host memory
+]
+N_PUZZLES = 6
+
+
+def nmse(a, b) -> float:
+    return float(np.sum((a - b) ** 2) / np.sum(b ** 2))
+
+
+def task_inputs(seed: int = 7):
+    """A real puzzle prompt, its solution with 17 cells redrawn (a canvas as the model sees it mid-generation),
+    and a second canvas of random digits for block 2."""
+    from diffgemma_cpp import sudoku
+
+    rng = random.Random(seed)
+    puzzle, solution = sudoku.generate(64, rng)
+    c1 = sudoku.solution_ids(solution)
+    for i in rng.sample(range(sudoku.N_CELLS), 17):
+        c1[i] = sudoku.TOKEN_ID[rng.choice(sudoku.DIGITS)]
+    c2 = [sudoku.TOKEN_ID[rng.choice(sudoku.DIGITS)] for _ in c1]
+    return sudoku.prompt_ids(puzzle), c1, c2
+
+
+def decoder_cases(path, inputs, sc=None, **placement) -> dict:
+    from diffgemma_cpp import Model
+
+    prompt, c1, c2 = inputs
+    with Model(path, n_threads=None, **placement) as m:
+        m.encode(prompt)
+        out = {"plain": m.decoder_logits(c1)}
+        out["sc"] = m.decoder_logits(c1, out["plain"] / 0.6 if sc is None else sc)
+        m.encode(c1)
+        out["block2"] = m.decoder_logits(c2)
+    return out
+
+
+def generate(path, prompts, seed, **placement):
+    """Committed ids per prompt, logits read-back ms, steps and wall time."""
+    from diffgemma_cpp import Model
+    from diffgemma_cpp._native import ffi, lib
+
+    with Model(path, n_threads=None, **placement) as m:
+        t0 = time.perf_counter()
+        ids = [m.generate_ids(p, max_new_tokens=m.canvas_length, seed=seed + i) for i, p in enumerate(prompts)]
+        wall = time.perf_counter() - t0
+        t = ffi.new("diffgemma_timings *")
+        lib.diffgemma_timings_get(m._c, t)
+        return ids, float(t.readback_ms), int(t.n_steps), wall
+
+
+def model_files(workdir: Path) -> dict:
+    """The shipped F32 sudoku GGUF and an F16 requantization of it."""
+    from diffgemma_cpp.convert.pipeline import requantize_gguf
+    from diffgemma_cpp.demo import DEFAULT_MODEL
+
+    files = {"f32": Path(DEFAULT_MODEL)}
+    f16 = workdir / "sudoku-f16.gguf"
+    if not f16.exists():
+        requantize_gguf(DEFAULT_MODEL, f16, "f16", progress=False, quiet=True)
+    files["f16"] = f16
+    return files
+
+
+def measure(workdir: Path, log=print) -> dict:
+    from diffgemma_cpp import demo, sudoku
+    from diffgemma_cpp._native import ffi, lib
+
+    result = {"gpus": [ffi.string(lib.diffgemma_gpu_description(i)).decode() for i in range(lib.diffgemma_gpu_count())],
+              "logits": [], "generation": {}, "failures": []}
+    inputs = task_inputs()
+    for outtype, path in model_files(workdir).items():
+        ref = decoder_cases(path, inputs)
+        sc = ref["plain"] / 0.6  # the same self-conditioning input on both sides
+        ref["sc"] = decoder_cases(path, inputs, sc)["sc"]
+        for placement in PLACEMENTS:
+            ours = decoder_cases(path, inputs, sc, **placement)
+            row = {"type": outtype, "placement": placement, **{case: nmse(ours[case], ref[case]) for case in ref}}
+            result["logits"].append(row)
+            log(f"{outtype} {placement}: NMSE " + ", ".join(f"{c} {row[c]:.2e}" for c in ref))
+            for case in ref:
+                if not row[case] <= NMSE_BOUND[outtype]:
+                    result["failures"].append(f"{outtype} {placement} {case}: NMSE {row[case]:.2e} > {NMSE_BOUND[outtype]}")
+    rng = random.Random(7)
+    puzzles = [sudoku.generate(demo.DEFAULT_GIVENS, rng) for _ in range(N_PUZZLES)]
+    prompts = [sudoku.prompt_ids(p) for p, _ in puzzles]
+    path = model_files(workdir)["f16"]
+    cpu_ids, _, cpu_steps, cpu_wall = generate(path, prompts, seed=11)
+    gpu_ids, readback, gpu_steps, gpu_wall = generate(path, prompts, seed=11, n_gpu_layers=-1)
+    same = sum(a == b for a, b in zip(cpu_ids, gpu_ids))
+    solved = sum(sudoku.is_valid_solution(sudoku.canvas_to_grid(ids[len(p):]), puz)
+                 for ids, p, (puz, _) in zip(gpu_ids, prompts, puzzles))
+    result["generation"] = {"puzzles": N_PUZZLES, "identical": same, "gpu_readback_ms": readback, "cpu_steps": cpu_steps,
+                            "gpu_steps": gpu_steps, "cpu_wall_s": cpu_wall, "gpu_wall_s": gpu_wall, "gpu_solved": solved}
+    log(f"generation f16, seed 11, {N_PUZZLES} puzzles: identical {same}/{N_PUZZLES}, GPU read-back {readback:.1f} ms, "
+        f"solved on the GPU {solved}, steps CPU {cpu_steps} / GPU {gpu_steps}, wall CPU {cpu_wall:.2f} s / GPU {gpu_wall:.2f} s")
+    if same != N_PUZZLES:
+        result["failures"].append(f"generation: {N_PUZZLES - same} of {N_PUZZLES} puzzles committed other tokens on the GPU")
+    if readback != 0.0:
+        result["failures"].append(f"generation: {readback:.1f} ms of logits read back with the head on the GPU")
+    return result
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("gpu_out"))
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="dg-parity-") as tmp:
+        try:
+            result = measure(Path(tmp))
+        except Exception as exc:  # report the reason in the json, not only on stderr
+            result = {"error": f"{type(exc).__name__}: {exc}", "failures": ["did not complete"]}
+            print(result["error"], file=sys.stderr)
+    (args.out / "gpu_parity.json").write_text(json.dumps(result, indent=2))
+    print("failures:", result["failures"] or "none")
+    return 1 if result["failures"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
