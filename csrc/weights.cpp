@@ -392,8 +392,8 @@ void WeightStore::place(const HParams & hp, const Placement & pl, Weights & w) {
     for (size_t i = 0; i < slots.size(); ++i) {
         ggml_backend_tensor_set(copies[i], (*slots[i])->data, 0, ggml_nbytes(copies[i]));
         *slots[i] = copies[i];
+        w.gpu_tensors.insert(copies[i]);
     }
-    w.gpu_buffer = gpu_buf_;
     // The host copy of the transposed embedding has no reader left once the head is offloaded.
     if (pl.head_on_gpu && derived_buf_ != nullptr) {
         ggml_backend_buffer_free(derived_buf_);

@@ -8,6 +8,7 @@
 #include "ggml.h"
 
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 struct gguf_context;
@@ -80,15 +81,16 @@ struct Weights {
     ggml_tensor * embd_t = nullptr;        // [n_vocab, n_embd] transposed copy of tok_embd for probs @ E (ours)
     ggml_tensor * head = nullptr;          // the tied LM head: tok_embd, or its GPU copy when the head is offloaded
     std::vector<LayerWeights> layers;
-    ggml_backend_buffer_t gpu_buffer = nullptr;  // holds every offloaded weight (nullptr: none)
+    std::unordered_set<const ggml_tensor *> gpu_tensors;  // the offloaded copies (WeightStore::place)
 
-    // True for a weight (or a view of one) that lives in the GPU buffer: the graph then builds it with ggml's
-    // own ops, which every backend has, instead of our CPU custom ops.
+    // True for a weight (or a view of one) offloaded to the GPU: the graph then builds it with ggml's own ops,
+    // which every backend has, instead of our CPU custom ops. (Kept as a set rather than compared by buffer:
+    // ggml splits an allocation larger than a buffer type's maximum size into several buffers.)
     bool on_gpu(const ggml_tensor * t) const {
         if (t != nullptr && t->view_src != nullptr) {
             t = t->view_src;
         }
-        return gpu_buffer != nullptr && t != nullptr && t->buffer == gpu_buffer;
+        return t != nullptr && gpu_tensors.count(t) != 0;
     }
 };
 
