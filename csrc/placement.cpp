@@ -44,13 +44,17 @@ struct PlanBytes {
     size_t total() const { return weights.total() + kv + compute; }
 };
 
-// Device bytes of a placement with a minimal context (one prompt chunk and one canvas).
-PlanBytes plan_bytes(const HParams & hp, const Weights & w, const Placement & pl) {
-    const int32_t n_ctx_min = 2 * hp.canvas_length;
+// The smallest context worth loading for (a prompt and one canvas), and the one diffgemma_context_new makes
+// by default.
+int32_t min_n_ctx(const HParams & hp) { return 2 * hp.canvas_length; }
+int32_t default_n_ctx(const HParams & hp) { return std::min<int32_t>(4096, std::max(hp.n_ctx_train, 2 * hp.canvas_length)); }
+
+// Device bytes of a placement with a context of n_ctx positions.
+PlanBytes plan_bytes(const HParams & hp, const Weights & w, const Placement & pl, int32_t n_ctx) {
     PlanBytes b;
     b.weights = gpu_weight_bytes(hp, w, pl);
-    b.kv = estimate_gpu_kv_bytes(hp, pl, n_ctx_min);
-    b.compute = estimate_gpu_compute_bytes(hp, n_ctx_min, pl);
+    b.kv = estimate_gpu_kv_bytes(hp, pl, n_ctx);
+    b.compute = estimate_gpu_compute_bytes(hp, n_ctx, pl);
     return b;
 }
 
@@ -59,7 +63,8 @@ std::string gib(size_t bytes) {
     return bytes < (1u << 30) ? format("%.1f MiB", bytes / kMiB) : format("%.2f GiB", bytes / kGiB);
 }
 
-// The first setting (least offload given up) whose plan fits in `free` bytes, as a hint for the error.
+// The first setting (least offload given up) whose plan fits in `free` bytes with the default context, as a
+// hint for the error (so that taking it also leaves room for diffgemma_context_new's default n_ctx).
 std::string fitting_setting(const HParams & hp, const Weights & w, const Placement & pl, const diffgemma_model_params & p,
                             size_t free) {
     Placement trial = pl;  // same GPU, other layers
@@ -67,10 +72,10 @@ std::string fitting_setting(const HParams & hp, const Weights & w, const Placeme
     if (!p.cpu_moe) {
         for (int32_t k = std::max(p.n_cpu_moe + 1, 1); k <= hp.n_layer; ++k) {
             lay_out(hp, p.n_gpu_layers, false, k, trial);
-            const size_t need = plan_bytes(hp, w, trial).total();
+            const size_t need = plan_bytes(hp, w, trial, default_n_ctx(hp)).total();
             if (need <= free) {
-                return format("n_cpu_moe=%d keeps the experts of the first %d layers in host memory and needs %s", k, k,
-                              gib(need).c_str());
+                return format("n_cpu_moe=%d keeps the experts of the first %d layers in host memory and needs %s with "
+                              "n_ctx %d", k, k, gib(need).c_str(), default_n_ctx(hp));
             }
         }
     }
@@ -78,12 +83,12 @@ std::string fitting_setting(const HParams & hp, const Weights & w, const Placeme
     const int32_t start = p.n_gpu_layers < 0 || p.n_gpu_layers > hp.n_layer ? hp.n_layer : p.n_gpu_layers - 1;
     for (int32_t k = start; k >= 1; --k) {
         lay_out(hp, k, true, 0, trial);
-        const size_t need = plan_bytes(hp, w, trial).total();
+        const size_t need = plan_bytes(hp, w, trial, default_n_ctx(hp)).total();
         if (need <= free) {
-            return format("n_gpu_layers=%d with cpu_moe=1 needs %s", k, gib(need).c_str());
+            return format("n_gpu_layers=%d with cpu_moe=1 needs %s with n_ctx %d", k, gib(need).c_str(), default_n_ctx(hp));
         }
     }
-    return "nothing of this model fits next to its compute buffers; n_gpu_layers=0 runs it on the CPU";
+    return format("no offload of this model fits with a context of %d; n_gpu_layers=0 runs it on the CPU", default_n_ctx(hp));
 }
 
 }  // namespace
@@ -209,7 +214,7 @@ std::string check_and_announce_plan(const HParams & hp, const Weights & w, const
     if (!pl.use_gpu) {
         return std::string();
     }
-    const PlanBytes b = plan_bytes(hp, w, pl);
+    const PlanBytes b = plan_bytes(hp, w, pl, min_n_ctx(hp));
     // What stays in the host mapping: the input embedding, the layers on the CPU, experts kept on the host,
     // and a head on the CPU (with its transposed copy for self-conditioning).
     size_t host = nbytes(w.tok_embd);
@@ -226,7 +231,7 @@ std::string check_and_announce_plan(const HParams & hp, const Weights & w, const
                 nbytes(w.embd_t);
     }
     const GpuMemory mem = gpu_memory(pl.gpu);
-    const int32_t n_ctx_default = std::min<int32_t>(4096, std::max(hp.n_ctx_train, hp.canvas_length * 2));
+    const int32_t n_ctx_default = default_n_ctx(hp);
     std::string plan = format(
         "memory plan, GPU %d: %s: %s\n"
         "  weights %s (layers %.0f MiB, experts %.0f MiB, head %.0f MiB), compute buffers ~%.0f MiB,\n"

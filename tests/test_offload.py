@@ -190,7 +190,7 @@ def test_a_model_that_does_not_fit_names_what_is_missing_and_a_setting_that_fits
     hint = msg.rsplit("Hint: ", 1)[1]
     assert hint.startswith("n_cpu_moe="), msg
     k = int(hint.split()[0].split("=")[1])
-    with Model(path, n_gpu_layers=-1, n_cpu_moe=k, n_ctx=64) as m:  # the hint counts a minimal context
+    with Model(path, n_gpu_layers=-1, n_cpu_moe=k) as m:  # the hint leaves room for the default context
         assert "experts of" in m.memory_plan
     # Nothing fits next to the compute buffers: the hint says to stay on the CPU.
     monkeypatch.setenv(STAND_IN, "1")
