@@ -43,6 +43,8 @@ SANITIZE_TESTS=(
   tests/test_kv_ring.py
   tests/test_attention_op.py
   "tests/test_engine_parity.py::test_generate_replay_matches_hf_token_for_token"
+  tests/test_offload.py
+  tests/test_offload_parity.py
   # Tools the tests start inherit LD_PRELOAD; nvcc crashes with libasan preloaded.
   --deselect "tests/test_foundation.py::test_cuda_sources_compile"
 )

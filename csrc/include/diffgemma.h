@@ -253,7 +253,7 @@ typedef struct diffgemma_model_params {
     int32_t main_gpu;       /* index of the GPU among those ggml reports (diffgemma_gpu_count) */
     int32_t n_threads;      /* threads for load-time work (<= 0: one per physical core we may use) */
     int32_t cpu_moe;        /* 1 = the expert weights of every layer stay in host memory (the MoE runs on the CPU) */
-    int32_t n_cpu_moe;      /* the expert weights of the first k offloaded layers stay in host memory */
+    int32_t n_cpu_moe;      /* the expert weights of the first k layers stay in host memory (llama.cpp's --n-cpu-moe) */
 } diffgemma_model_params;
 
 typedef struct diffgemma_context_params {
