@@ -180,6 +180,7 @@ void run_decoder(diffgemma_context * c, const int32_t * canvas, const float * sc
     GraphScope g(c);
     GraphBuilder b{hp, c->model->w, c->kv, g.ctx, g.gf, c->gpu != nullptr};
     c->sc_topk.scale = sc_scale;
+    sc_on_gpu = sc_on_gpu && c->gpu_sampler->sc_probs() != nullptr;
     const bool with_sc = sc_logits != nullptr || sc_on_gpu;
     GraphInputs in = b.build_decoder(c->n_past, C, with_sc, sc_scale, c->sc_topk.k > 0 ? &c->sc_topk : nullptr,
                                      sc_on_gpu ? c->gpu_sampler->sc_probs() : nullptr);
@@ -308,7 +309,10 @@ int32_t diffgemma_context_new(diffgemma_model * model, const diffgemma_context_p
         }
         c->kv.init(hp, n_ctx, slack, kv_type, kv_buft);
         if (pl.head_on_gpu && dg::GpuStepSampler::available(pl)) {
-            c->gpu_sampler = std::make_unique<dg::GpuStepSampler>(hp, pl);
+            const ggml_tensor * embd_t = model->w.embd_t;
+            const ggml_type probs_type = embd_t == nullptr ? GGML_TYPE_COUNT
+                                         : embd_t->type == GGML_TYPE_BF16 ? GGML_TYPE_BF16 : GGML_TYPE_F16;
+            c->gpu_sampler = std::make_unique<dg::GpuStepSampler>(hp, pl, probs_type);
         } else if (pl.head_on_gpu) {
             dg::log(DIFFGEMMA_LOG_WARN, "the head is on %s, but this build has no diffgemma CUDA sampler for it: each "
                     "denoising step reads %.0f MiB of logits back to the host (build with CMAKE_ARGS=\"-DDIFFGEMMA_CUDA=ON\")",

@@ -27,18 +27,25 @@ bool GpuStepSampler::available(const Placement & pl) {
 #endif
 }
 
-GpuStepSampler::GpuStepSampler(const HParams & hp, const Placement & pl) : stand_in_(pl.gpu.stand_in) {
+GpuStepSampler::GpuStepSampler(const HParams & hp, const Placement & pl, ggml_type probs_type) : stand_in_(pl.gpu.stand_in) {
 #ifdef DIFFGEMMA_WITH_CUDA
     if (!stand_in_) {
         cuda_ = std::make_unique<CudaSampler>();
     }
 #endif
+    if (stand_in_) {
+        host_logits_.resize(static_cast<size_t>(hp.n_vocab) * static_cast<size_t>(hp.canvas_length));
+        host_probs_.resize(static_cast<size_t>(hp.n_vocab));
+    }
+    if (probs_type == GGML_TYPE_COUNT) {
+        return;
+    }
     ggml_init_params params = {ggml_tensor_overhead(), nullptr, true};
     ctx_ = ggml_init(params);
     if (ctx_ == nullptr) {
         raise(DIFFGEMMA_ERR_OUT_OF_MEMORY, "cannot create the sampler's context");
     }
-    probs_ = ggml_new_tensor_2d(ctx_, GGML_TYPE_F16, hp.n_vocab, hp.canvas_length);
+    probs_ = ggml_new_tensor_2d(ctx_, probs_type, hp.n_vocab, hp.canvas_length);
     ggml_set_name(probs_, "sc_probs");
     {
         GgmlErrorCapture quiet_ggml;
@@ -47,10 +54,6 @@ GpuStepSampler::GpuStepSampler(const HParams & hp, const Placement & pl) : stand
     if (buf_ == nullptr) {
         raise(DIFFGEMMA_ERR_OUT_OF_MEMORY, "cannot allocate %.1f MiB on %s for the self-conditioning probabilities",
               ggml_nbytes(probs_) / 1048576.0, pl.gpu.name.c_str());
-    }
-    if (stand_in_) {
-        host_logits_.resize(static_cast<size_t>(hp.n_vocab) * static_cast<size_t>(hp.canvas_length));
-        host_probs_.resize(static_cast<size_t>(hp.n_vocab));
     }
 }
 
@@ -72,7 +75,7 @@ void GpuStepSampler::step(const ggml_tensor * logits, float inv_temp, const floa
     if (cuda_ != nullptr) {
 #ifdef DIFFGEMMA_WITH_CUDA
         int32_t st = cuda_->row_stats(logits, inv_temp, uniforms, out.data());
-        if (st == DIFFGEMMA_OK) {
+        if (st == DIFFGEMMA_OK && probs_ != nullptr) {
             st = cuda_->write_probs(logits, inv_temp, probs_);
         }
         if (st != DIFFGEMMA_OK) {
@@ -82,7 +85,7 @@ void GpuStepSampler::step(const ggml_tensor * logits, float inv_temp, const floa
     } else {
         // The stand-in: the same contract on the host (its buffers are host memory anyway).
         ggml_backend_tensor_get(logits, host_logits_.data(), 0, ggml_nbytes(logits));
-        std::vector<ggml_fp16_t> row16(static_cast<size_t>(V));
+        std::vector<uint16_t> row16(static_cast<size_t>(V));  // f16 or bf16 bits
         for (int64_t j = 0; j < C; ++j) {
             const float * row = host_logits_.data() + j * V;
             RowStats & s = out[static_cast<size_t>(j)];
@@ -90,9 +93,16 @@ void GpuStepSampler::step(const ggml_tensor * logits, float inv_temp, const floa
                 s.argmax = -1;
                 continue;
             }
+            if (probs_ == nullptr) {
+                continue;
+            }
             row_probs(row, V, inv_temp, s.log_z, host_probs_.data());
-            ggml_fp32_to_fp16_row(host_probs_.data(), row16.data(), V);
-            ggml_backend_tensor_set(probs_, row16.data(), static_cast<size_t>(j) * probs_->nb[1], row16.size() * sizeof(ggml_fp16_t));
+            if (probs_->type == GGML_TYPE_BF16) {
+                ggml_fp32_to_bf16_row(host_probs_.data(), reinterpret_cast<ggml_bf16_t *>(row16.data()), V);
+            } else {
+                ggml_fp32_to_fp16_row(host_probs_.data(), reinterpret_cast<ggml_fp16_t *>(row16.data()), V);
+            }
+            ggml_backend_tensor_set(probs_, row16.data(), static_cast<size_t>(j) * probs_->nb[1], row16.size() * sizeof(uint16_t));
         }
     }
     for (int64_t j = 0; j < C; ++j) {

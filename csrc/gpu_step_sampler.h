@@ -29,19 +29,20 @@ class GpuStepSampler {
     // kernels. Otherwise an offloaded head reads its logits back and the host samples (with a warning).
     static bool available(const Placement & pl);
 
-    // Allocates the probabilities [V, C] in f16 (the transposed embedding's type, except in F32 files) on the
-    // placement's GPU. Throws dg::Error (out of memory).
-    GpuStepSampler(const HParams & hp, const Placement & pl);
+    // Allocates the probabilities [V, C] on the placement's GPU in `probs_type`: bf16 against the bf16 embd_t
+    // of an offloaded head, f16 for an F32 file (cast to f32 in the graph); GGML_TYPE_COUNT for a model
+    // without self-conditioning (no probabilities). Throws dg::Error (out of memory).
+    GpuStepSampler(const HParams & hp, const Placement & pl, ggml_type probs_type);
     ~GpuStepSampler();
     GpuStepSampler(const GpuStepSampler &) = delete;
     GpuStepSampler & operator=(const GpuStepSampler &) = delete;
 
-    ggml_tensor * sc_probs() const { return probs_; }
+    ggml_tensor * sc_probs() const { return probs_; }  // nullptr without self-conditioning
     size_t bytes() const;
 
     // For logits [V, C] f32 on the GPU (complete: the graph has run): fills out[C] with the statistics of
     // logits * inv_temp (uniforms[C] in [0,1) pick the samples) and writes softmax(logits * inv_temp) into
-    // sc_probs. Throws dg::Error, naming the position whose logits have no distribution.
+    // sc_probs (when there is one). Throws dg::Error, naming the position whose logits have no distribution.
     void step(const ggml_tensor * logits, float inv_temp, const float * uniforms, std::vector<RowStats> & out);
 
   private:

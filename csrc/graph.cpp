@@ -34,12 +34,27 @@ ggml_tensor * GraphBuilder::rms(ggml_tensor * x, ggml_tensor * weight) {
 // activations: how the GEMM may round x (gemm_f32.h); ggml's mul_mat rounds as its weight type dictates.
 // Offloaded weights always take ggml's op: a custom op would run on the CPU and pull the weight back.
 ggml_tensor * GraphBuilder::matmul(ggml_tensor * weight, ggml_tensor * x, GemmActivations activations) {
-    if (w.on_gpu(weight) || !gemm_f32_applies(weight, x)) {
+    if (w.on_gpu(weight)) {
+        return gpu_mul_mat(weight, x);
+    }
+    if (!gemm_f32_applies(weight, x)) {
         return ggml_mul_mat(ctx, weight, x);
     }
     ggml_tensor * args[2] = {weight, x};
     return ggml_custom_4d(ctx, GGML_TYPE_F32, weight->ne[1], x->ne[1], 1, 1, args, 2, gemm_f32_kernel, GGML_N_TASKS_MAX,
                           gemm_userdata(activations));
+}
+
+// ggml_mul_mat for the GPU. ggml-cuda multiplies f16 operands through cuBLAS with f16 accumulation unless the
+// node asks for f32: over a 2816-long dot product that is ~1e-2 relative error, a hundred times what the F16
+// parity bound allows. Quantized weights take ggml's int8 kernels (f32 accumulation) and ignore the request;
+// bf16 operands accumulate in f32 on Ampere and later anyway.
+ggml_tensor * GraphBuilder::gpu_mul_mat(ggml_tensor * a, ggml_tensor * b) {
+    ggml_tensor * y = ggml_mul_mat(ctx, a, b);
+    if (a->type == GGML_TYPE_F16 || b->type == GGML_TYPE_F16) {
+        ggml_mul_mat_set_prec(y, GGML_PREC_F32);
+    }
+    return y;
 }
 
 // Expert matrices times their routed rows: our f32 GEMM where it applies, else ggml's mul_mat_id.
@@ -118,10 +133,10 @@ ggml_tensor * GraphBuilder::attention(int il, ggml_tensor * h, ggml_tensor * pos
     }
     ggml_tensor * qp = ggml_permute(ctx, q, 0, 2, 1, 3);                  // [D, T, H]
     ggml_tensor * kp = ggml_permute(ctx, k, 0, 2, 1, 3);                  // [D, Nk, Hkv]
-    ggml_tensor * kq = ggml_mul_mat(ctx, kp, qp);                         // [Nk, T, H]; GQA by broadcast
+    ggml_tensor * kq = gpu_mul_mat(kp, qp);                               // [Nk, T, H]; GQA by broadcast
     kq = ggml_soft_max_ext(ctx, kq, mask, 1.0f, 0.0f);                    // scale 1.0: q/k are normalised
     ggml_tensor * vt = ggml_cont(ctx, ggml_permute(ctx, v, 1, 2, 0, 3));  // [Nk, D, Hkv]
-    ggml_tensor * out = ggml_mul_mat(ctx, vt, kq);                        // [D, T, H]
+    ggml_tensor * out = gpu_mul_mat(vt, kq);                              // [D, T, H]
     out = ggml_cont_2d(ctx, ggml_permute(ctx, out, 0, 2, 1, 3), D * hp.n_head, T);
     return matmul(l.wo, out);
 }
@@ -222,7 +237,8 @@ GraphInputs GraphBuilder::build_decoder(int32_t n_past, int32_t n_canvas, bool w
         }
         ggml_tensor * soft;  // probs @ E: [n_embd, C]
         if (sc_probs != nullptr) {
-            // f16 probabilities; an F32 file's f32 embd_t needs them in f32 (ggml-cuda pairs f16 only with f16).
+            // bf16 probabilities against the bf16 embd_t of an offloaded head (weights.cpp): tensor cores with
+            // f32 accumulation. An F32 file's f32 embd_t gets them cast to f32.
             ggml_tensor * probs = sc_probs->type == w.embd_t->type ? sc_probs : ggml_cast(ctx, sc_probs, w.embd_t->type);
             soft = ggml_mul_mat(ctx, w.embd_t, probs);
         } else if (sc_topk != nullptr) {

@@ -57,6 +57,7 @@ struct GraphBuilder {
     ggml_tensor * geglu(ggml_tensor * gate, ggml_tensor * up, const ggml_tensor * weight);
     ggml_tensor * softcap(ggml_tensor * logits);
     ggml_tensor * matmul(ggml_tensor * weight, ggml_tensor * x, GemmActivations activations = GemmActivations::kAuto);
+    ggml_tensor * gpu_mul_mat(ggml_tensor * a, ggml_tensor * b);
     ggml_tensor * matmul_id(ggml_tensor * experts, ggml_tensor * x, ggml_tensor * ids);
     ggml_tensor * attention(int il, ggml_tensor * h, ggml_tensor * pos, int32_t n_past, bool encoder,
                             ggml_tensor * mask);

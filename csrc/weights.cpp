@@ -238,6 +238,22 @@ void build_transposed_embedding(const Weights & w, ggml_tensor * dst, int n_thre
     }
 }
 
+// Converts an f16 host tensor into a bf16 tensor of the same shape on any backend, a bounded chunk at a time.
+void upload_f16_as_bf16(const ggml_tensor * src, ggml_tensor * dst) {
+    const int64_t n = ggml_nelements(src);
+    const int64_t chunk = 1 << 20;
+    std::vector<float> f32(static_cast<size_t>(std::min(n, chunk)));
+    std::vector<ggml_bf16_t> bf16(f32.size());
+    const ggml_fp16_t * in = static_cast<const ggml_fp16_t *>(src->data);
+    for (int64_t start = 0; start < n; start += chunk) {
+        const int64_t m = std::min(chunk, n - start);
+        ggml_fp16_to_fp32_row(in + start, f32.data(), m);
+        ggml_fp32_to_bf16_row(f32.data(), bf16.data(), m);
+        ggml_backend_tensor_set(dst, bf16.data(), static_cast<size_t>(start) * sizeof(ggml_bf16_t),
+                                static_cast<size_t>(m) * sizeof(ggml_bf16_t));
+    }
+}
+
 }  // namespace
 
 WeightStore::~WeightStore() {
@@ -372,7 +388,11 @@ void WeightStore::place(const HParams & hp, const Placement & pl, Weights & w) {
     }
     std::vector<ggml_tensor *> copies;
     for (ggml_tensor ** slot : slots) {
-        ggml_tensor * copy = ggml_dup_tensor(gpu_ctx_, *slot);
+        // The self-conditioning product on the GPU runs bf16 x bf16 (f32 accumulation on tensor cores; ggml-cuda
+        // would accumulate f16 x f16 in f16 over the whole vocabulary), so an f16 embd_t goes there as bf16.
+        const bool to_bf16 = slot == &w.embd_t && (*slot)->type == GGML_TYPE_F16;
+        ggml_tensor * copy = to_bf16 ? ggml_new_tensor(gpu_ctx_, GGML_TYPE_BF16, GGML_MAX_DIMS, (*slot)->ne)
+                                     : ggml_dup_tensor(gpu_ctx_, *slot);
         ggml_set_name(copy, ggml_get_name(*slot));
         copies.push_back(copy);
     }
@@ -390,7 +410,11 @@ void WeightStore::place(const HParams & hp, const Placement & pl, Weights & w) {
     }
     ggml_backend_buffer_set_usage(gpu_buf_, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
     for (size_t i = 0; i < slots.size(); ++i) {
-        ggml_backend_tensor_set(copies[i], (*slots[i])->data, 0, ggml_nbytes(copies[i]));
+        if (copies[i]->type == (*slots[i])->type) {
+            ggml_backend_tensor_set(copies[i], (*slots[i])->data, 0, ggml_nbytes(copies[i]));
+        } else {
+            upload_f16_as_bf16(*slots[i], copies[i]);
+        }
         *slots[i] = copies[i];
         w.gpu_tensors.insert(copies[i]);
     }
