@@ -246,7 +246,13 @@ def test_sc_top_k_is_refused_with_an_offloaded_head(stand_in):
         Model(fx.gguf(NAME, "f32"), n_gpu_layers=-1, sc_top_k=4)
 
 
-def test_gpu_list_describes_the_stand_in(stand_in):
+def test_gpu_list_describes_the_stand_in(stand_in, capsys):
+    import diffgemma_cpp
+    from diffgemma_cpp import cli
+
+    assert diffgemma_cpp.gpus() == ["stand-in GPU (the CPU, DIFFGEMMA_TEST_GPU_MIB), 4096 of 4096 MiB free"]
+    assert cli.main(["info"]) == 0
+    assert "GPU 0: stand-in GPU" in capsys.readouterr().out
     assert lib.diffgemma_gpu_count() == 1
     assert "4096 of 4096 MiB free" in ffi.string(lib.diffgemma_gpu_description(0)).decode()
     assert lib.diffgemma_gpu_description(1) == ffi.NULL

@@ -23,6 +23,12 @@ def system_info() -> str:
     return _ffi.string(_lib.diffgemma_system_info()).decode()
 
 
+def gpus() -> list:
+    """The GPUs this build can offload to (n_gpu_layers / main_gpu index this list), described with their free
+    memory; empty on a CPU-only build or machine."""
+    return [_ffi.string(_lib.diffgemma_gpu_description(i)).decode() for i in range(_lib.diffgemma_gpu_count())]
+
+
 def library_version() -> str:
     """Version of the loaded C library (equals __version__ unless the install is broken)."""
     return _ffi.string(_lib.diffgemma_version()).decode()
@@ -38,7 +44,7 @@ def get_library_dir() -> str:
     return str(Path(__file__).parent)
 
 
-__all__ = ["__version__", "API_VERSION", "system_info", "library_version", "get_include", "get_library_dir",
+__all__ = ["__version__", "API_VERSION", "system_info", "gpus", "library_version", "get_include", "get_library_dir",
            "errors", "DiffGemmaError"]
 
 from .model import Block, Model  # noqa: E402  (after the bindings are loaded)

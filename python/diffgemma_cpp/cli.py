@@ -6,12 +6,14 @@ import argparse
 import logging
 import sys
 
-from . import __version__, system_info
+from . import __version__, gpus, system_info
 from .errors import DiffGemmaError
 
 
 def _cmd_info(args) -> int:
     print(system_info())
+    for i, gpu in enumerate(gpus()):
+        print(f"GPU {i}: {gpu}")
     if args.model:
         from .gguf_info import format_summary, read_summary
 
