@@ -42,7 +42,55 @@ struct GraphScope {
     ~GraphScope() { ggml_free(ctx); }
 };
 
+void compute(diffgemma_context * c, ggml_cgraph * gf, const char * what);
+
+}  // namespace
+
+namespace dg {
+
+// The last decoder graph with its shape. Every denoising step of a canvas after the first builds the same
+// graph (same cache length, self-conditioned), and rebuilding and re-splitting its ~3000 nodes costs about
+// 1 ms of host time per step at the release shapes, serial with the GPU's work; so it is kept, with its own
+// metadata storage (encoder graphs use graph_meta), and reused while the scheduler still holds its allocation.
+struct DecoderGraphCache {
+    struct Key {
+        int32_t n_past = -1;
+        bool with_sc = false;
+        bool sc_on_gpu = false;
+        float sc_scale = 0.0f;
+        int32_t topk = 0;
+        bool topk_renormalize = false;
+        bool operator==(const Key & o) const {
+            return n_past == o.n_past && with_sc == o.with_sc && sc_on_gpu == o.sc_on_gpu && sc_scale == o.sc_scale &&
+                   topk == o.topk && topk_renormalize == o.topk_renormalize;
+        }
+    };
+    std::vector<uint8_t> meta;
+    ggml_context * ctx = nullptr;
+    ggml_cgraph * gf = nullptr;
+    GraphInputs in;
+    Key key;
+    bool allocated = false;  // the scheduler's buffers still hold this graph (no other graph allocated since)
+
+    ~DecoderGraphCache() { drop(); }
+    void drop() {
+        if (ctx != nullptr) {
+            ggml_free(ctx);
+        }
+        ctx = nullptr;
+        gf = nullptr;
+        allocated = false;
+    }
+};
+
+}  // namespace dg
+
+namespace {
+
 void compute(diffgemma_context * c, ggml_cgraph * gf, const char * what) {
+    if (c->decoder_graph != nullptr && gf != c->decoder_graph->gf) {
+        c->decoder_graph->allocated = false;  // the scheduler's buffers now belong to another graph
+    }
     if (!ggml_backend_sched_alloc_graph(c->sched, gf)) {
         dg::raise(DIFFGEMMA_ERR_OUT_OF_MEMORY, "cannot allocate the compute buffers of the %s pass", what);
     }
@@ -177,15 +225,32 @@ void run_decoder(diffgemma_context * c, const int32_t * canvas, const float * sc
               C, c->n_past, static_cast<long long>(c->n_past) + C, c->kv.n_ctx());
     }
     const auto t_setup = Clock::now();
-    GraphScope g(c);
-    GraphBuilder b{hp, c->model->w, c->kv, g.ctx, g.gf, c->gpu != nullptr};
-    c->sc_topk.scale = sc_scale;
     sc_on_gpu = sc_on_gpu && c->gpu_sampler->sc_probs() != nullptr;
     const bool with_sc = sc_logits != nullptr || sc_on_gpu;
-    GraphInputs in = b.build_decoder(c->n_past, C, with_sc, sc_scale, c->sc_topk.k > 0 ? &c->sc_topk : nullptr,
-                                     sc_on_gpu ? c->gpu_sampler->sc_probs() : nullptr);
-    ggml_backend_sched_reset(c->sched);
-    compute(c, g.gf, "decoder");
+    DecoderGraphCache & cache = *c->decoder_graph;
+    const DecoderGraphCache::Key key{c->n_past, with_sc, sc_on_gpu, sc_scale, c->sc_topk.k, c->sc_topk.renormalize};
+    if (cache.gf == nullptr || !(cache.key == key)) {
+        cache.drop();
+        const size_t need = ggml_tensor_overhead() * kGraphNodes + ggml_graph_overhead_custom(kGraphNodes, false);
+        cache.meta.resize(std::max(cache.meta.size(), need));
+        ggml_init_params params = {cache.meta.size(), cache.meta.data(), true};
+        cache.ctx = ggml_init(params);
+        if (cache.ctx == nullptr) {
+            raise(DIFFGEMMA_ERR_OUT_OF_MEMORY, "cannot create a graph context");
+        }
+        cache.gf = ggml_new_graph_custom(cache.ctx, kGraphNodes, false);
+        GraphBuilder b{hp, c->model->w, c->kv, cache.ctx, cache.gf, c->gpu != nullptr};
+        c->sc_topk.scale = sc_scale;
+        cache.in = b.build_decoder(c->n_past, C, with_sc, sc_scale, c->sc_topk.k > 0 ? &c->sc_topk : nullptr,
+                                   sc_on_gpu ? c->gpu_sampler->sc_probs() : nullptr);
+        cache.key = key;
+    }
+    if (!cache.allocated) {
+        ggml_backend_sched_reset(c->sched);
+        compute(c, cache.gf, "decoder");
+        cache.allocated = true;
+    }
+    const GraphInputs & in = cache.in;
     std::vector<int32_t> pos(static_cast<size_t>(C));
     for (int32_t t = 0; t < C; ++t) {
         pos[static_cast<size_t>(t)] = c->n_past + t;
@@ -198,7 +263,12 @@ void run_decoder(diffgemma_context * c, const int32_t * canvas, const float * sc
     Timings & tm = c->timing;
     tm.totals.decoder_setup_ms += ms_since(t_setup);
     tm.compute_begin = tm.last_node = Clock::now();
-    run(c, g.gf, "decoder");
+    try {
+        run(c, cache.gf, "decoder");
+    } catch (...) {
+        cache.allocated = false;  // a cancelled or failed pass: allocate afresh next time
+        throw;
+    }
     tm.add_decoder_compute(ms_since(tm.compute_begin));
     use(in.logits);
     tm.totals.n_decoder += 1;
@@ -275,6 +345,7 @@ int32_t diffgemma_context_new(diffgemma_model * model, const diffgemma_context_p
         }
         auto c = std::make_unique<diffgemma_context>();
         c->model = model;
+        c->decoder_graph = std::make_unique<dg::DecoderGraphCache>();
         c->n_batch = p.n_batch > 0 ? p.n_batch : 512;
         c->sc_topk.k = p.sc_top_k;
         c->sc_topk.renormalize = p.sc_top_k_renormalize != 0;

@@ -23,6 +23,10 @@ struct gguf_context;
 
 struct diffgemma_vocab;
 
+namespace dg {
+struct DecoderGraphCache;  // context.cpp
+}
+
 struct diffgemma_model {
     std::string path;
     dg::HParams hp;
@@ -50,6 +54,7 @@ struct diffgemma_context {
     dg::ScTopkParams sc_topk;             // top-k self-conditioning (k = 0: exact); read by decoder graphs
     std::vector<int32_t> cached_tokens;   // the ids whose K/V are in the cache, in order (prefix reuse)
     std::vector<uint8_t> graph_meta;      // storage for graph-building contexts
+    std::unique_ptr<dg::DecoderGraphCache> decoder_graph;  // the last decoder graph, reused by the next step
     std::mt19937_64 rng;
     dg::Timings timing;                   // diffgemma_timings_* (timing.h)
     std::atomic<bool> busy{false};
