@@ -1,4 +1,5 @@
 // diffgemma_context: the KV cache, the scheduler and the two compute passes (encoder, decoder).
+#include "cpu_isa.h"
 #include "cpu_threads.h"
 #include "errors.h"
 #include "graph.h"
@@ -60,9 +61,10 @@ struct DecoderGraphCache {
         float sc_scale = 0.0f;
         int32_t topk = 0;
         bool topk_renormalize = false;
+        int32_t cpu_kernels = 0;  // the graph-time kernel choices (cpu_isa.h A/B switches), so flipping one applies
         bool operator==(const Key & o) const {
             return n_past == o.n_past && with_sc == o.with_sc && sc_on_gpu == o.sc_on_gpu && sc_scale == o.sc_scale &&
-                   topk == o.topk && topk_renormalize == o.topk_renormalize;
+                   topk == o.topk && topk_renormalize == o.topk_renormalize && cpu_kernels == o.cpu_kernels;
         }
     };
     std::vector<uint8_t> meta;
@@ -228,7 +230,9 @@ void run_decoder(diffgemma_context * c, const int32_t * canvas, const float * sc
     sc_on_gpu = sc_on_gpu && c->gpu_sampler->sc_probs() != nullptr;
     const bool with_sc = sc_logits != nullptr || sc_on_gpu;
     DecoderGraphCache & cache = *c->decoder_graph;
-    const DecoderGraphCache::Key key{c->n_past, with_sc, sc_on_gpu, sc_scale, c->sc_topk.k, c->sc_topk.renormalize};
+    const int32_t cpu_kernels = 2 * static_cast<int32_t>(kernel_isa()) + (env_flag("DIFFGEMMA_NO_ATTENTION_OP") ? 1 : 0);
+    const DecoderGraphCache::Key key{c->n_past, with_sc, sc_on_gpu, sc_scale, c->sc_topk.k, c->sc_topk.renormalize,
+                                     cpu_kernels};
     if (cache.gf == nullptr || !(cache.key == key)) {
         cache.drop();
         const size_t need = ggml_tensor_overhead() * kGraphNodes + ggml_graph_overhead_custom(kGraphNodes, false);
