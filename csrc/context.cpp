@@ -343,7 +343,7 @@ int32_t diffgemma_context_new(diffgemma_model * model, const diffgemma_context_p
         if (p.sc_top_k_renormalize != 0 && p.sc_top_k_renormalize != 1) {
             dg::raise(DIFFGEMMA_ERR_INVALID_ARGUMENT, "sc_top_k_renormalize must be 0 or 1, got %d", p.sc_top_k_renormalize);
         }
-        int32_t n_ctx = p.n_ctx > 0 ? p.n_ctx : std::min<int32_t>(4096, std::max(hp.n_ctx_train, hp.canvas_length * 2));
+        int32_t n_ctx = p.n_ctx > 0 ? p.n_ctx : hp.default_n_ctx();
         if (n_ctx < hp.canvas_length) {
             dg::raise(DIFFGEMMA_ERR_INVALID_ARGUMENT, "n_ctx %d is smaller than one canvas (%d)", n_ctx, hp.canvas_length);
         }

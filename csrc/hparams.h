@@ -1,6 +1,7 @@
 // DiffusionGemma hyper-parameters and sampler defaults, read from GGUF metadata by name (gguf_names.def).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -42,6 +43,8 @@ struct HParams {
 
     int32_t head_dim(int il) const { return is_swa[il] ? head_dim_swa : head_dim_full; }
     float rope_base(int il) const { return is_swa[il] ? rope_base_swa : rope_base_full; }
+    // The context length diffgemma_context_new picks when none is given (also what the GPU plan reports).
+    int32_t default_n_ctx() const { return std::min<int32_t>(4096, std::max(n_ctx_train, 2 * canvas_length)); }
 };
 
 // Reads and validates the hyper-parameters; throws dg::Error naming the key and the problem.

@@ -1,6 +1,7 @@
 #include "placement.h"
 
 #include "errors.h"
+#include "kv_cache.h"
 
 #include <algorithm>
 #include <initializer_list>
@@ -44,10 +45,8 @@ struct PlanBytes {
     size_t total() const { return weights.total() + kv + compute; }
 };
 
-// The smallest context worth loading for (a prompt and one canvas), and the one diffgemma_context_new makes
-// by default.
+// The smallest context worth loading for: a prompt and one canvas.
 int32_t min_n_ctx(const HParams & hp) { return 2 * hp.canvas_length; }
-int32_t default_n_ctx(const HParams & hp) { return std::min<int32_t>(4096, std::max(hp.n_ctx_train, 2 * hp.canvas_length)); }
 
 // Device bytes of a placement with a context of n_ctx positions.
 PlanBytes plan_bytes(const HParams & hp, const Weights & w, const Placement & pl, int32_t n_ctx) {
@@ -72,10 +71,10 @@ std::string fitting_setting(const HParams & hp, const Weights & w, const Placeme
     if (!p.cpu_moe) {
         for (int32_t k = std::max(p.n_cpu_moe + 1, 1); k <= hp.n_layer; ++k) {
             lay_out(hp, p.n_gpu_layers, false, k, trial);
-            const size_t need = plan_bytes(hp, w, trial, default_n_ctx(hp)).total();
+            const size_t need = plan_bytes(hp, w, trial, hp.default_n_ctx()).total();
             if (need <= free) {
                 return format("n_cpu_moe=%d keeps the experts of the first %d layers in host memory and needs %s with "
-                              "n_ctx %d", k, k, gib(need).c_str(), default_n_ctx(hp));
+                              "n_ctx %d", k, k, gib(need).c_str(), hp.default_n_ctx());
             }
         }
     }
@@ -83,12 +82,12 @@ std::string fitting_setting(const HParams & hp, const Weights & w, const Placeme
     const int32_t start = p.n_gpu_layers < 0 || p.n_gpu_layers > hp.n_layer ? hp.n_layer : p.n_gpu_layers - 1;
     for (int32_t k = start; k >= 1; --k) {
         lay_out(hp, k, true, 0, trial);
-        const size_t need = plan_bytes(hp, w, trial, default_n_ctx(hp)).total();
+        const size_t need = plan_bytes(hp, w, trial, hp.default_n_ctx()).total();
         if (need <= free) {
-            return format("n_gpu_layers=%d with cpu_moe=1 needs %s with n_ctx %d", k, gib(need).c_str(), default_n_ctx(hp));
+            return format("n_gpu_layers=%d with cpu_moe=1 needs %s with n_ctx %d", k, gib(need).c_str(), hp.default_n_ctx());
         }
     }
-    return format("no offload of this model fits with a context of %d; n_gpu_layers=0 runs it on the CPU", default_n_ctx(hp));
+    return format("no offload of this model fits with a context of %d; n_gpu_layers=0 runs it on the CPU", hp.default_n_ctx());
 }
 
 }  // namespace
@@ -181,16 +180,8 @@ GpuWeightBytes gpu_weight_bytes(const HParams & hp, const Weights & w, const Pla
 }
 
 size_t estimate_gpu_kv_bytes(const HParams & hp, const Placement & pl, int32_t n_ctx) {
-    const int64_t slack = std::max(512, hp.canvas_length);
-    size_t bytes = 0;
-    for (int il = 0; il < hp.n_layer; ++il) {
-        if (!pl.layer_on_gpu[il]) {
-            continue;
-        }
-        const int64_t slots = hp.is_swa[il] && hp.n_swa > 0 ? std::min<int64_t>(n_ctx, hp.n_swa - 1 + slack) : n_ctx;
-        bytes += 2 * static_cast<size_t>(hp.head_dim(il)) * static_cast<size_t>(hp.n_head_kv[il]) * static_cast<size_t>(slots) * 4;
-    }
-    return bytes;
+    // The default n_batch (512) or one canvas as the ring slack, as diffgemma_context_new sets it.
+    return KvCache::bytes_for(hp, n_ctx, std::max(512, hp.canvas_length), GGML_TYPE_F32, pl.layer_on_gpu);
 }
 
 size_t estimate_gpu_compute_bytes(const HParams & hp, int32_t n_ctx, const Placement & pl) {
@@ -231,7 +222,7 @@ std::string check_and_announce_plan(const HParams & hp, const Weights & w, const
                 nbytes(w.embd_t);
     }
     const GpuMemory mem = gpu_memory(pl.gpu);
-    const int32_t n_ctx_default = default_n_ctx(hp);
+    const int32_t n_ctx_default = hp.default_n_ctx();
     std::string plan = format(
         "memory plan, GPU %d: %s: %s\n"
         "  weights %s (layers %.0f MiB, experts %.0f MiB, head %.0f MiB), compute buffers ~%.0f MiB,\n"
