@@ -167,6 +167,27 @@ def test_interrupt_in_process_leaves_no_output(small, tmp_path, monkeypatch):
     assert _no_leftovers(tmp_path) == []
 
 
+def test_stop_requested_while_encoding_stops_at_a_chunk_boundary(small, tmp_path, monkeypatch):
+    """What the CLI's signal handler does while the encoder threads run: it only notes the request
+    (writer.interrupt_now_or_soon), and the main thread raises KeyboardInterrupt at the next chunk, outside any
+    executor lock; the output is not published."""
+    calls = {"n": 0}
+    real = writer.encode_rows
+
+    def encode(qtype, rows):
+        calls["n"] += 1
+        if calls["n"] == 30:
+            writer.interrupt_now_or_soon()  # a worker thread, as a handler would be mid-write: must not raise here
+        return real(qtype, rows)
+
+    monkeypatch.setattr(writer, "encode_rows", encode)
+    with pytest.raises(KeyboardInterrupt):
+        _convert(small, tmp_path / "o.gguf")
+    assert _no_leftovers(tmp_path) == []
+    with pytest.raises(KeyboardInterrupt):  # outside the threaded section it raises at once
+        writer.interrupt_now_or_soon()
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_during_cli_conversion_leaves_no_output(checkpoints, tmp_path, sig):
     """A real `diffgemma-cpp convert` process, slowed down and signalled once it is writing tensor data."""

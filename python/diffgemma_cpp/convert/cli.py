@@ -30,20 +30,26 @@ def parse_size(text: str) -> int:
 
 
 @contextmanager
-def _sigterm_as_interrupt():
-    """Turn SIGTERM into KeyboardInterrupt so the writer's cleanup runs (no partial file is left behind)."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt
+def _signals_as_interrupt():
+    """SIGINT and SIGTERM stop a conversion as KeyboardInterrupt, so the writer's cleanup runs (no partial file is
+    left behind); while the writer's threads run, at its next chunk boundary (writer.interrupt_now_or_soon)."""
+    from .writer import interrupt_now_or_soon
 
+    def handler(signum, frame):
+        interrupt_now_or_soon()
+
+    previous = {}
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(sig) is not signal.SIG_IGN:  # e.g. nohup: an ignored signal stays ignored
+                previous[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread: signals stay as they are
+        pass
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -61,7 +67,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _run_convert(args) -> int:
     from .pipeline import convert_checkpoint
 
-    with _sigterm_as_interrupt():
+    with _signals_as_interrupt():
         paths = convert_checkpoint(args.hf_dir, args.outfile, args.outtype, tensor_types=args.tensor_type,
                                    dry_run=args.dry_run, split_max_size=args.split_max_size, threads=args.threads,
                                    progress=not args.no_progress and sys.stderr.isatty())
@@ -73,7 +79,7 @@ def _run_convert(args) -> int:
 def _run_quantize(args) -> int:
     from .pipeline import requantize_gguf
 
-    with _sigterm_as_interrupt():
+    with _signals_as_interrupt():
         paths = requantize_gguf(args.infile, args.outfile, args.type, tensor_types=args.tensor_type,
                                 dry_run=args.dry_run, split_max_size=args.split_max_size, threads=args.threads,
                                 progress=not args.no_progress and sys.stderr.isatty())

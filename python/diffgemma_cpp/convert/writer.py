@@ -119,12 +119,42 @@ def write_gguf(outfile, kv, tensors, *, split_max_size: int = 0, threads: int | 
             shutil.rmtree(tmpdir, ignore_errors=True)
 
 
+class _StopRequest:
+    """A stop signal that arrives while the encoder threads run is only noted here; the main thread raises
+    KeyboardInterrupt at the next chunk boundary. Raised from the signal handler itself it could land anywhere
+    in concurrent.futures' lock handling (Python runs handlers between bytecodes) and leave a lock held that
+    the executor's shutdown then waits on forever: a Ctrl-C that hangs instead of stopping."""
+    threaded = False   # _write_data's pool is running
+    requested = False
+
+
+_STOP = _StopRequest()
+
+
+def interrupt_now_or_soon() -> None:
+    """For signal handlers (convert/cli.py): KeyboardInterrupt now, or at the writer's next safe point while its
+    threads run."""
+    if _STOP.threaded:
+        _STOP.requested = True
+    else:
+        raise KeyboardInterrupt
+
+
+def _check_stop(pending: deque) -> None:
+    if _STOP.requested:
+        for fut in pending:
+            fut.cancel()
+        raise KeyboardInterrupt
+
+
 def _write_data(fouts, tensors, shard_of, total, threads, progress, align):
     from tqdm import tqdm
 
     threads = max(1, threads or min(32, os.cpu_count() or 1))
     bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="writing", disable=not progress,
                dynamic_ncols=True)
+    _STOP.requested = False
+    _STOP.threaded = True
     try:
         with ThreadPoolExecutor(max_workers=threads) as pool:
             for t, shard in zip(tensors, shard_of):
@@ -134,10 +164,12 @@ def _write_data(fouts, tensors, shard_of, total, threads, progress, align):
                 pending: deque = deque()
                 try:
                     for start, count in _chunks(t):
+                        _check_stop(pending)
                         pending.append(pool.submit(_encode_chunk, t, start, count))
                         if len(pending) > threads:
                             written += _drain_one(pending, fout, bar)
                     while pending:
+                        _check_stop(pending)
                         written += _drain_one(pending, fout, bar)
                 except NonFiniteChunk as bad:
                     # Chunks drain in file order, so this is the tensor's first bad chunk. Stop the others, then
@@ -150,7 +182,10 @@ def _write_data(fouts, tensors, shard_of, total, threads, progress, align):
                     raise RuntimeError(f"{t.name}: encoded {written} bytes, expected {expected}")
                 fout.write(b"\0" * _padding(written, align))
     finally:
+        _STOP.threaded = False
         bar.close()
+    if _STOP.requested:  # arrived after the last chunk: still an interrupt, before the file is published
+        raise KeyboardInterrupt
 
 
 def _drain_one(pending: deque, fout, bar) -> int:
