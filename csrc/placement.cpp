@@ -4,7 +4,6 @@
 #include "kv_cache.h"
 
 #include <algorithm>
-#include <initializer_list>
 
 namespace dg {
 
@@ -29,13 +28,13 @@ void lay_out(const HParams & hp, int32_t n_gpu_layers, bool cpu_moe, int32_t n_c
 
 size_t nbytes(const ggml_tensor * t) { return t != nullptr ? ggml_nbytes(t) : 0; }
 
-// ggml_nbytes of the transposed embedding weights.cpp builds for self-conditioning (f32 or f16 copy).
-size_t embd_t_bytes(const HParams & hp, const Weights & w) {
-    if (w.sc_gate == nullptr) {
-        return 0;
+// Bytes of the head's tensors besides the tied embedding (its f16 embd_t goes to the GPU as bf16: same size).
+size_t head_extra_bytes(const Weights & w) {
+    size_t bytes = 0;
+    for (ggml_tensor * Weights::* m : kHeadTensors) {
+        bytes += nbytes(w.*m);
     }
-    const size_t elt = w.tok_embd->type == GGML_TYPE_F32 ? 4 : 2;
-    return static_cast<size_t>(hp.n_vocab) * static_cast<size_t>(hp.n_embd) * elt;
+    return bytes;
 }
 
 struct PlanBytes {
@@ -162,19 +161,15 @@ Placement plan_placement(const HParams & hp, const diffgemma_model_params & p) {
 GpuWeightBytes gpu_weight_bytes(const HParams & hp, const Weights & w, const Placement & pl) {
     GpuWeightBytes b;
     for (int il = 0; il < hp.n_layer; ++il) {
-        if (!pl.layer_on_gpu[il]) {
-            continue;
-        }
         const LayerWeights & l = w.layers[static_cast<size_t>(il)];
-        const size_t experts = nbytes(l.gate_up_exps) + nbytes(l.gate_exps) + nbytes(l.up_exps) + nbytes(l.down_exps);
-        size_t all = 0;
-        for_each_layer_tensor(l, [&](const ggml_tensor * t) { all += nbytes(t); });
-        b.layers += all - experts;
-        b.experts += pl.experts_on_gpu(il) ? experts : 0;
+        for (ggml_tensor * LayerWeights::* m : kLayerTensors) {
+            if (pl.offloads(il, m)) {
+                (is_expert_tensor(m) ? b.experts : b.layers) += nbytes(l.*m);
+            }
+        }
     }
     if (pl.head_on_gpu) {
-        b.head = nbytes(w.tok_embd) + nbytes(w.output_norm) + nbytes(w.sc_pre_norm) + nbytes(w.sc_gate) + nbytes(w.sc_up) +
-                 nbytes(w.sc_down) + embd_t_bytes(hp, w);
+        b.head = nbytes(w.tok_embd) + head_extra_bytes(w);
     }
     return b;
 }
@@ -212,14 +207,13 @@ std::string check_and_announce_plan(const HParams & hp, const Weights & w, const
     for (int il = 0; il < hp.n_layer; ++il) {
         const LayerWeights & l = w.layers[static_cast<size_t>(il)];
         for (ggml_tensor * LayerWeights::* m : kLayerTensors) {
-            if (!pl.layer_on_gpu[il] || (is_expert_tensor(m) && !pl.experts_on_gpu(il))) {
+            if (!pl.offloads(il, m)) {
                 host += nbytes(l.*m);
             }
         }
     }
     if (!pl.head_on_gpu) {
-        host += nbytes(w.output_norm) + nbytes(w.sc_pre_norm) + nbytes(w.sc_gate) + nbytes(w.sc_up) + nbytes(w.sc_down) +
-                nbytes(w.embd_t);
+        host += head_extra_bytes(w);
     }
     const GpuMemory mem = gpu_memory(pl.gpu);
     const int32_t n_ctx_default = hp.default_n_ctx();
@@ -230,7 +224,7 @@ std::string check_and_announce_plan(const HParams & hp, const Weights & w, const
         "  needs %s of %s free; host memory: %s of weights used from the mapped file",
         pl.gpu_index, gpu_description(pl.gpu).c_str(), pl.summary().c_str(), gib(b.weights.total()).c_str(),
         b.weights.layers / kMiB, b.weights.experts / kMiB, b.weights.head / kMiB, b.compute / kMiB, b.kv / kMiB,
-        2 * hp.canvas_length, estimate_gpu_kv_bytes(hp, pl, n_ctx_default) / kMiB, n_ctx_default, gib(b.total()).c_str(),
+        min_n_ctx(hp), estimate_gpu_kv_bytes(hp, pl, n_ctx_default) / kMiB, n_ctx_default, gib(b.total()).c_str(),
         gib(mem.free).c_str(), gib(host).c_str());
     if (b.total() > mem.free) {
         raise(DIFFGEMMA_ERR_OUT_OF_MEMORY, "the model does not fit on GPU %d: %s missing.\n%s\nHint: %s", pl.gpu_index,

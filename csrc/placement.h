@@ -28,7 +28,10 @@ struct Placement {
     std::vector<uint8_t> experts_on_host;  // expert matrices of an offloaded layer kept in host memory
     bool head_on_gpu = false;
 
-    bool experts_on_gpu(int il) const { return layer_on_gpu[il] != 0 && experts_on_host[il] == 0; }
+    // True when layer tensor `m` of layer il lives on the GPU.
+    bool offloads(int il, ggml_tensor * LayerWeights::* m) const {
+        return layer_on_gpu[il] != 0 && (experts_on_host[il] == 0 || !is_expert_tensor(m));
+    }
     int n_layers_on_gpu() const;
     // "layers 20-29 of 30, experts of 25 of them in host memory, head on the GPU"
     std::string summary() const;

@@ -366,15 +366,16 @@ void WeightStore::place(const HParams & hp, const Placement & pl, Weights & w) {
         }
         LayerWeights & l = w.layers[static_cast<size_t>(il)];
         for (ggml_tensor * LayerWeights::* m : kLayerTensors) {
-            if (l.*m != nullptr && (pl.experts_on_gpu(il) || !is_expert_tensor(m))) {
+            if (l.*m != nullptr && pl.offloads(il, m)) {
                 slots.push_back(&(l.*m));
             }
         }
     }
     if (pl.head_on_gpu) {
-        for (ggml_tensor ** slot : {&w.head, &w.output_norm, &w.sc_pre_norm, &w.sc_gate, &w.sc_up, &w.sc_down, &w.embd_t}) {
-            if (*slot != nullptr) {
-                slots.push_back(slot);
+        slots.push_back(&w.head);
+        for (ggml_tensor * Weights::* m : kHeadTensors) {
+            if (w.*m != nullptr) {
+                slots.push_back(&(w.*m));
             }
         }
     }

@@ -63,13 +63,6 @@ inline bool is_expert_tensor(ggml_tensor * LayerWeights::* m) {
            m == &LayerWeights::down_exps;
 }
 
-template <typename F>
-void for_each_layer_tensor(const LayerWeights & l, F f) {
-    for (ggml_tensor * LayerWeights::* m : kLayerTensors) {
-        f(l.*m);
-    }
-}
-
 struct Weights {
     ggml_tensor * tok_embd = nullptr;      // [n_embd, n_vocab]; also the tied LM head
     ggml_tensor * output_norm = nullptr;   // [n_embd]
@@ -92,6 +85,12 @@ struct Weights {
         }
         return t != nullptr && gpu_tensors.count(t) != 0;
     }
+};
+
+// The head's tensors besides the tied embedding (Weights::head): what an offloaded head takes to the GPU with
+// it. One list for placement, byte counts and the memory plan.
+inline constexpr ggml_tensor * Weights::* kHeadTensors[] = {
+    &Weights::output_norm, &Weights::sc_pre_norm, &Weights::sc_gate, &Weights::sc_up, &Weights::sc_down, &Weights::embd_t,
 };
 
 struct Placement;
