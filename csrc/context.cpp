@@ -11,42 +11,6 @@
 #include <cstring>
 #include <thread>
 
-namespace {
-
-constexpr size_t kGraphNodes = 16384;
-
-// ggml's CPU backend polls this between graph nodes: a cancel stops a long pass promptly.
-bool abort_requested(void * data) { return static_cast<diffgemma_context *>(data)->cancel.load(); }
-
-void set_input(ggml_tensor * t, const void * data, size_t bytes) {
-    if (t != nullptr && t->buffer != nullptr) {  // an input no node reads is not allocated
-        ggml_backend_tensor_set(t, data, 0, bytes);
-    }
-}
-
-// A no-alloc ggml context for one graph, over the context's reusable metadata storage.
-struct GraphScope {
-    ggml_context * ctx = nullptr;
-    ggml_cgraph * gf = nullptr;
-    explicit GraphScope(diffgemma_context * c) {
-        const size_t need = ggml_tensor_overhead() * kGraphNodes + ggml_graph_overhead_custom(kGraphNodes, false);
-        if (c->graph_meta.size() < need) {
-            c->graph_meta.resize(need);
-        }
-        ggml_init_params params = {c->graph_meta.size(), c->graph_meta.data(), true};
-        ctx = ggml_init(params);
-        if (ctx == nullptr) {
-            dg::raise(DIFFGEMMA_ERR_OUT_OF_MEMORY, "cannot create a graph context");
-        }
-        gf = ggml_new_graph_custom(ctx, kGraphNodes, false);
-    }
-    ~GraphScope() { ggml_free(ctx); }
-};
-
-void compute(diffgemma_context * c, ggml_cgraph * gf, const char * what);
-
-}  // namespace
-
 namespace dg {
 
 // The last decoder graph with its shape. Every denoising step of a canvas after the first builds the same
@@ -88,6 +52,40 @@ struct DecoderGraphCache {
 }  // namespace dg
 
 namespace {
+
+constexpr size_t kGraphNodes = 16384;
+
+// ggml's CPU backend polls this between graph nodes: a cancel stops a long pass promptly.
+bool abort_requested(void * data) { return static_cast<diffgemma_context *>(data)->cancel.load(); }
+
+void set_input(ggml_tensor * t, const void * data, size_t bytes) {
+    if (t != nullptr && t->buffer != nullptr) {  // an input no node reads is not allocated
+        ggml_backend_tensor_set(t, data, 0, bytes);
+    }
+}
+
+// A no-alloc ggml context for one graph over reusable metadata storage `meta`, and its graph in *gf.
+ggml_context * new_graph_context(std::vector<uint8_t> & meta, ggml_cgraph ** gf) {
+    const size_t need = ggml_tensor_overhead() * kGraphNodes + ggml_graph_overhead_custom(kGraphNodes, false);
+    if (meta.size() < need) {
+        meta.resize(need);
+    }
+    ggml_init_params params = {meta.size(), meta.data(), true};
+    ggml_context * ctx = ggml_init(params);
+    if (ctx == nullptr) {
+        dg::raise(DIFFGEMMA_ERR_OUT_OF_MEMORY, "cannot create a graph context");
+    }
+    *gf = ggml_new_graph_custom(ctx, kGraphNodes, false);
+    return ctx;
+}
+
+// One graph's context over the context's shared metadata storage, for graphs that are not kept (encoder).
+struct GraphScope {
+    ggml_context * ctx = nullptr;
+    ggml_cgraph * gf = nullptr;
+    explicit GraphScope(diffgemma_context * c) { ctx = new_graph_context(c->graph_meta, &gf); }
+    ~GraphScope() { ggml_free(ctx); }
+};
 
 void compute(diffgemma_context * c, ggml_cgraph * gf, const char * what) {
     if (c->decoder_graph != nullptr && gf != c->decoder_graph->gf) {
@@ -235,14 +233,7 @@ void run_decoder(diffgemma_context * c, const int32_t * canvas, const float * sc
                                      cpu_kernels};
     if (cache.gf == nullptr || !(cache.key == key)) {
         cache.drop();
-        const size_t need = ggml_tensor_overhead() * kGraphNodes + ggml_graph_overhead_custom(kGraphNodes, false);
-        cache.meta.resize(std::max(cache.meta.size(), need));
-        ggml_init_params params = {cache.meta.size(), cache.meta.data(), true};
-        cache.ctx = ggml_init(params);
-        if (cache.ctx == nullptr) {
-            raise(DIFFGEMMA_ERR_OUT_OF_MEMORY, "cannot create a graph context");
-        }
-        cache.gf = ggml_new_graph_custom(cache.ctx, kGraphNodes, false);
+        cache.ctx = new_graph_context(cache.meta, &cache.gf);
         GraphBuilder b{hp, c->model->w, c->kv, cache.ctx, cache.gf, c->gpu != nullptr};
         c->sc_topk.scale = sc_scale;
         cache.in = b.build_decoder(c->n_past, C, with_sc, sc_scale, c->sc_topk.k > 0 ? &c->sc_topk : nullptr,

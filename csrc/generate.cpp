@@ -133,14 +133,15 @@ int32_t denoise_canvas(diffgemma_context * c, const diffgemma_sampler_params & p
                 u = draw_uniform(c->rng);
             }
         }
-        auto t_sampler = Clock::now();
         if (on_gpu) {
             // Replays bring their own samples; the GPU still needs some uniform (zeros) for the statistics.
+            // The pass also samples there, and adds that time to sampler_ms itself.
             decoder_pass_gpu(c, canvas.data(), have_sc, 1.0f / T, uniforms.data(), st);
-            t_sampler = Clock::now();  // the sampler's GPU time is already in sampler_ms
         } else {
             decoder_pass(c, canvas.data(), have_sc ? sc.data() : nullptr, 1.0f, logits.data());
-            t_sampler = Clock::now();
+        }
+        const auto t_sampler = Clock::now();
+        if (!on_gpu) {
             step_stats(logits.data(), C, V, T, replay ? nullptr : uniforms.data(), c->n_threads, st);
         }
         const std::vector<bool> accept = accept_set(st, p.entropy_bound);
