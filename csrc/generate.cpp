@@ -61,11 +61,14 @@ void step_stats(float * lg, int32_t C, int32_t V, float temperature, const float
     for (auto & th : threads) {
         th.join();
     }
-    for (int32_t j = 0; j < C; ++j) {
-        if (out[static_cast<size_t>(j)].argmax < 0) {
-            // Finite weights and activations cannot produce this; NaN/Inf weights (which only the norms are
-            // scanned for at load) or an overflow in a low-precision cache can.
-            raise(DIFFGEMMA_ERR_BAD_FORMAT, "canvas position %d has NaN or infinite logits: the model's weight matrices "
+}
+
+// Rows without a distribution (argmax -1 from either sampler). Finite weights and activations cannot produce
+// them; NaN/Inf weights (which only the norms are scanned for at load) or an overflow in a low-precision cache can.
+void check_rows(const std::vector<RowStats> & st) {
+    for (size_t j = 0; j < st.size(); ++j) {
+        if (st[j].argmax < 0) {
+            raise(DIFFGEMMA_ERR_BAD_FORMAT, "canvas position %zu has NaN or infinite logits: the model's weight matrices "
                   "probably hold NaN/Inf values (hint: check the file with `diffgemma-cpp info`, re-convert it)", j);
         }
     }
@@ -144,6 +147,7 @@ int32_t denoise_canvas(diffgemma_context * c, const diffgemma_sampler_params & p
         if (!on_gpu) {
             step_stats(logits.data(), C, V, T, replay ? nullptr : uniforms.data(), c->n_threads, st);
         }
+        check_rows(st);
         const std::vector<bool> accept = accept_set(st, p.entropy_bound);
         double mean_entropy = 0.0;
         for (int32_t j = 0; j < C; ++j) {

@@ -273,3 +273,23 @@ def test_cli_offload_options_reach_the_model(monkeypatch):
     seen.clear()
     cli_text._load_model(parser.parse_args(["-m", "x.gguf"]))
     assert seen == dict(path="x.gguf")  # unset options keep the library's defaults
+
+
+@pytest.mark.parametrize("placement", [{}, dict(n_gpu_layers=-1)], ids=["cpu", "gpu-sampler"])
+def test_nan_weights_are_reported_by_either_sampler(stand_in, tmp_path, placement):
+    """A NaN in a weight matrix (the loader scans only norms) surfaces as logits without a distribution: both
+    the host sampler and the GPU sampler path stop with the position and a hint, not with garbage tokens."""
+    import shutil
+
+    import gguf
+
+    path = tmp_path / "nan.gguf"
+    shutil.copy(fx.gguf("small", "f32"), path)
+    reader = gguf.GGUFReader(path, "r+")
+    t = next(t for t in reader.tensors if t.name == "blk.0.ffn_down.weight")
+    t.data[...] = np.nan
+    reader.data.flush()
+    del reader
+    with Model(path, n_threads=2, **placement) as m:
+        with pytest.raises(errors.ModelLoadError, match="canvas position 0 has NaN or infinite logits"):
+            m.generate_ids([1, 2, 3], max_new_tokens=m.canvas_length, steps=2, seed=0)
