@@ -14,7 +14,7 @@
 
 namespace dg {
 
-// exp(d) for d <= 0 (d = -inf allowed), within 2 ulp for d >= kExpFloor, exactly 0 below it.
+// exp(d) for d <= 0 (d = -inf allowed), within 2 ulp for d >= kExpFloor, exactly 0 below it; NaN stays NaN.
 // Range reduction d = k ln2 + r with |r| <= ln2/2, then a degree-7 Taylor polynomial
 // (truncation error r^8/8! <= 5e-9, below half an ulp) and a 2^k built from its exponent bits.
 constexpr float kExpFloor = -87.0f;  // exp(-87) ~ 1.6e-38, still a normal float
@@ -24,7 +24,8 @@ inline float exp_nonpositive(float d) {
     constexpr float kRoundShift = 12582912.0f;    // 1.5 * 2^23: adding and subtracting rounds to an integer
     constexpr float kLn2Hi = 0.693145751953125f;  // ln 2 split so k * kLn2Hi is exact for |k| <= 128
     constexpr float kLn2Lo = 1.42860682030941723e-6f;
-    const float x = d < kExpFloor ? kExpFloor : d;
+    // NaN takes the floor here too, so that the integer conversion of k below is defined; it comes out as NaN.
+    const float x = d >= kExpFloor ? d : kExpFloor;
     const float k = (x * kLog2e + kRoundShift) - kRoundShift;
     const float r = (x - k * kLn2Hi) - k * kLn2Lo;
     float p = 1.0f / 5040.0f;
@@ -38,7 +39,7 @@ inline float exp_nonpositive(float d) {
     const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;  // k in [-126, 0]: a normal power of two
     float two_k;
     std::memcpy(&two_k, &bits, sizeof two_k);
-    return d < kExpFloor ? 0.0f : p * two_k;
+    return d >= kExpFloor ? p * two_k : (d < kExpFloor ? 0.0f : d);
 }
 
 }  // namespace dg
