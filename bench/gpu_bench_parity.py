@@ -99,10 +99,10 @@ def measure(workdir: Path, log=print) -> dict:
     result = {"gpus": [ffi.string(lib.diffgemma_gpu_description(i)).decode() for i in range(lib.diffgemma_gpu_count())],
               "logits": [], "generation": {}, "failures": []}
     inputs = task_inputs()
-    for outtype, path in model_files(workdir).items():
-        ref = decoder_cases(path, inputs)
-        sc = ref["plain"] / 0.6  # the same self-conditioning input on both sides
-        ref["sc"] = decoder_cases(path, inputs, sc)["sc"]
+    files = model_files(workdir)
+    for outtype, path in files.items():
+        ref = decoder_cases(path, inputs)  # its SC case used plain / 0.6 ...
+        sc = ref["plain"] / 0.6            # ... which every placement then gets too
         for placement in PLACEMENTS:
             ours = decoder_cases(path, inputs, sc, **placement)
             row = {"type": outtype, "placement": placement, **{case: nmse(ours[case], ref[case]) for case in ref}}
@@ -114,7 +114,7 @@ def measure(workdir: Path, log=print) -> dict:
     rng = random.Random(7)
     puzzles = [sudoku.generate(demo.DEFAULT_GIVENS, rng) for _ in range(N_PUZZLES)]
     prompts = [sudoku.prompt_ids(p) for p, _ in puzzles]
-    path = model_files(workdir)["f16"]
+    path = files["f16"]
     cpu_ids, _, cpu_steps, cpu_wall = generate(path, prompts, seed=11)
     gpu_ids, readback, gpu_steps, gpu_wall = generate(path, prompts, seed=11, n_gpu_layers=-1)
     same = sum(a == b for a, b in zip(cpu_ids, gpu_ids))

@@ -44,8 +44,8 @@ def _hf_decoder_cases(hf, prompt, c1, c2, sc) -> dict:
     return ref
 
 
-def _ours(path, prompt, c1, c2, sc):
-    with Model(path, n_threads=2) as m:
+def _ours(path, prompt, c1, c2, sc, **model_kwargs):
+    with Model(path, n_threads=2, **model_kwargs) as m:
         m.encode(prompt)
         out = {"plain": m.decoder_logits(c1), "sc": m.decoder_logits(c1, sc)}
         assert m.n_past == len(prompt), "the decoder must not write the cache"

@@ -17,7 +17,7 @@ import engine_fixtures as fx
 from diffgemma_cpp import Model, errors
 from diffgemma_cpp._native import ffi, lib
 
-from test_engine_parity import _trained_like_cases, nmse
+from test_engine_parity import _ours, _trained_like_cases, nmse
 
 STAND_IN = "DIFFGEMMA_TEST_GPU_MIB"
 NAME = "wide:trained"  # trained-like conditioning: rounding is not amplified (test_engine_parity.py)
@@ -45,14 +45,6 @@ def stand_in(monkeypatch):
     monkeypatch.setenv(STAND_IN, "4096")
 
 
-def _cases(model, prompt, c1, c2, sc) -> dict:
-    model.encode(prompt)
-    out = {"plain": model.decoder_logits(c1), "sc": model.decoder_logits(c1, sc)}
-    model.encode(c1)
-    out["block2"] = model.decoder_logits(c2)
-    return out
-
-
 @pytest.fixture(scope="module")
 def hf_cases():
     prompt, c1, c2, sc, ref = _trained_like_cases(0)
@@ -64,8 +56,7 @@ def hf_cases():
 def test_offloaded_decoder_matches_hf(stand_in, hf_cases, placement, outtype, bound):
     """Every placement against HF float64: F32 max |d| <= 1e-3, F16 NMSE <= 1e-4 (the issue's bounds)."""
     inputs, ref = hf_cases
-    with Model(fx.gguf(NAME, outtype), n_threads=2, **placement) as m:
-        ours = _cases(m, *inputs)
+    ours = _ours(fx.gguf(NAME, outtype), *inputs, **placement)
     for case in ("plain", "sc", "block2"):
         err = float(np.max(np.abs(ours[case] - ref[case]))) if outtype == "f32" else nmse(ours[case], ref[case])
         print(f"{placement} {outtype} {case}: {err:.2e}")
