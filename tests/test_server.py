@@ -121,6 +121,37 @@ def test_client_sees_clear_errors(running):
         running.client.models.retrieve("other-model")
 
 
+def test_tool_call_round_trip_with_the_official_client():
+    call_text = '<|tool_call>call:get_weather{city:<|"|>Paris<|"|>,days:3}<tool_call|>'
+    server = Running(FakeModel(call_text, chat_template=GEMMA4_STYLE, canvas_length=8))
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather for a city.",
+                                               "parameters": {"type": "object",
+                                                              "properties": {"city": {"type": "string"}}}}}]
+    ask = [{"role": "user", "content": "Weather in Paris?"}]
+    try:
+        out = server.client.chat.completions.create(model="x", messages=ask, tools=tools, max_tokens=64)
+        assert out.choices[0].finish_reason == "tool_calls" and out.choices[0].message.content is None
+        (call,) = out.choices[0].message.tool_calls
+        assert call.function.name == "get_weather"
+        assert json.loads(call.function.arguments) == {"city": "Paris", "days": 3}
+
+        chunks = list(server.client.chat.completions.create(model="x", messages=ask, tools=tools, max_tokens=64,
+                                                            stream=True))
+        streamed = [c for chunk in chunks for c in (chunk.choices[0].delta.tool_calls or [])]
+        assert [(c.index, c.function.name) for c in streamed] == [(0, "get_weather")]
+        assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+        server.model.set_answer("Sunny, 21 C in Paris.")
+        history = ask + [out.choices[0].message.model_dump(exclude_none=True),
+                         {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"}]
+        final = server.client.chat.completions.create(model="x", messages=history, tools=tools, max_tokens=64)
+        assert final.choices[0].message.content == "Sunny, 21 C in Paris."
+        prompt = server.model.detokenize(server.model.calls[-1]["prompt_ids"]).decode()
+        assert call_text + "<|tool_response>response:get_weather" in prompt
+    finally:
+        server.close()
+
+
 # ---- raw bad requests ---------------------------------------------------------------------------
 
 
@@ -139,6 +170,10 @@ def _error(body):
     ("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "n": 2}, None, 422),
     ("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "stream": "yes"}, None, 422),
     ("POST", "/v1/chat/completions", {"messages": [{"role": "narrator", "content": "x"}]}, None, 422),
+    ("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "tool_choice": "required"},
+     None, 422),
+    ("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "tools": {"name": "f"}},
+     None, 422),
     ("POST", "/v1/completions", {"prompt": 42}, None, 422),
     ("POST", "/v1/completions", {"prompt": "x", "stop": [1]}, None, 422),
     ("POST", "/v1/completions", {"prompt": "x", "seed": -3}, None, 422),

@@ -35,11 +35,15 @@ from typing import Any, Callable, Iterator
 from .chat import ChatTemplate
 from .errors import Cancelled, InvalidArgumentError, ModelBusyError
 from .textstream import ReasoningSplitter, StopTextStream, decode_preview, normalise_stop
+from .tool_calls import ToolCallSplitter, messages_for_template, openai_tool_call, split_tool_calls
 
-__all__ = ["CompletionMixin", "SAMPLER_OVERRIDES"]
+__all__ = ["CompletionMixin", "SAMPLER_OVERRIDES", "TOOL_CHOICES"]
 
 # Sampler settings a call may override; None keeps the model's (GGUF / built-in) default.
 SAMPLER_OVERRIDES = ("t_min", "t_max", "entropy_bound", "stability_threshold", "confidence_threshold")
+
+# tool_choice values we honour: the model cannot be forced to call a tool, only told about tools or not.
+TOOL_CHOICES = ("auto", "none")
 
 # Markers of Gemma-4's thinking channel. The answer's reasoning is split off into reasoning_content.
 THOUGHT_OPEN = "<|channel>thought"
@@ -269,8 +273,8 @@ class CompletionMixin:
                                seed: int | None = None, stop: str | list[str] | None = None,
                                steps: int | None = None, on_step: Callable[[int, int, str], None] | None = None,
                                chat_template: str | None = None, tools: list[dict] | None = None,
-                               enable_thinking: bool | None = None, template_kwargs: dict | None = None,
-                               **sampler: Any) -> Any:
+                               tool_choice: str | None = None, enable_thinking: bool | None = None,
+                               template_kwargs: dict | None = None, **sampler: Any) -> Any:
         """Answer a conversation. Returns an OpenAI ``chat.completion`` dict, or with ``stream=True``
         an iterator of ``chat.completion.chunk`` dicts (one per committed canvas).
 
@@ -278,47 +282,84 @@ class CompletionMixin:
         GGUF's) with the assistant's generation prompt. ``enable_thinking`` switches Gemma-4's thinking
         channel; a thought block in the answer goes to ``message.reasoning_content`` (``delta.reasoning_content``
         when streaming).
+        With ``tools``, the model's Gemma-4 tool calls become ``message.tool_calls`` (OpenAI shape, ``arguments``
+        a JSON string; ``delta.tool_calls`` when streaming, each call whole in one chunk) and ``finish_reason``
+        is ``"tool_calls"``. ``tool_choice`` is ``"auto"`` (the default) or ``"none"`` (the tools are neither
+        shown to the model nor parsed). Assistant messages may carry ``tool_calls`` with JSON-string
+        ``arguments`` and tool messages only a ``tool_call_id``, as OpenAI clients send them.
         Consecutive turns share the rendered prefix, so the engine reuses its KV cache for the history.
         Other arguments are as for ``create_completion``.
         """
-        prompt = self.apply_chat_template(messages, chat_template=chat_template, tools=tools,
+        if tool_choice is not None and tool_choice not in TOOL_CHOICES:
+            raise InvalidArgumentError(f"tool_choice must be one of {', '.join(TOOL_CHOICES)}, got {tool_choice!r} "
+                                       "(a tool call cannot be forced)")
+        if tool_choice == "none":
+            tools = None
+        prompt = self.apply_chat_template(messages_for_template(messages), chat_template=chat_template, tools=tools,
                                           enable_thinking=enable_thinking, **(template_kwargs or {}))
+        parse_calls = bool(tools)
         # The template writes <bos> itself when it wants one; _prompt_ids drops a doubled one.
         settings = self._settings(prompt, max_tokens, stop, steps, seed, sampler, on_step, add_bos=True)
         meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self._model_name()}
         if stream:
-            return self._stream_chat(settings, meta)
+            return self._stream_chat(settings, meta, parse_calls)
         summary = self._run_to_end(settings)
         message = {"role": "assistant", **split_reasoning(summary["text"])}
+        finish = summary["finish_reason"]
+        if parse_calls:
+            content, calls = split_tool_calls(message["content"])
+            if calls:
+                message["content"] = content if content.strip() else None
+                message["tool_calls"] = [openai_tool_call(name, arguments) for name, arguments in calls]
+                finish = _tool_calls_finish(finish)
         return {**meta, "object": "chat.completion",
-                "choices": [{"index": 0, "message": message, "logprobs": None,
-                             "finish_reason": summary["finish_reason"]}],
+                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
                 "usage": summary["usage"]}
 
-    def _stream_chat(self, settings: dict, meta: dict) -> Iterator[dict]:
+    def _stream_chat(self, settings: dict, meta: dict, parse_calls: bool) -> Iterator[dict]:
         self._claim()
         try:
             first = True
             splitter = ReasoningSplitter(THOUGHT_OPEN, THOUGHT_CLOSE)
+            call_splitter = ToolCallSplitter() if parse_calls else None
+            n_calls = 0
             with contextlib.closing(self._run(**settings)) as parts:
                 for text, summary in parts:
                     reasoning, content = splitter.push(text)
                     if summary:
                         more_reasoning, more_content = splitter.finish()
                         reasoning, content = reasoning + more_reasoning, content + more_content
+                    calls = []
+                    if call_splitter is not None:
+                        content, calls = call_splitter.push(content)
+                        if summary:
+                            more_content, more_calls = call_splitter.finish()
+                            content, calls = content + more_content, calls + more_calls
                     delta = {"role": "assistant"} if first else {}
                     if reasoning:
                         delta["reasoning_content"] = reasoning
                     delta["content"] = content
+                    if calls:
+                        delta["tool_calls"] = [{"index": n_calls + i, **openai_tool_call(name, arguments)}
+                                               for i, (name, arguments) in enumerate(calls)]
+                        n_calls += len(calls)
                     first = False
+                    finish = summary and summary["finish_reason"]
+                    if finish and n_calls:
+                        finish = _tool_calls_finish(finish)
                     chunk = {**meta, "object": "chat.completion.chunk",
-                             "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                                          "finish_reason": summary and summary["finish_reason"]}]}
+                             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
                     if summary:
                         chunk["usage"] = summary["usage"]
                     yield chunk
         finally:
             self._release()
+
+
+def _tool_calls_finish(finish_reason: str) -> str:
+    # The answer ended on its own after calling tools: OpenAI says "tool_calls". A cut-off ("length") or
+    # cancelled answer keeps its reason, so the caller sees that it was not finished.
+    return "tool_calls" if finish_reason == "stop" else finish_reason
 
 
 def split_reasoning(text: str) -> dict:

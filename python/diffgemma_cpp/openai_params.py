@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .completion import SAMPLER_OVERRIDES
+from .completion import SAMPLER_OVERRIDES, TOOL_CHOICES
 
 __all__ = ["RequestError", "completion_kwargs", "chat_kwargs", "MAX_STOP_STRINGS"]
 
@@ -114,6 +114,10 @@ def chat_kwargs(body: Any) -> dict:
     tools = body.get("tools")
     if tools is not None and (not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools)):
         raise RequestError("'tools' must be a list of objects", param="tools")
+    tool_choice = body.get("tool_choice")
+    if tool_choice is not None and tool_choice not in TOOL_CHOICES:
+        raise RequestError(f"'tool_choice' must be one of {', '.join(map(repr, TOOL_CHOICES))}: the engine cannot "
+                           "force a tool call", param="tool_choice")
     template_kwargs = body.get("chat_template_kwargs") or {}
     if not isinstance(template_kwargs, dict):
         raise RequestError("'chat_template_kwargs' must be an object", param="chat_template_kwargs")
@@ -124,5 +128,5 @@ def chat_kwargs(body: Any) -> dict:
     reserved = {"messages", "tools", "add_generation_prompt", "documents"} & set(template_kwargs)
     if reserved:
         raise RequestError(f"'chat_template_kwargs' may not set {sorted(reserved)}", param="chat_template_kwargs")
-    return {"messages": messages, "tools": tools, "enable_thinking": enable_thinking,
+    return {"messages": messages, "tools": tools, "tool_choice": tool_choice, "enable_thinking": enable_thinking,
             "template_kwargs": template_kwargs, **kwargs}

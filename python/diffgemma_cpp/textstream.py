@@ -136,7 +136,7 @@ class ReasoningSplitter:
         if self._state == "thinking":
             end = self._buf.find(self._close)
             if end < 0 and not final:
-                keep = _longest_suffix_prefix(self._buf, self._close)
+                keep = longest_suffix_prefix(self._buf, self._close)
                 body, self._buf = self._buf[:len(self._buf) - keep], self._buf[len(self._buf) - keep:]
                 reasoning = self._emit_reasoning(body, final=False)
                 return reasoning, ""
@@ -180,7 +180,9 @@ class ReasoningSplitter:
     _reasoning_started = False
 
 
-def _longest_suffix_prefix(text: str, marker: str) -> int:
+def longest_suffix_prefix(text: str, marker: str) -> int:
+    """Length of the longest proper prefix of ``marker`` that ``text`` ends with (text to hold back while
+    streaming, in case the marker is still arriving)."""
     for k in range(min(len(marker) - 1, len(text)), 0, -1):
         if text.endswith(marker[:k]):
             return k
