@@ -67,6 +67,14 @@ def test_malformed_calls_say_what_is_wrong(body, message):
         parse_tool_call(body)
 
 
+def test_deep_nesting_is_refused_not_a_crash():
+    assert parse_tool_arguments("{a:" * 64 + "1" + "}" * 64) is not None
+    deep = f"{TOOL_CALL_OPEN}call:f{{a:" + "[" * 100_000 + "]" * 100_000 + f"}}{TOOL_CALL_CLOSE}"
+    with pytest.raises(ToolCallSyntaxError, match="deeper than 64 levels"):
+        parse_tool_call(deep[len(TOOL_CALL_OPEN):-len(TOOL_CALL_CLOSE)])
+    assert split_tool_calls(deep) == (deep, [])
+
+
 def _random_value(rng, depth=0):
     kind = rng.choice(["str", "int", "float", "bool", "none"] + (["list", "dict"] if depth < 3 else []))
     if kind == "str":

@@ -32,6 +32,8 @@ _CALL_HEAD = re.compile(r"\s*call:([^{}\s]+)\s*")
 _INTEGER = re.compile(r"-?(0|[1-9][0-9]*)")
 _NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 _WORDS = {"true": True, "false": False, "null": None}
+# Deeper nesting is refused rather than recursed into: generated text is untrusted, Python's stack is not.
+MAX_NESTING = 64
 
 
 class ToolCallSyntaxError(ValueError):
@@ -65,7 +67,7 @@ class _ArgumentParser:
     """Recursive descent over one argument object; ``pos`` is the offset into ``text``."""
 
     def __init__(self, text: str) -> None:
-        self.text, self.pos = text, 0
+        self.text, self.pos, self.depth = text, 0, 0
 
     def at(self, token: str) -> bool:
         return self.text.startswith(token, self.pos)
@@ -98,7 +100,25 @@ class _ArgumentParser:
         value, self.pos = self.text[self.pos:end], end + len(STRING_DELIMITER)
         return value
 
+    def word(self, stops: str, what: str) -> str:
+        """The stripped text up to the next character in ``stops``; it must not be empty."""
+        start = self.pos
+        while self.pos < len(self.text) and self.text[self.pos] not in stops:
+            self.pos += 1
+        word = self.text[start:self.pos].strip()
+        if not word:
+            raise ToolCallSyntaxError(f"expected {what} at offset {start}")
+        return word
+
     def container(self, opener: str, closer: str, keyed: bool) -> dict | list:
+        if self.depth == MAX_NESTING:
+            raise ToolCallSyntaxError(f"arguments nest deeper than {MAX_NESTING} levels at offset {self.pos}")
+        self.depth += 1
+        items = self.items(opener, closer, keyed)
+        self.depth -= 1
+        return items
+
+    def items(self, opener: str, closer: str, keyed: bool) -> dict | list:
         self.expect(opener)
         items: dict | list = {} if keyed else []
         self.skip_space()
@@ -123,23 +143,12 @@ class _ArgumentParser:
         self.skip_space()
         if self.at(STRING_DELIMITER):
             return self.string()
-        start = self.pos
-        while self.pos < len(self.text) and self.text[self.pos] not in ":,{}[]":
-            self.pos += 1
-        name = self.text[start:self.pos].strip()
-        if not name:
-            raise ToolCallSyntaxError(f"expected a key at offset {start}")
-        return name
+        return self.word(":,{}[]", "a key")
 
     def bare(self) -> Any:
         # A number, true / false / null, or (as models sometimes write) an unquoted string up to the next
         # ',' or closing bracket of this level.
-        start = self.pos
-        while self.pos < len(self.text) and self.text[self.pos] not in ",}]":
-            self.pos += 1
-        word = self.text[start:self.pos].strip()
-        if not word:
-            raise ToolCallSyntaxError(f"expected a value at offset {start}")
+        word = self.word(",}]", "a value")
         if word in _WORDS:
             return _WORDS[word]
         if _INTEGER.fullmatch(word):
