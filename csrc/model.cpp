@@ -97,6 +97,7 @@ void diffgemma_model_default_params(diffgemma_model_params * params) {
     params->n_threads = 0;
     params->cpu_moe = 0;
     params->n_cpu_moe = 0;
+    params->fit = 0;
 }
 
 int32_t diffgemma_model_load(const char * path, const diffgemma_model_params * params, diffgemma_model ** out) {

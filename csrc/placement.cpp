@@ -61,32 +61,49 @@ std::string gib(size_t bytes) {
     return bytes < (1u << 30) ? format("%.1f MiB", bytes / kMiB) : format("%.2f GiB", bytes / kGiB);
 }
 
-// The first setting (least offload given up) whose plan fits in `free` bytes with the default context, as a
-// hint for the error (so that taking it also leaves room for diffgemma_context_new's default n_ctx).
-std::string fitting_setting(const HParams & hp, const Weights & w, const Placement & pl, const diffgemma_model_params & p,
-                            size_t free) {
+// An offload setting and its device bytes with the default context.
+struct FitSetting {
+    int32_t n_gpu_layers = 0;
+    bool cpu_moe = false;
+    int32_t n_cpu_moe = 0;
+    size_t need = 0;
+};
+
+// The first setting (least offload given up) whose plan fits in `free` bytes with the default context, so that
+// taking it also leaves room for diffgemma_context_new's default n_ctx. False when no offload fits.
+bool find_fitting_setting(const HParams & hp, const Weights & w, const Placement & pl,
+                          const diffgemma_model_params & p, size_t free, FitSetting & out) {
     Placement trial = pl;  // same GPU, other layers
+    auto fits = [&](int32_t n_gpu_layers, bool cpu_moe, int32_t n_cpu_moe) {
+        lay_out(hp, n_gpu_layers, cpu_moe, n_cpu_moe, trial);
+        out = {n_gpu_layers, cpu_moe, n_cpu_moe, plan_bytes(hp, w, trial, hp.default_n_ctx()).total()};
+        return out.need <= free;
+    };
     // 1. Keep more expert weights in host memory (the MoE is most of a DiffusionGemma layer's bytes).
     if (!p.cpu_moe) {
         for (int32_t k = std::max(p.n_cpu_moe + 1, 1); k <= hp.n_layer; ++k) {
-            lay_out(hp, p.n_gpu_layers, false, k, trial);
-            const size_t need = plan_bytes(hp, w, trial, hp.default_n_ctx()).total();
-            if (need <= free) {
-                return format("n_cpu_moe=%d keeps the experts of the first %d layers in host memory and needs %s with "
-                              "n_ctx %d", k, k, gib(need).c_str(), hp.default_n_ctx());
+            if (fits(p.n_gpu_layers, false, k)) {
+                return true;
             }
         }
     }
     // 2. Fewer layers on the GPU, experts of all of them in host memory.
     const int32_t start = p.n_gpu_layers < 0 || p.n_gpu_layers > hp.n_layer ? hp.n_layer : p.n_gpu_layers - 1;
     for (int32_t k = start; k >= 1; --k) {
-        lay_out(hp, k, true, 0, trial);
-        const size_t need = plan_bytes(hp, w, trial, hp.default_n_ctx()).total();
-        if (need <= free) {
-            return format("n_gpu_layers=%d with cpu_moe=1 needs %s with n_ctx %d", k, gib(need).c_str(), hp.default_n_ctx());
+        if (fits(k, true, 0)) {
+            return true;
         }
     }
-    return format("no offload of this model fits with a context of %d; n_gpu_layers=0 runs it on the CPU", hp.default_n_ctx());
+    return false;
+}
+
+std::string describe(const HParams & hp, const FitSetting & f) {
+    if (!f.cpu_moe) {
+        return format("n_cpu_moe=%d keeps the experts of the first %d layers in host memory and needs %s with n_ctx %d",
+                      f.n_cpu_moe, f.n_cpu_moe, gib(f.need).c_str(), hp.default_n_ctx());
+    }
+    return format("n_gpu_layers=%d with cpu_moe=1 needs %s with n_ctx %d", f.n_gpu_layers, gib(f.need).c_str(),
+                  hp.default_n_ctx());
 }
 
 }  // namespace
@@ -123,6 +140,9 @@ Placement plan_placement(const HParams & hp, const diffgemma_model_params & p) {
     }
     if (p.n_cpu_moe < 0) {
         raise(DIFFGEMMA_ERR_INVALID_ARGUMENT, "n_cpu_moe must not be negative, got %d", p.n_cpu_moe);
+    }
+    if (p.fit != 0 && p.fit != 1) {
+        raise(DIFFGEMMA_ERR_INVALID_ARGUMENT, "fit must be 0 or 1, got %d", p.fit);
     }
     if (p.main_gpu < 0) {
         raise(DIFFGEMMA_ERR_INVALID_ARGUMENT, "main_gpu must not be negative, got %d", p.main_gpu);
@@ -195,12 +215,10 @@ size_t estimate_gpu_compute_bytes(const HParams & hp, int32_t n_ctx, const Place
     return head + scores + 4 * per_layer + backend_pool;
 }
 
-std::string check_and_announce_plan(const HParams & hp, const Weights & w, const Placement & pl,
-                                    const diffgemma_model_params & p) {
-    if (!pl.use_gpu) {
-        return std::string();
-    }
-    const PlanBytes b = plan_bytes(hp, w, pl, min_n_ctx(hp));
+namespace {
+
+// The plan's text for `pl` with the smallest context: where the bytes go on the GPU and what stays on the host.
+std::string plan_text(const HParams & hp, const Weights & w, const Placement & pl, const PlanBytes & b, size_t free) {
     // What stays in the host mapping: the input embedding, the layers on the CPU, experts kept on the host,
     // and a head on the CPU (with its transposed copy for self-conditioning).
     size_t host = nbytes(w.tok_embd);
@@ -215,9 +233,8 @@ std::string check_and_announce_plan(const HParams & hp, const Weights & w, const
     if (!pl.head_on_gpu) {
         host += head_extra_bytes(w);
     }
-    const GpuMemory mem = gpu_memory(pl.gpu);
     const int32_t n_ctx_default = hp.default_n_ctx();
-    std::string plan = format(
+    return format(
         "memory plan, GPU %d: %s: %s\n"
         "  weights %s (layers %.0f MiB, experts %.0f MiB, head %.0f MiB), compute buffers ~%.0f MiB,\n"
         "  KV cache %.0f MiB at n_ctx %d (%.0f MiB at the default n_ctx %d, allocated with each context);\n"
@@ -225,10 +242,35 @@ std::string check_and_announce_plan(const HParams & hp, const Weights & w, const
         pl.gpu_index, gpu_description(pl.gpu).c_str(), pl.summary().c_str(), gib(b.weights.total()).c_str(),
         b.weights.layers / kMiB, b.weights.experts / kMiB, b.weights.head / kMiB, b.compute / kMiB, b.kv / kMiB,
         min_n_ctx(hp), estimate_gpu_kv_bytes(hp, pl, n_ctx_default) / kMiB, n_ctx_default, gib(b.total()).c_str(),
-        gib(mem.free).c_str(), gib(host).c_str());
-    if (b.total() > mem.free) {
-        raise(DIFFGEMMA_ERR_OUT_OF_MEMORY, "the model does not fit on GPU %d: %s missing.\n%s\nHint: %s", pl.gpu_index,
-              gib(b.total() - mem.free).c_str(), plan.c_str(), fitting_setting(hp, w, pl, p, mem.free).c_str());
+        gib(free).c_str(), gib(host).c_str());
+}
+
+}  // namespace
+
+std::string check_and_announce_plan(const HParams & hp, const Weights & w, Placement & pl,
+                                    const diffgemma_model_params & p) {
+    if (!pl.use_gpu) {
+        return std::string();
+    }
+    const size_t free = gpu_memory(pl.gpu).free;
+    const PlanBytes b = plan_bytes(hp, w, pl, min_n_ctx(hp));
+    std::string plan = plan_text(hp, w, pl, b, free);
+    if (b.total() > free) {
+        FitSetting f;
+        const bool found = find_fitting_setting(hp, w, pl, p, free, f);
+        const std::string missing = gib(b.total() - free);
+        if (!found || !p.fit) {
+            raise(DIFFGEMMA_ERR_OUT_OF_MEMORY, "the model does not fit on GPU %d: %s missing.\n%s\nHint: %s%s",
+                  pl.gpu_index, missing.c_str(), plan.c_str(),
+                  found ? describe(hp, f).c_str()
+                        : format("no offload of this model fits with a context of %d; n_gpu_layers=0 runs it on the "
+                                 "CPU", hp.default_n_ctx()).c_str(),
+                  found ? " (or fit=1 / --fit takes it)" : "");
+        }
+        const std::string taken = format("fit: the offload asked for needs %s more than GPU %d has free; taking %s",
+                                         missing.c_str(), pl.gpu_index, describe(hp, f).c_str());
+        lay_out(hp, f.n_gpu_layers, f.cpu_moe, f.n_cpu_moe, pl);
+        plan = taken + "\n" + plan_text(hp, w, pl, plan_bytes(hp, w, pl, min_n_ctx(hp)), free);
     }
     announce(plan.c_str());
     return plan;

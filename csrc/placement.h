@@ -61,9 +61,9 @@ size_t estimate_gpu_kv_bytes(const HParams & hp, const Placement & pl, int32_t n
 
 // The memory plan: logged before the weights are uploaded (to stderr without a log callback, so a user
 // sees where the memory goes), and an error when the GPU cannot hold the weights, the compute buffers and
-// the KV cache of a minimal context. The error says how much is missing and which setting would fit.
-// Returns the plan's text ("" for CPU only).
-std::string check_and_announce_plan(const HParams & hp, const Weights & w, const Placement & pl,
+// the KV cache of a minimal context. The error says how much is missing and which setting would fit; with
+// p.fit that setting replaces `pl` instead. Returns the plan's text ("" for CPU only).
+std::string check_and_announce_plan(const HParams & hp, const Weights & w, Placement & pl,
                                     const diffgemma_model_params & p);
 
 // Before a context allocates its KV cache: the offloaded layers' cache (kv_bytes_at(n_ctx)) and the compute

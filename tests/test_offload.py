@@ -188,6 +188,44 @@ def test_a_model_that_does_not_fit_names_what_is_missing_and_a_setting_that_fits
     assert "n_gpu_layers=0" in _load_error(path, n_gpu_layers=-1)
 
 
+def test_fit_takes_the_setting_the_error_would_name(monkeypatch):
+    """fit=True loads with exactly the hinted setting: same plan as asking for it, bit-identical logits."""
+    path = fx.gguf(NAME, "f32")
+    monkeypatch.setenv(STAND_IN, "18")
+    hint = _load_error(path, n_gpu_layers=-1).rsplit("Hint: ", 1)[1]
+    assert hint.endswith("(or fit=1 / --fit takes it)"), hint
+    k = int(hint.split()[0].split("=")[1])
+    prompt, canvas = [2, 5, 9, 11], list(range(3, 3 + 16))
+    with Model(path, n_gpu_layers=-1, n_cpu_moe=k) as asked:
+        asked.encode(prompt)
+        expected, asked_plan = asked.decoder_logits(canvas[:asked.canvas_length]), asked.memory_plan
+    with Model(path, n_gpu_layers=-1, fit=True) as fitted:
+        fitted.encode(prompt)
+        got = fitted.decoder_logits(canvas[:fitted.canvas_length])
+        first, rest = fitted.memory_plan.split("\n", 1)
+    assert first.startswith("fit: the offload asked for needs") and f"taking n_cpu_moe={k} " in first, first
+    assert rest == asked_plan
+    np.testing.assert_array_equal(got, expected)
+    # A fit within the budget changes nothing; with no fitting offload, fit=True still fails clearly.
+    monkeypatch.setenv(STAND_IN, "4096")
+    with Model(path, n_gpu_layers=-1, fit=True) as m:
+        assert not m.memory_plan.startswith("fit:")
+    monkeypatch.setenv(STAND_IN, "1")
+    assert "n_gpu_layers=0 runs it on the CPU" in _load_error(path, n_gpu_layers=-1, fit=True)
+
+
+def test_fit_with_cpu_moe_offloads_fewer_layers(monkeypatch):
+    path = fx.gguf(NAME, "f32")
+    monkeypatch.setenv(STAND_IN, "4096")  # room for everything: read what one layer with cpu_moe needs
+    with Model(path, n_gpu_layers=1, cpu_moe=True) as one:
+        need_one = float(one.memory_plan.split("needs ")[1].split(" MiB")[0])
+    monkeypatch.setenv(STAND_IN, str(int(need_one) + 4))
+    msg = _load_error(path, n_gpu_layers=-1, cpu_moe=True)
+    assert "Hint: n_gpu_layers=" in msg, msg
+    with Model(path, n_gpu_layers=-1, cpu_moe=True, fit=True) as m:
+        assert "taking n_gpu_layers=" in m.memory_plan and "with cpu_moe=1" in m.memory_plan, m.memory_plan
+
+
 def test_a_context_too_large_for_the_gpu_names_the_n_ctx_that_fits(monkeypatch):
     path = fx.gguf(NAME, "f32")
     monkeypatch.setenv(STAND_IN, "40")  # the weights take 28 MiB
@@ -211,6 +249,7 @@ def test_kv_cache_is_split_by_layer_placement(stand_in):
     (dict(n_cpu_moe=-1), "n_cpu_moe must be an integer >= 0"),
     (dict(main_gpu=-1), "main_gpu must be an integer >= 0"),
     (dict(cpu_moe=1), "cpu_moe must be True or False"),
+    (dict(fit=1), "fit must be True or False"),
 ])
 def test_bad_offload_arguments_are_rejected(kwargs, needle):
     with pytest.raises(errors.InvalidArgumentError, match=needle):
@@ -221,7 +260,8 @@ def test_c_api_checks_offload_parameters(stand_in):
     """The C checks behind the Python ones, for C callers (values Python refuses earlier)."""
     path = str(fx.gguf(NAME, "f32")).encode()
     for field, value, needle in (("n_gpu_layers", -2, "n_gpu_layers=-2"), ("cpu_moe", 2, "cpu_moe must be 0 or 1"),
-                                 ("n_cpu_moe", -3, "n_cpu_moe must not be negative"), ("main_gpu", 1, "main_gpu=1")):
+                                 ("n_cpu_moe", -3, "n_cpu_moe must not be negative"), ("main_gpu", 1, "main_gpu=1"),
+                                 ("fit", 2, "fit must be 0 or 1")):
         p = ffi.new("diffgemma_model_params *")
         lib.diffgemma_model_default_params(p)
         p.n_gpu_layers = -1
@@ -259,8 +299,9 @@ def test_cli_offload_options_reach_the_model(monkeypatch):
     monkeypatch.setattr(diffgemma_cpp, "Model", lambda path, **kw: seen.update(kw, path=path))
     parser = argparse.ArgumentParser()
     cli_text._add_model_options(parser)
-    cli_text._load_model(parser.parse_args(["-m", "x.gguf", "-ngl", "-1", "-mg", "1", "--cpu-moe", "--n-cpu-moe", "4"]))
-    assert seen == dict(path="x.gguf", n_gpu_layers=-1, main_gpu=1, cpu_moe=True, n_cpu_moe=4)
+    cli_text._load_model(parser.parse_args(["-m", "x.gguf", "-ngl", "-1", "-mg", "1", "--cpu-moe", "--n-cpu-moe", "4",
+                                          "--fit"]))
+    assert seen == dict(path="x.gguf", n_gpu_layers=-1, main_gpu=1, cpu_moe=True, n_cpu_moe=4, fit=True)
     seen.clear()
     cli_text._load_model(parser.parse_args(["-m", "x.gguf"]))
     assert seen == dict(path="x.gguf")  # unset options keep the library's defaults

@@ -54,7 +54,7 @@ extern "C" {
 // cffi-begin
 
 /* Bumped on every incompatible change of this header. */
-#define DIFFGEMMA_API_VERSION 3
+#define DIFFGEMMA_API_VERSION 4
 
 /* ---- status codes ---- */
 enum diffgemma_status {
@@ -254,6 +254,9 @@ typedef struct diffgemma_model_params {
     int32_t n_threads;      /* threads for load-time work (<= 0: one per physical core we may use) */
     int32_t cpu_moe;        /* 1 = the expert weights of every layer stay in host memory (the MoE runs on the CPU) */
     int32_t n_cpu_moe;      /* the expert weights of the first k layers stay in host memory (llama.cpp's --n-cpu-moe) */
+    int32_t fit;            /* 1 = when the offload asked for does not fit the GPU, take the least reduction that
+                               fits with the default n_ctx (more expert weights in host memory, then fewer layers),
+                               log it and load; 0 (default) = fail with DIFFGEMMA_ERR_OUT_OF_MEMORY naming it */
 } diffgemma_model_params;
 
 typedef struct diffgemma_context_params {

@@ -33,6 +33,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="keep every layer's expert weights in host memory (runs the MoE on the CPU)")
     parser.add_argument("--n-cpu-moe", type=int, default=None, metavar="N",
                         help="keep the expert weights of the first N layers in host memory")
+    parser.add_argument("--fit", action="store_true", default=None,
+                        help="if the offload asked for does not fit the GPU, keep more experts in host memory "
+                             "(then offload fewer layers) until it does, instead of failing")
     parser.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
     parser.add_argument("-c", "--ctx-size", type=int, default=None, help="context size in tokens (default: model's)")
     parser.add_argument("--sc-top-k", type=int, default=None, metavar="K",
@@ -57,7 +60,7 @@ def _load_model(args: argparse.Namespace) -> Any:
     from . import Model  # the engine; imported here so `--help` works without loading anything
 
     names = {"n_gpu_layers": "n_gpu_layers", "main_gpu": "main_gpu", "cpu_moe": "cpu_moe", "n_cpu_moe": "n_cpu_moe",
-             "n_threads": "threads", "n_ctx": "ctx_size", "sc_top_k": "sc_top_k"}
+             "fit": "fit", "n_threads": "threads", "n_ctx": "ctx_size", "sc_top_k": "sc_top_k"}
     options = {option: getattr(args, attr, None) for option, attr in names.items()}
     return Model(args.model, **{k: v for k, v in options.items() if v is not None})
 

@@ -78,14 +78,15 @@ class Model(CompletionMixin, Closeable):
     """A DiffusionGemma GGUF loaded for generation (weights memory-mapped, one KV cache)."""
 
     def __init__(self, model_path, *, n_gpu_layers: int = 0, main_gpu: int = 0, cpu_moe: bool = False,
-                 n_cpu_moe: int = 0, n_threads: int | None = None, n_ctx: int | None = None,
+                 n_cpu_moe: int = 0, fit: bool = False, n_threads: int | None = None, n_ctx: int | None = None,
                  n_batch: int | None = None, seed: int | None = None, kv_type: str = "f32", sc_top_k: int = 0,
                  sc_top_k_renormalize: bool = False, verbose: bool = False):
         """n_gpu_layers: 0 (default) runs on the CPU; k offloads the last k layers to GPU `main_gpu`; -1 offloads
         every layer and the head, which keeps the logits and the sampler on the GPU. cpu_moe=True keeps every
         layer's expert weights in host memory (the MoE then runs on the CPU), n_cpu_moe=k those of the first k
         layers. The memory plan is printed before the weights are uploaded; a model that does not fit fails
-        with OutOfMemoryError saying how much is missing and which setting fits.
+        with OutOfMemoryError saying how much is missing and which setting fits, or with fit=True loads with
+        that setting (more experts in host memory, then fewer layers; the plan's first line says which).
 
         sc_top_k: 0 (default) runs the exact self-conditioning product softmax(S) @ E over the whole
         vocabulary; k in 1..n_vocab keeps only each canvas row's k most probable tokens (faster, approximate;
@@ -108,8 +109,9 @@ class Model(CompletionMixin, Closeable):
         for name, value, low in (("n_gpu_layers", n_gpu_layers, -1), ("main_gpu", main_gpu, 0), ("n_cpu_moe", n_cpu_moe, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low or value >= 2**31:
                 raise errors.InvalidArgumentError(f"{name} must be an integer >= {low}, got {value!r}")
-        if not isinstance(cpu_moe, bool):
-            raise errors.InvalidArgumentError(f"cpu_moe must be True or False, got {cpu_moe!r}")
+        for name, value in (("cpu_moe", cpu_moe), ("fit", fit)):
+            if not isinstance(value, bool):
+                raise errors.InvalidArgumentError(f"{name} must be True or False, got {value!r}")
         if isinstance(sc_top_k, bool) or not isinstance(sc_top_k, int) or sc_top_k < 0:
             raise errors.InvalidArgumentError(f"sc_top_k must be 0 (exact) or a positive integer, got {sc_top_k!r}")
         self.verbose = verbose
@@ -121,6 +123,7 @@ class Model(CompletionMixin, Closeable):
         mp.main_gpu = main_gpu
         mp.cpu_moe = int(cpu_moe)
         mp.n_cpu_moe = n_cpu_moe
+        mp.fit = int(fit)
         mp.n_threads = n_threads or 0
         out = ffi.new("diffgemma_model **")
         check(lib.diffgemma_model_load(self.model_path.encode(), mp, out))
