@@ -100,6 +100,17 @@ def test_bench_cli_json(capsys):
     assert res["peak_rss_mib"] > 0
 
 
+def test_bench_cli_takes_the_offload_options(capsys, monkeypatch):
+    monkeypatch.setenv("DIFFGEMMA_TEST_GPU_MIB", "4096")  # the CPU posing as a GPU (tests/test_offload.py)
+    path = fx.gguf("wide", "f32")
+    assert cli_main(["bench", "-m", str(path), "-t", "1", "-p", "8", "--steps", "2", "-r", "1", "-ngl", "-1",
+                     "--n-cpu-moe", "1", "--fit", "-o", "json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["n_gpu_layers"] == -1 and res["offload"] == {"n_cpu_moe": 1, "fit": True}
+    assert "experts of 1 of them in host memory" in res["memory_plan"]
+    assert res["summary"]["step_ms"]["median"] > 0
+
+
 def test_bench_cli_markdown_and_bad_arguments(capsys):
     path = fx.gguf("wide", "f32")
     assert cli_main(["bench", "-m", str(path), "-t", "1", "-p", "8", "--steps", "1", "-r", "1"]) == 0

@@ -22,6 +22,7 @@ import numpy as np
 from . import errors
 from ._native import check, ffi, lib
 from .bench_flops import encode_flops, read_shape, step_flops
+from .cli_text import add_offload_options, offload_options
 
 PARTS = ("setup", "sc", "backbone", "head", "readback", "sampler")
 
@@ -36,7 +37,8 @@ class EngineRunner:
     """A loaded GGUF with a fixed random prompt; each call measures one thing and returns a dict of numbers."""
 
     def __init__(self, path, n_threads: int, prompt_tokens: int = 512, split: bool = True, seed: int = 0,
-                 sc_top_k: int = 0, n_gpu_layers: int = 0):
+                 sc_top_k: int = 0, n_gpu_layers: int = 0, **offload):
+        """offload: main_gpu, cpu_moe, n_cpu_moe, fit, as for Model."""
         from .model import Model
 
         self.path = Path(path)
@@ -44,7 +46,7 @@ class EngineRunner:
         t0 = time.perf_counter()
         C = self.shape.canvas
         self.model = Model(path, n_threads=n_threads, n_ctx=prompt_tokens + 4 * C, kv_type="f32",
-                           sc_top_k=sc_top_k, n_gpu_layers=n_gpu_layers)
+                           sc_top_k=sc_top_k, n_gpu_layers=n_gpu_layers, **offload)
         self.load_s = time.perf_counter() - t0
         self.n_gpu_layers = n_gpu_layers
         self.n_threads = n_threads
@@ -138,15 +140,16 @@ def fmt(stat: dict, digits: int = 1) -> str:
 
 
 def run_bench(model, n_threads: int, prompt_tokens: int, steps: int, blocks: int, repetitions: int,
-              split: bool = True, sc_top_k: int = 0, n_gpu_layers: int = 0) -> dict:
-    runner = EngineRunner(model, n_threads, prompt_tokens, split, sc_top_k=sc_top_k, n_gpu_layers=n_gpu_layers)
+              split: bool = True, sc_top_k: int = 0, n_gpu_layers: int = 0, **offload) -> dict:
+    runner = EngineRunner(model, n_threads, prompt_tokens, split, sc_top_k=sc_top_k, n_gpu_layers=n_gpu_layers,
+                          **offload)
     try:
         runs = []
         for r in range(repetitions):
             runs.append({**runner.encode(), **runner.denoise(steps, blocks, seed=r)})
         return {"model": str(model), "threads": n_threads, "prompt_tokens": prompt_tokens, "steps": steps,
                 "blocks": blocks, "repetitions": repetitions, "sc_top_k": sc_top_k, "n_gpu_layers": n_gpu_layers,
-                "load_s": runner.load_s,
+                "offload": offload, "memory_plan": runner.model.memory_plan, "load_s": runner.load_s,
                 "canvas": runner.shape.canvas, "summary": summarize(runs), "runs": runs,
                 "peak_rss_mib": peak_rss_mib()}
     finally:
@@ -176,6 +179,8 @@ def format_markdown(result: dict) -> str:
     lines.append(f"| step GFLOP | {s['step_gflop']['median']:.1f} |")
     lines.append(f"| peak RSS, MiB | {result['peak_rss_mib']:.0f} |")
     lines.append(f"| load, s | {result['load_s']:.2f} |")
+    if result.get("memory_plan"):
+        lines += ["", "```", result["memory_plan"], "```"]
     return "\n".join(lines)
 
 
@@ -185,8 +190,10 @@ def _cmd_bench(args) -> int:
     threads = args.threads or lib.diffgemma_default_n_threads()
     if args.sc_top_k < 0:
         raise errors.InvalidArgumentError(f"--sc-top-k must be 0 (exact) or positive, got {args.sc_top_k}")
+    offload = offload_options(args)
     result = run_bench(args.model, threads, args.prompt_tokens, args.steps, args.blocks, args.repetitions,
-                       split=not args.no_split, sc_top_k=args.sc_top_k, n_gpu_layers=args.n_gpu_layers)
+                       split=not args.no_split, sc_top_k=args.sc_top_k, n_gpu_layers=offload.pop("n_gpu_layers", 0),
+                       **offload)
     print(json.dumps(result, indent=2) if args.output == "json" else format_markdown(result))
     return 0
 
@@ -204,7 +211,6 @@ def add_bench_parser(subparsers) -> None:
                    help="do not split decoder passes into self-conditioning / backbone / head")
     p.add_argument("--sc-top-k", type=int, default=0, metavar="K",
                    help="top-k self-conditioning (default 0 = the exact product over the whole vocabulary)")
-    p.add_argument("-ngl", "--n-gpu-layers", type=int, default=0,
-                   help="layers to offload to the GPU (-1: all; needs a CUDA build; default 0)")
+    add_offload_options(p)
     p.add_argument("-o", "--output", choices=("md", "json"), default="md")
     p.set_defaults(func=_cmd_bench)

@@ -18,14 +18,14 @@ import threading
 import time
 from typing import Any, Iterator
 
-__all__ = ["add_text_commands"]
+__all__ = ["add_text_commands", "add_offload_options", "offload_options"]
 
 
 # ---- model loading and shared options ---------------------------------------------------------
 
 
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-m", "--model", required=True, help="GGUF model file")
+def add_offload_options(parser: argparse.ArgumentParser) -> None:
+    """-ngl, -mg, --cpu-moe, --n-cpu-moe, --fit (the Model arguments of the same names; unset = the default)."""
     parser.add_argument("-ngl", "--n-gpu-layers", type=int, default=None,
                         help="layers to offload to the GPU, counted from the last (-1 = all and the head; default 0)")
     parser.add_argument("-mg", "--main-gpu", type=int, default=None, help="index of the GPU to use (default 0)")
@@ -36,6 +36,17 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fit", action="store_true", default=None,
                         help="if the offload asked for does not fit the GPU, keep more experts in host memory "
                              "(then offload fewer layers) until it does, instead of failing")
+
+
+def offload_options(args: argparse.Namespace) -> dict:
+    """The offload options given on the command line, as Model keyword arguments."""
+    names = ("n_gpu_layers", "main_gpu", "cpu_moe", "n_cpu_moe", "fit")
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-m", "--model", required=True, help="GGUF model file")
+    add_offload_options(parser)
     parser.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
     parser.add_argument("-c", "--ctx-size", type=int, default=None, help="context size in tokens (default: model's)")
     parser.add_argument("--sc-top-k", type=int, default=None, metavar="K",
@@ -59,10 +70,9 @@ def _load_model(args: argparse.Namespace) -> Any:
     """Open the model with the options given (options left unset keep the library defaults)."""
     from . import Model  # the engine; imported here so `--help` works without loading anything
 
-    names = {"n_gpu_layers": "n_gpu_layers", "main_gpu": "main_gpu", "cpu_moe": "cpu_moe", "n_cpu_moe": "n_cpu_moe",
-             "fit": "fit", "n_threads": "threads", "n_ctx": "ctx_size", "sc_top_k": "sc_top_k"}
+    names = {"n_threads": "threads", "n_ctx": "ctx_size", "sc_top_k": "sc_top_k"}
     options = {option: getattr(args, attr, None) for option, attr in names.items()}
-    return Model(args.model, **{k: v for k, v in options.items() if v is not None})
+    return Model(args.model, **offload_options(args), **{k: v for k, v in options.items() if v is not None})
 
 
 def _read_template(args: argparse.Namespace) -> str | None:
