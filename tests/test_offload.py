@@ -94,6 +94,30 @@ def test_offloaded_layers_use_only_ggml_ops(stand_in):
     assert customs and all("exps" in w for w in customs), customs  # host experts keep our fast CPU GEMM
 
 
+@pytest.mark.parametrize("placement", PLACEMENTS[:4], ids=lambda p: ",".join(f"{k}={v}" for k, v in p.items()))
+def test_the_real_gpus_graph_runs_on_the_stand_in(stand_in, monkeypatch, hf_cases, placement):
+    """A real GPU gets one node the stand-in does not: ggml's GEGLU (graph.cpp, geglu) where the stand-in keeps
+    our exact CPU op, on strided views of the fused gate/up experts in the MoE. DIFFGEMMA_TEST_GPU_GRAPH builds
+    that graph here, so it is built and run before a GPU sees it: ggml must accept the views, a fully offloaded
+    model must be left with no custom op (the CUDA backend refuses them: the scheduler would run them on the CPU
+    and copy their inputs over each pass), and the logits must agree with the exact graph up to ggml's CPU GELU,
+    which reads an f16 table (measured NMSE <= 1.1e-7 on F32 over these placements)."""
+    inputs, _ = hf_cases
+    path = fx.gguf(NAME, "f32")
+    exact = _ours(path, *inputs, **placement)
+    monkeypatch.setenv("DIFFGEMMA_TEST_GPU_GRAPH", "1")
+    ours = _ours(path, *inputs, **placement)
+    for case in ("plain", "sc", "block2"):
+        err = nmse(ours[case], exact[case])
+        print(f"{placement} {case}: NMSE {err:.2e}")
+        assert 0 < err <= 1e-6, f"{placement} {case}: NMSE {err:.2e} against the exact graph"
+    if placement == dict(n_gpu_layers=-1):
+        with Model(path, n_threads=2, **placement) as m:
+            m.encode([1, 2, 3])
+            kinds = _profile_kinds(m, list(range(m.canvas_length)))
+        assert "GEGLU" in kinds and not [k for k in kinds if "CUSTOM" in k], kinds
+
+
 def _generate(path, placement, prompts, seed):
     """Committed ids per prompt (sampler defaults of the GGUF), the logits read-back time, and the steps run."""
     with Model(path, n_threads=2, **placement) as m:
