@@ -87,6 +87,8 @@ def test_offloaded_layers_use_only_ggml_ops(stand_in):
     weight_customs = [k for k in kinds if k.startswith("CUSTOM ") or k.startswith("MAP_CUSTOM1")]
     assert not weight_customs, f"custom ops on offloaded weights: {weight_customs}"
     assert any(k.startswith("MUL_MAT attn_q") for k in kinds)
+    # An offloaded router sorts (one CUDA kernel for all tokens) instead of ggml's TOP_K (graph.cpp, moe).
+    assert "ARGSORT" in kinds and "TOP_K" not in kinds and "TOP_K" in kinds_cpu, (kinds, kinds_cpu)
     with Model(path, n_threads=2, n_gpu_layers=-1, cpu_moe=True) as moe_host:
         moe_host.encode([1, 2, 3])
         kinds = _profile_kinds(moe_host, canvas)
