@@ -164,7 +164,7 @@ void encode_tokens(diffgemma_context * c, const int32_t * tokens, int32_t n_toke
         const auto t0 = Clock::now();
         const int32_t T = std::min(c->n_batch, n_tokens - start);
         GraphScope g(c);
-        GraphBuilder b{hp, c->model->w, c->kv, g.ctx, g.gf, c->gpu != nullptr};
+        GraphBuilder b{hp, c->model->w, c->kv, g.ctx, g.gf, c->gpu_graph};
         GraphInputs in = b.build_encoder(c->n_past, T);
         ggml_backend_sched_reset(c->sched);
         compute(c, g.gf, "encoder");
@@ -234,7 +234,7 @@ void run_decoder(diffgemma_context * c, const int32_t * canvas, const float * sc
     if (cache.gf == nullptr || !(cache.key == key)) {
         cache.drop();
         cache.ctx = new_graph_context(cache.meta, &cache.gf);
-        GraphBuilder b{hp, c->model->w, c->kv, cache.ctx, cache.gf, c->gpu != nullptr};
+        GraphBuilder b{hp, c->model->w, c->kv, cache.ctx, cache.gf, c->gpu_graph};
         c->sc_topk.scale = sc_scale;
         cache.in = b.build_decoder(c->n_past, C, with_sc, sc_scale, c->sc_topk.k > 0 ? &c->sc_topk : nullptr,
                                    sc_on_gpu ? c->gpu_sampler->sc_probs() : nullptr);
@@ -372,6 +372,10 @@ int32_t diffgemma_context_new(diffgemma_model * model, const diffgemma_context_p
                 return dg::KvCache::bytes_for(hp, n, slack, kv_type, pl.layer_on_gpu);
             });
             c->gpu = dg::gpu_backend_init(pl.gpu);
+            // The stand-in keeps our exact CPU element-wise ops unless a test asks for the real GPU's graph (the
+            // only difference: ggml's GEGLU, on strided views for fused gate/up experts), so that graph is built
+            // and run before a GPU ever sees it.
+            c->gpu_graph = c->gpu != nullptr || dg::env_flag("DIFFGEMMA_TEST_GPU_GRAPH");
         }
         c->kv.init(hp, n_ctx, slack, kv_type, kv_buft);
         if (pl.head_on_gpu && dg::GpuStepSampler::available(pl)) {

@@ -3,7 +3,8 @@
 // Machines without a GPU can still exercise every offload path (placement, device buffers, the graphs
 // without CPU custom ops, the memory plan and its errors): with DIFFGEMMA_TEST_GPU_MIB=N set, the list is one
 // stand-in "GPU" with N MiB of free memory whose buffers are host memory and whose work runs on the CPU
-// backend. It exists for the tests; nothing else should set it.
+// backend. It exists for the tests; nothing else should set it. DIFFGEMMA_TEST_GPU_GRAPH=1 also gives the
+// stand-in the exact graph a real GPU gets (ggml's GEGLU instead of our exact CPU one; diffgemma_context).
 #pragma once
 
 #include "ggml-backend.h"

@@ -158,7 +158,12 @@ ggml_tensor * GraphBuilder::moe(int il, ggml_tensor * r) {
     ggml_tensor * z = ggml_scale(ctx, ggml_mul(ctx, ggml_rms_norm(ctx, r, hp.rms_eps), l.gate_inp_scale),
                                  1.0f / std::sqrt(static_cast<float>(hp.n_embd)));
     ggml_tensor * probs = ggml_soft_max(ctx, matmul(l.gate_inp, z));   // [E, T]
-    ggml_tensor * ids = ggml_cont(ctx, ggml_top_k(ctx, probs, k));                 // [k, T] i32
+    // An offloaded router picks its experts with ARGSORT + view: ggml-cuda sorts every token's row in one
+    // kernel (bitonic, up to 1024 experts), while its TOP_K, built against a CUB with DeviceTopK (CCCL >= 3.2),
+    // runs one CUB call per token, 256 per layer and pass. Same experts in another order, which changes only
+    // the rounding of the sum below, so the CPU keeps TOP_K and its results.
+    ggml_tensor * top = w.on_gpu(l.gate_inp) ? ggml_argsort_top_k(ctx, probs, k) : ggml_top_k(ctx, probs, k);
+    ggml_tensor * ids = ggml_cont(ctx, top);                                        // [k, T] i32
     ggml_tensor * weights = ggml_get_rows(ctx, ggml_reshape_3d(ctx, probs, 1, hp.n_expert, T), ids);  // [1, k, T]
     weights = ggml_reshape_2d(ctx, weights, k, T);
     weights = ggml_div(ctx, weights, ggml_sum_rows(ctx, weights));

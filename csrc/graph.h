@@ -37,7 +37,8 @@ struct GraphBuilder {
     ggml_context * ctx;
     ggml_cgraph * gf;
     // The offload GPU is a real device (not the test stand-in, gpu_devices.h): element-wise work on its layers
-    // must use ggml's ops too. The stand-in keeps our exact CPU geglu, since ggml's CPU gelu reads an f16 table.
+    // must use ggml's ops too. The stand-in keeps our exact CPU geglu, since ggml's CPU gelu reads an f16 table
+    // (unless DIFFGEMMA_TEST_GPU_GRAPH asks for the real device's graph: diffgemma_context::gpu_graph).
     bool real_gpu = false;
 
     // Encoder: writes K/V of positions [n_past, n_past+T) into the cache. The last layer stops after K/V.

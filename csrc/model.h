@@ -45,6 +45,8 @@ struct diffgemma_context {
     diffgemma_model * model = nullptr;
     ggml_backend_t cpu = nullptr;
     ggml_backend_t gpu = nullptr;         // the offload GPU's backend (nullptr: CPU only, or the test stand-in)
+    bool gpu_graph = false;               // graphs as a real GPU gets them (GraphBuilder::real_gpu): with `gpu`, or
+                                          // on the stand-in with DIFFGEMMA_TEST_GPU_GRAPH=1 (tests of that graph)
     ggml_backend_sched_t sched = nullptr;
     dg::KvCache kv;
     std::unique_ptr<dg::GpuStepSampler> gpu_sampler;  // with an offloaded head: sampling where the logits are
