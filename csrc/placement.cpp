@@ -211,7 +211,7 @@ size_t estimate_gpu_compute_bytes(const HParams & hp, int32_t n_ctx, const Place
          3 * static_cast<size_t>(hp.n_ff_exp) * static_cast<size_t>(hp.n_expert_used) + 2 * static_cast<size_t>(hp.n_expert));
     // ggml-cuda's pool (quantized activation copies, cuBLAS workspace) lives outside the compute buffer; the
     // stand-in has none.
-    const size_t backend_pool = pl.gpu.stand_in ? 0 : 256u << 20;
+    const size_t backend_pool = pl.gpu.stand_in ? 0 : (256u << 20) + (pl.head_on_gpu ? pl.f16_head_f32_copy_bytes : 0);
     return head + scores + 4 * per_layer + backend_pool;
 }
 
@@ -251,6 +251,9 @@ std::string check_and_announce_plan(const HParams & hp, const Weights & w, Place
                                     const diffgemma_model_params & p) {
     if (!pl.use_gpu) {
         return std::string();
+    }
+    if (w.tok_embd->type == GGML_TYPE_F16) {
+        pl.f16_head_f32_copy_bytes = static_cast<size_t>(hp.n_vocab) * static_cast<size_t>(hp.n_embd) * sizeof(float);
     }
     const size_t free = gpu_memory(pl.gpu).free;
     const PlanBytes b = plan_bytes(hp, w, pl, min_n_ctx(hp));

@@ -27,6 +27,9 @@ struct Placement {
     std::vector<uint8_t> layer_on_gpu;     // attention, dense FFN, router and norms (and experts, unless below)
     std::vector<uint8_t> experts_on_host;  // expert matrices of an offloaded layer kept in host memory
     bool head_on_gpu = false;
+    // ggml-cuda's pool copy of an f16 LM head converted to f32 on every pass (the head's matmul asks for f32
+    // precision, graph.cpp gpu_mul_mat): n_vocab x n_embd x 4 bytes when the head is offloaded. Set with the plan.
+    size_t f16_head_f32_copy_bytes = 0;
 
     // True when layer tensor `m` of layer il lives on the GPU.
     bool offloads(int il, ggml_tensor * LayerWeights::* m) const {
