@@ -110,6 +110,25 @@ def test_ragged_vocab_sizes(driver, tmp_path, vocab):
     check(run_rows(driver, tmp_path, logits, uniforms), logits, uniforms, "bf16")
 
 
+def test_edge_rows_match_the_host_rules(driver, tmp_path):
+    """Rows the host tests pin (tests/test_sampler_math.py): -FLT_MAX masks spanning more than the float range
+    (no NaN entropy clamped to 0), and u = 0 over terms below the host's exp floor (the same first possible id)."""
+    rng = np.random.default_rng(21)
+    fmax = np.finfo(np.float32).max
+    logits = rng.normal(0.0, 3.0, size=(4, 4096)).astype(np.float32)
+    logits[0, :2048] = -fmax
+    logits[1, ::3] = -fmax
+    logits[2:, :] = 0.0
+    logits[2:, :40] = np.linspace(-100.0, -87.5, 40, dtype=np.float32)
+    logits[2:, 40] = -80.0
+    logits[3, 41:] = -np.inf
+    logits[3, 2000] = 0.0
+    uniforms = [safe_uniform(logits[0], 1.0, rng), safe_uniform(logits[1], 1.0, rng), 0.0, 0.0]
+    res = run_rows(driver, tmp_path, logits, uniforms, inv_temp=1.0)
+    check(res, logits, uniforms, "bf16", inv_temp=1.0)
+    assert res.entropy[0] > 1.0 and res.entropy[1] > 1.0 and list(res.sampled[2:]) == [40, 40]
+
+
 def test_rows_without_a_distribution(driver, tmp_path):
     logits = np.zeros((3, 3000), dtype=np.float32)
     logits[0, 1500] = np.nan
@@ -121,13 +140,18 @@ def test_rows_without_a_distribution(driver, tmp_path):
 
 
 def test_cpu_and_gpu_agree_on_a_real_size_canvas(driver):
-    """256 x 262144 random rows, random uniforms (not boundary-filtered): measured agreement and kernel time."""
-    out = subprocess.run([str(driver), "--bench", str(V_REAL), "256", "5"], check=True, capture_output=True, text=True).stdout
-    print(out.strip())
+    """256 x 262144 random rows, random uniforms (not boundary-filtered): measured agreement and kernel time.
+    With 262k CDF boundaries per row, about 0.4% of such draws land within float rounding of one (measured on the
+    host with the emulated kernel: tests/test_sampler_math.py::test_emulated_device_walk_disagrees_only_by_rounding)
+    and may pick the neighbouring id; the driver checks that every disagreement is such a tie."""
+    res = subprocess.run([str(driver), "--bench", str(V_REAL), "256", "5"], check=True, capture_output=True, text=True)
+    out = res.stdout
+    print(out.strip(), res.stderr.strip())
     fields = dict(kv.split("=") for kv in out.split())
     assert fields["argmax_agree"] == "256/256"
+    assert fields["sampled_unexplained"] == "0", res.stderr
     agree = int(fields["sampled_agree"].split("/")[0])
-    assert agree >= 255, "more than one disagreement in 256 draws: not rounding, a real mismatch"
+    assert agree >= 250, "more rounding ties than 0.4% of 256 draws makes plausible"
     assert float(fields["max_rel_entropy_diff"]) < 1e-4
     assert float(re.sub(r"[^\d.]", "", fields["stats_ms"])) > 0
 
