@@ -42,8 +42,8 @@ class GpuStepSampler {
 
     // For logits [V, C] f32 on the GPU (complete: the graph has run): fills out[C] with the statistics of
     // logits * inv_temp (uniforms[C] in [0,1) pick the samples) and writes softmax(logits * inv_temp) into
-    // sc_probs (when there is one). A row without a distribution gets argmax -1 (the caller reports it; the CUDA
-    // kernel reports it itself); a device failure throws dg::Error.
+    // sc_probs (when there is one). A row without a distribution gets argmax -1 on either device (the caller
+    // reports it); a device failure throws dg::Error.
     void step(const ggml_tensor * logits, float inv_temp, const float * uniforms, std::vector<RowStats> & out);
 
   private:

@@ -24,7 +24,9 @@ using dg_cuda::combine;
 using dg_cuda::empty_partial;
 
 using dg_cuda::kStatsThreads;
-constexpr int kWalkPerThread = 4;        // consecutive elements per thread per tile of the CDF walk
+using dg_cuda::kWalkPerThread;
+using dg_cuda::walk_term;
+static_assert(kWalkPerThread == 4, "the walk's fast path loads one float4 per thread and tile");
 constexpr int kProbsThreads = 256;
 constexpr int kProbsPerThread = 4;
 
@@ -127,10 +129,10 @@ row_stats_kernel(const float * __restrict__ logits, int n_vocab, int64_t row_str
         if (vec && first + kWalkPerThread <= n_vocab) {
             const float4 v = __ldg(reinterpret_cast<const float4 *>(row + first));
             const float xs[4] = {v.x, v.y, v.z, v.w};
-            for (int k = 0; k < kWalkPerThread; ++k) e[k] = expf(__fmul_rn(xs[k], inv_temp) - m);
+            for (int k = 0; k < kWalkPerThread; ++k) e[k] = walk_term(__fmul_rn(xs[k], inv_temp) - m);
         } else {
             for (int k = 0; k < kWalkPerThread; ++k)
-                e[k] = first + k < n_vocab ? expf(__fmul_rn(__ldg(row + first + k), inv_temp) - m) : 0.0f;
+                e[k] = first + k < n_vocab ? walk_term(__fmul_rn(__ldg(row + first + k), inv_temp) - m) : 0.0f;
         }
         for (int k = 0; k < kWalkPerThread; ++k) {
             local += e[k];

@@ -144,14 +144,13 @@ int32_t CudaSampler::row_stats(const ggml_tensor * logits, float inv_temp, const
     if (err == cudaSuccess)
         err = cudaMemcpy(ids.data() + n_rows, base + at.sampled, sizeof(int32_t) * n_rows, cudaMemcpyDeviceToHost);
     if (err != cudaSuccess) return cuda_fail("running the statistics kernel", err);
+    // A row without a distribution keeps argmax -1: the caller reports it (generate.cpp check_rows), with the
+    // same status and hint as after the host sampler.
     for (int64_t r = 0; r < n_rows; ++r) {
         out[r].entropy = entropy_logz[static_cast<size_t>(r)];
         out[r].log_z = entropy_logz[static_cast<size_t>(n_rows + r)];
         out[r].argmax = ids[static_cast<size_t>(r)];
         out[r].sampled = ids[static_cast<size_t>(n_rows + r)];
-        if (out[r].argmax < 0)
-            return fail(DIFFGEMMA_ERR_BACKEND, "canvas position %lld has no distribution: its logits contain NaN or +inf, or are all -inf",
-                        (long long)r);
     }
     stats_logits_ = logits->data;
     stats_inv_temp_ = inv_temp;

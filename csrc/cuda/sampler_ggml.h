@@ -10,8 +10,9 @@
 //                                                              // self-conditioning mul_mat with E^T on the device
 //
 // Both return DIFFGEMMA_OK or a status whose reason is recorded (dg::fail): DIFFGEMMA_ERR_INVALID_ARGUMENT for
-// a tensor of the wrong type/shape/placement, DIFFGEMMA_ERR_BACKEND for a CUDA failure or a position whose
-// logits have no distribution (NaN / +inf / all -inf; the message names the position).
+// a tensor of the wrong type/shape/placement, DIFFGEMMA_ERR_BACKEND for a CUDA failure. A position whose logits
+// have no distribution (NaN / +inf / all -inf) is no failure here: its RowStats get argmax = sampled = -1 and
+// NaN entropy (as from the host twin), its probabilities are written as zeros, and the caller reports it.
 // The kernels run on the legacy default stream and are synchronised before returning, so the next ggml
 // graph (which runs on ggml's own non-blocking streams) sees their results. Not thread-safe: one per context.
 #pragma once

@@ -59,8 +59,10 @@ def run_rows(driver, tmp_path, logits, uniforms, probs_type="bf16", pad=0, inv_t
 
 
 def check(res, logits, uniforms, probs_type, inv_temp=INV_TEMP):
-    # f16 has 11 significant bits, bf16 8: relative rounding 2^-11 and 2^-8; f16 also flushes p < 6e-8 to 0.
-    rtol, floor = (1e-3, 1e-7) if probs_type == "f16" else (8e-3, 1e-30)
+    # f16 has 11 significant bits, bf16 8: relative rounding 2^-11 and 2^-8. Below 2^-14 (6.1e-5) f16 is
+    # subnormal with a fixed step of 2^-24, so there the rounding error is up to half that step (atol), which
+    # is 3% of a probability of 1e-6 (and p < 3e-8 becomes 0).
+    rtol, atol, floor = (1e-3, 2.0 ** -25, 1e-7) if probs_type == "f16" else (8e-3, 0.0, 1e-30)
     for r, (row, u) in enumerate(zip(logits, uniforms)):
         ref = reference(row, inv_temp, u)
         assert res.ok[r] == 1, f"row {r} rejected"
@@ -73,7 +75,7 @@ def check(res, logits, uniforms, probs_type, inv_temp=INV_TEMP):
             continue
         p_ref = np.exp(ref.x.astype(np.float64) - ref.log_z)
         big = p_ref > floor
-        np.testing.assert_allclose(res.probs[r][big], p_ref[big], rtol=rtol, err_msg=f"row {r}: probs")
+        np.testing.assert_allclose(res.probs[r][big], p_ref[big], rtol=rtol, atol=atol, err_msg=f"row {r}: probs")
 
 
 @pytest.mark.parametrize("probs_type,pad", [("bf16", 0), ("f16", 0), ("bf16", 1)])
@@ -110,6 +112,25 @@ def test_ragged_vocab_sizes(driver, tmp_path, vocab):
     check(run_rows(driver, tmp_path, logits, uniforms), logits, uniforms, "bf16")
 
 
+def test_edge_rows_match_the_host_rules(driver, tmp_path):
+    """Rows the host tests pin (tests/test_sampler_math.py): -FLT_MAX masks spanning more than the float range
+    (no NaN entropy clamped to 0), and u = 0 over terms below the host's exp floor (the same first possible id)."""
+    rng = np.random.default_rng(21)
+    fmax = np.finfo(np.float32).max
+    logits = rng.normal(0.0, 3.0, size=(4, 4096)).astype(np.float32)
+    logits[0, :2048] = -fmax
+    logits[1, ::3] = -fmax
+    logits[2:, :] = 0.0
+    logits[2:, :40] = np.linspace(-100.0, -87.5, 40, dtype=np.float32)
+    logits[2:, 40] = -80.0
+    logits[3, 41:] = -np.inf
+    logits[3, 2000] = 0.0
+    uniforms = [safe_uniform(logits[0], 1.0, rng), safe_uniform(logits[1], 1.0, rng), 0.0, 0.0]
+    res = run_rows(driver, tmp_path, logits, uniforms, inv_temp=1.0)
+    check(res, logits, uniforms, "bf16", inv_temp=1.0)
+    assert res.entropy[0] > 1.0 and res.entropy[1] > 1.0 and list(res.sampled[2:]) == [40, 40]
+
+
 def test_rows_without_a_distribution(driver, tmp_path):
     logits = np.zeros((3, 3000), dtype=np.float32)
     logits[0, 1500] = np.nan
@@ -120,14 +141,50 @@ def test_rows_without_a_distribution(driver, tmp_path):
     assert np.all(np.isnan(res.entropy)) and np.all(res.probs == 0.0)
 
 
+def _compute_sanitizer():
+    for candidate in (shutil.which("compute-sanitizer"), "/usr/local/cuda/bin/compute-sanitizer"):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    return None
+
+
+@pytest.mark.parametrize("tool,mode", [("memcheck", "bf16"), ("memcheck", "bf16x"), ("racecheck", "bf16")])
+def test_kernels_are_clean_under_compute_sanitizer(driver, tmp_path, tool, mode):
+    """Out-of-bounds accesses (memcheck) and shared-memory hazards (racecheck: the block reduction, the CDF walk's
+    scan storage and its `found` flag) on a small canvas: rows 1-3 of the padded layout are misaligned (scalar
+    loads), rows 0 and 4 aligned (float4), and one row each has NaN, only -inf, and its sample in the last tile."""
+    sanitizer = _compute_sanitizer()
+    if sanitizer is None:
+        pytest.skip("compute-sanitizer not installed")
+    rng = np.random.default_rng(31)
+    V = 4100  # a multiple of 4: the float4 path wherever the row is 16-byte aligned
+    logits = rng.normal(0.0, 2.0, size=(6, V)).astype(np.float32)
+    logits[2, 77] = np.nan
+    logits[3, :] = -np.inf
+    logits[5, :-3] = -np.inf
+    uniforms = np.array([0.3, 0.9, 0.5, 0.5, 0.0, 0.99], dtype=np.float32)
+    src, dst = tmp_path / "in.bin", tmp_path / "out.bin"
+    write_cases(src, logits, INV_TEMP, uniforms)
+    res = subprocess.run([sanitizer, "--tool", tool, "--error-exitcode", "9", str(driver), str(src), str(dst), mode, "1"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
+    out = read_results(dst, *logits.shape)
+    assert list(out.argmax[2:4]) == [-1, -1] and out.sampled[5] >= V - 3
+
+
 def test_cpu_and_gpu_agree_on_a_real_size_canvas(driver):
-    """256 x 262144 random rows, random uniforms (not boundary-filtered): measured agreement and kernel time."""
-    out = subprocess.run([str(driver), "--bench", str(V_REAL), "256", "5"], check=True, capture_output=True, text=True).stdout
-    print(out.strip())
+    """256 x 262144 random rows, random uniforms (not boundary-filtered): measured agreement and kernel time.
+    With 262k CDF boundaries per row, about 0.4% of such draws land within float rounding of one (measured on the
+    host with the emulated kernel: tests/test_sampler_math.py::test_emulated_device_walk_disagrees_only_by_rounding)
+    and may pick the neighbouring id; the driver checks that every disagreement is such a tie."""
+    res = subprocess.run([str(driver), "--bench", str(V_REAL), "256", "5"], check=True, capture_output=True, text=True)
+    out = res.stdout
+    print(out.strip(), res.stderr.strip())
     fields = dict(kv.split("=") for kv in out.split())
     assert fields["argmax_agree"] == "256/256"
+    assert fields["sampled_unexplained"] == "0", res.stderr
     agree = int(fields["sampled_agree"].split("/")[0])
-    assert agree >= 255, "more than one disagreement in 256 draws: not rounding, a real mismatch"
+    assert agree >= 250, "more rounding ties than 0.4% of 256 draws makes plausible"
     assert float(fields["max_rel_entropy_diff"]) < 1e-4
     assert float(re.sub(r"[^\d.]", "", fields["stats_ms"])) > 0
 
