@@ -18,9 +18,9 @@
 #            scikit-build-core, its pyproject turns USE_CUDA=1 into GGML_CUDA=1 and appends $CMAKE_ARGS); package
 #            (ours with -DDIFFGEMMA_CUDA=ON -DDIFFGEMMA_CUDA_ARCHITECTURES=90)
 #   measure: bench_gpu_bench_parity (CPU vs GPU logits and tokens: the acceptance check, needs no torch),
-#            sched_report (the graph nodes ggml's scheduler leaves on the CPU with everything offloaded: expected
-#            only the token-embedding lookup; bench/gpu_sched_report.py),
-#            bench_gpu_bench_step (ms per step at the release shapes), tests (every test marked gpu: the fused
+#            bench_gpu_bench_step (ms per step at the release shapes), sched_report (the graph nodes ggml's
+#            scheduler leaves on the CPU with everything offloaded: expected only the token-embedding lookup;
+#            bench/gpu_sched_report.py), tests (every test marked gpu: the fused
 #            sampler kernels against the NumPy reference and the host twin, the offload tests), kernel_bench
 #            (sampler kernels on a 256 x 262144 canvas)
 set -uo pipefail
@@ -125,9 +125,9 @@ measure() {
     for bench in "$root"/bench/gpu_bench_*.py; do
         [ -e "$bench" ] || continue
         step "$(basename "$bench" .py)" 300 "python3 $bench --out $out"
-        # Right after the acceptance check (~15 s): any node the scheduler left on the CPU (output in session.log).
-        [ "$(basename "$bench")" = gpu_bench_parity.py ] && step sched_report 60 "python3 $root/bench/gpu_sched_report.py"
     done
+    # After the two acceptance measurements (~15 s): any node the scheduler left on the CPU (in session.log).
+    step sched_report 60 "python3 $root/bench/gpu_sched_report.py"
     # Every test marked gpu (the fused kernels in tests/gpu, built by nvcc directly, and the offload tests),
     # against the installed CUDA build. Not the CLI tests: pip --target puts console scripts in $site/bin.
     step tests 180 "export DIFFGEMMA_CUDA_ARCH=sm_90; python3 -m pytest tests -m gpu -v -p no:cacheprovider \
