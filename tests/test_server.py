@@ -111,6 +111,12 @@ def test_diffusion_settings_and_thinking_via_extra_body(running):
     assert "<|think|>" in running.model.detokenize(call["prompt_ids"]).decode()
 
 
+def test_response_format_text_is_accepted(running):
+    out = running.client.chat.completions.create(model="x", messages=[{"role": "user", "content": "Hi"}],
+                                                 response_format={"type": "text"}, max_tokens=64)
+    assert out.choices[0].message.content == ANSWER
+
+
 def test_client_sees_clear_errors(running):
     with pytest.raises(openai.UnprocessableEntityError) as info:
         running.client.chat.completions.create(model="x", messages=[], max_tokens=8)
@@ -174,6 +180,8 @@ def _error(body):
      None, 422),
     ("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "tools": {"name": "f"}},
      None, 422),
+    ("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
+                                      "response_format": {"type": "json_object"}}, None, 422),
     ("POST", "/v1/completions", {"prompt": 42}, None, 422),
     ("POST", "/v1/completions", {"prompt": "x", "stop": [1]}, None, 422),
     ("POST", "/v1/completions", {"prompt": "x", "seed": -3}, None, 422),

@@ -5,7 +5,8 @@ Accepted besides the OpenAI fields: the block-diffusion sampler settings ``steps
 ``entropy_bound``, ``stability_threshold``, ``confidence_threshold`` (send them through the OpenAI client's
 ``extra_body``), and for chat ``enable_thinking`` / ``chat_template_kwargs`` (vLLM's name).
 OpenAI sampling fields that have no meaning for this sampler (``temperature``, ``top_p``, penalties,
-``user``, ...) are accepted and ignored, so stock clients work.
+``user``, ...) are accepted and ignored, so stock clients work; ``response_format`` asking for JSON is refused,
+as silently returning free text would break the caller's parser.
 """
 
 from __future__ import annotations
@@ -67,6 +68,11 @@ def _common(body: dict, max_tokens_field: str = "max_tokens") -> dict:
         raise RequestError("the request body must be a JSON object", status=400)
     if _int(body, "n", lo=1, hi=1, default=1) != 1:
         raise RequestError("'n' must be 1", param="n")
+    response_format = body.get("response_format")
+    if response_format is not None and response_format != {"type": "text"}:
+        # Ignoring it would hand back free text to a caller that is about to parse JSON.
+        raise RequestError("'response_format' other than {\"type\": \"text\"} is not supported: the sampler "
+                           "cannot constrain output to JSON", param="response_format")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise RequestError("'stream' must be true or false", param="stream")
