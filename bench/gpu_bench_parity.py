@@ -32,6 +32,7 @@ PLACEMENTS = [
     dict(n_gpu_layers=-1, n_cpu_moe=1),    # experts of the first layer in host memory
 ]
 N_PUZZLES = 6
+GENERATION_SEED = 11
 
 
 def nmse(a, b) -> float:
@@ -79,6 +80,26 @@ def generate(path, prompts, seed, **placement):
         return ids, float(t.readback_ms), int(t.n_steps), wall
 
 
+def identical_without_tf32(path, prompts, cpu_ids, log) -> int | None:
+    """Diagnosis for a token mismatch: ggml-cuda lets cuBLAS round f32 GEMM inputs to TF32 (10-bit mantissa);
+    NVIDIA_TF32_OVERRIDE=0 turns that off for a whole process, so the GPU generation is rerun in a child process
+    with it. Identical there means TF32 rounding alone moved a decision. None when it could not be run."""
+    import os
+    import subprocess
+
+    if os.environ.get("NVIDIA_TF32_OVERRIDE") == "0":
+        return None
+    child = subprocess.run([sys.executable, __file__, "--generate", str(path), "--prompts", json.dumps(prompts)],
+                           env={**os.environ, "NVIDIA_TF32_OVERRIDE": "0"}, capture_output=True, text=True,
+                           timeout=120)
+    if child.returncode != 0:
+        log(f"generation without TF32 failed: {child.stderr.strip()[-500:]}")
+        return None
+    same = sum(a == b for a, b in zip(cpu_ids, json.loads(child.stdout)))
+    log(f"generation f16 without TF32 (NVIDIA_TF32_OVERRIDE=0): identical {same}/{len(prompts)}")
+    return same
+
+
 def model_files(workdir: Path) -> dict:
     """The shipped F32 sudoku GGUF and an F16 requantization of it."""
     from diffgemma_cpp.convert.pipeline import requantize_gguf
@@ -115,17 +136,18 @@ def measure(workdir: Path, log=print) -> dict:
     puzzles = [sudoku.generate(demo.DEFAULT_GIVENS, rng) for _ in range(N_PUZZLES)]
     prompts = [sudoku.prompt_ids(p) for p, _ in puzzles]
     path = files["f16"]
-    cpu_ids, _, cpu_steps, cpu_wall = generate(path, prompts, seed=11)
-    gpu_ids, readback, gpu_steps, gpu_wall = generate(path, prompts, seed=11, n_gpu_layers=-1)
+    cpu_ids, _, cpu_steps, cpu_wall = generate(path, prompts, seed=GENERATION_SEED)
+    gpu_ids, readback, gpu_steps, gpu_wall = generate(path, prompts, seed=GENERATION_SEED, n_gpu_layers=-1)
     same = sum(a == b for a, b in zip(cpu_ids, gpu_ids))
     solved = sum(sudoku.is_valid_solution(sudoku.canvas_to_grid(ids[len(p):]), puz)
                  for ids, p, (puz, _) in zip(gpu_ids, prompts, puzzles))
     result["generation"] = {"puzzles": N_PUZZLES, "identical": same, "gpu_readback_ms": readback, "cpu_steps": cpu_steps,
                             "gpu_steps": gpu_steps, "cpu_wall_s": cpu_wall, "gpu_wall_s": gpu_wall, "gpu_solved": solved}
-    log(f"generation f16, seed 11, {N_PUZZLES} puzzles: identical {same}/{N_PUZZLES}, GPU read-back {readback:.1f} ms, "
+    log(f"generation f16, seed {GENERATION_SEED}, {N_PUZZLES} puzzles: identical {same}/{N_PUZZLES}, GPU read-back {readback:.1f} ms, "
         f"solved on the GPU {solved}, steps CPU {cpu_steps} / GPU {gpu_steps}, wall CPU {cpu_wall:.2f} s / GPU {gpu_wall:.2f} s")
     if same != N_PUZZLES:
         result["failures"].append(f"generation: {N_PUZZLES - same} of {N_PUZZLES} puzzles committed other tokens on the GPU")
+        result["generation"]["identical_without_tf32"] = identical_without_tf32(path, prompts, cpu_ids, log)
     if readback != 0.0:
         result["failures"].append(f"generation: {readback:.1f} ms of logits read back with the head on the GPU")
     return result
@@ -134,7 +156,12 @@ def measure(workdir: Path, log=print) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("gpu_out"))
+    ap.add_argument("--generate", type=Path, help=argparse.SUPPRESS)  # child of identical_without_tf32
+    ap.add_argument("--prompts", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.generate:
+        print(json.dumps(generate(args.generate, json.loads(args.prompts), seed=GENERATION_SEED, n_gpu_layers=-1)[0]))
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="dg-parity-") as tmp:
         try:

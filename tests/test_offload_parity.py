@@ -4,6 +4,7 @@ transformers (this file imports neither), so the lent GPU machine runs it whatev
 runs on the stand-in GPU; marked `gpu`, on a real GPU when there is one."""
 from __future__ import annotations
 
+import random
 import sys
 from pathlib import Path
 
@@ -28,6 +29,19 @@ def _check(tmp_path):
 def test_parity_check_passes_on_the_stand_in(monkeypatch, tmp_path):
     monkeypatch.setenv(STAND_IN, "4096")
     _check(tmp_path)
+
+
+def test_the_tf32_diagnosis_reruns_the_gpu_generation_in_a_child(monkeypatch, tmp_path):
+    """The path taken only after a token mismatch on a real GPU: it must work the first time it is needed."""
+    from diffgemma_cpp import sudoku
+
+    monkeypatch.setenv(STAND_IN, "4096")
+    path = gpu_bench_parity.model_files(tmp_path)["f16"]
+    prompts = [sudoku.prompt_ids(sudoku.generate(64, random.Random(i))[0]) for i in range(2)]
+    cpu_ids = gpu_bench_parity.generate(path, prompts, seed=gpu_bench_parity.GENERATION_SEED)[0]
+    lines = []
+    assert gpu_bench_parity.identical_without_tf32(path, prompts, cpu_ids, lines.append) == 2
+    assert lines == ["generation f16 without TF32 (NVIDIA_TF32_OVERRIDE=0): identical 2/2"]
 
 
 @pytest.mark.gpu
