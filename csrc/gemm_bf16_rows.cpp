@@ -114,6 +114,20 @@ void dequant_rows_bf16(const ggml_tensor * w, int64_t n0, int n_valid, int64_t k
     }
 }
 
+// Asks for rows [n0, n0 + n) of w in L1 while the tiles run on the rows before them. The tiles stream their
+// tokens' bf16 rows through L1, and between two 4-row groups the hardware prefetcher loses the weights' stream:
+// without this the dequantizer waited on memory, at 2.5x its streaming time (q4_K gate_up, 16 tokens per
+// expert: 10.3 -> 8.1 ms per 16 experts with it; q8_0 down 6.0 -> 4.1 ms).
+// No target attribute on purpose: GCC 12 drops the prefetches of a target("avx512...") function inlined into a
+// caller without one.
+void prefetch_rows(const ggml_tensor * w, int64_t n0, int64_t n) {
+    const char * first = static_cast<const char *>(w->data) + n0 * w->nb[1];
+    const size_t bytes = static_cast<size_t>(n) * w->nb[1];
+    for (size_t off = 0; off < bytes; off += 64) {
+        _mm_prefetch(first + off, _MM_HINT_T0);
+    }
+}
+
 // A 64-byte aligned buffer of n uint16 values, one per thread and use.
 template <int kUse>
 uint16_t * aligned_u16(size_t n) {
@@ -157,9 +171,13 @@ void gemm_bf16_rows(const ggml_tensor * w, int64_t p_first, int64_t p_step, int6
     const uint16_t * xr[kToks];
     alignas(64) float out[16];
     for (int64_t p = p_first; p < p_end; p += p_step) {
-        for (int64_t n0 = p * kPanel; n0 < std::min(N, (p + 1) * kPanel); n0 += kRows) {
+        const int64_t panel_end = std::min(N, (p + 1) * kPanel);
+        for (int64_t n0 = p * kPanel; n0 < panel_end; n0 += kRows) {
             const int n_valid = static_cast<int>(std::min<int64_t>(kRows, N - n0));
             dequant_rows_bf16(w, n0, n_valid, k32, wb, f32.data());
+            // The next group this thread takes: in this panel, else the first of its next one.
+            const int64_t next = n0 + kRows < panel_end ? n0 + kRows : p + p_step < p_end ? (p + p_step) * kPanel : N;
+            prefetch_rows(w, next, std::min<int64_t>(kRows, N - next));
             for (int64_t t0 = 0; t0 < n_rows; t0 += kToks) {
                 const int toks = static_cast<int>(std::min<int64_t>(kToks, n_rows - t0));
                 for (int t = 0; t < toks; ++t) {
