@@ -29,9 +29,9 @@ void gemm_bf16_panels(const ggml_tensor * w, int64_t p_first, int64_t p_step, in
 void gemm_bf16_rows(const ggml_tensor * w, int64_t p_first, int64_t p_step, int64_t p_end, const float * const * x_rows,
                     float * const * c_rows, int64_t n_rows);
 
-// The most tokens gemm_bf16_rows should multiply (64: up to there it beats or matches the panels at the released
-// expert shapes, measured with tests/c/test_gemm.cpp bench-id); 0 when DIFFGEMMA_NO_ROW_GEMM is set (the A/B
-// switch: panels always). A getenv: read it once per kernel call.
+// The most tokens gemm_bf16_rows should multiply (128: up to there it beats or matches the panels at the
+// released expert shapes, measured with tests/c/test_gemm.cpp bench-id); 0 when DIFFGEMMA_NO_ROW_GEMM is set
+// (the A/B switch: panels always). A getenv: read it once per kernel call.
 int64_t gemm_bf16_rows_max_tokens();
 
 // dst[0..n) = bf16(src[0..n)), round to nearest even (the activations' rounding of both bf16 kernels), n even.

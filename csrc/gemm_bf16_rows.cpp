@@ -35,10 +35,11 @@ constexpr int kPanel = 32;  // output features per work item, as gemm_bf16_panel
 constexpr int kRows = 4;    // weight rows per register tile
 constexpr int kToks = 4;    // tokens per register tile: 4 x 4 accumulators, one 16-way reduction tree
 constexpr int kKStep = 32;  // K values per VDPBF16PS (16 lanes of bf16 pairs)
-// Up to here the row tiles beat the panels. 1 thread, 16 experts of the released shapes, ms row tiles / panels
-// (tests/c/test_gemm.cpp bench-id): q4_K gate_up [2816 -> 1408] 10.0 / 16.2 at 16 tokens per expert, 25.9 /
-// 30.2 at 64, 41.2 / 46.9 at 128; q8_0 down [704 -> 2816] 6.0 / 7.4 at 16, 14.6 / 14.7 at 64, 23.6 / 22.8 at 128.
-constexpr int64_t kMaxTokens = 64;
+// Up to here the row tiles beat or match the panels. 1 thread, 16 experts of the released shapes, ms row tiles /
+// panels (tests/c/test_gemm.cpp bench-id) at 16 / 32 / 64 / 128 / 256 tokens per expert: q4_K gate_up
+// [2816 -> 1408] 7.9 / 15.1, 12.8 / 19.5, 21.3 / 28.3, 42.9 / 46.6, 102.0 / 83.8; q8_0 down [704 -> 2816]
+// 3.95 / 6.8, 6.7 / 9.4, 11.0 / 13.2, 21.7 / 21.8, 41.2 / 38.7.
+constexpr int64_t kMaxTokens = 128;
 
 #ifdef DG_GEMM_BF16_ROWS
 
