@@ -118,7 +118,7 @@ void dequant_rows_bf16(const ggml_tensor * w, int64_t n0, int n_valid, int64_t k
 // Asks for rows [n0, n0 + n) of w in L1 while the tiles run on the rows before them. The tiles stream their
 // tokens' bf16 rows through L1, and between two 4-row groups the hardware prefetcher loses the weights' stream:
 // without this the dequantizer waited on memory, at 2.5x its streaming time (q4_K gate_up, 16 tokens per
-// expert: 10.3 -> 8.1 ms per 16 experts with it; q8_0 down 6.0 -> 4.1 ms).
+// expert: 10.3 -> 7.9 ms per 16 experts with it; q8_0 down 6.0 -> 3.95 ms).
 // No target attribute on purpose: GCC 12 drops the prefetches of a target("avx512...") function inlined into a
 // caller without one.
 void prefetch_rows(const ggml_tensor * w, int64_t n0, int64_t n) {
