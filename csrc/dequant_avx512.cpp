@@ -148,6 +148,65 @@ DG_DEQUANT_TARGET void to_float_q8_0(const void * src, float * y, int64_t n) {
     }
 }
 
+// The bf16 row dequantizers (fast_to_bf16): the values above, rounded to bf16 to nearest even as VCVTNE2PS2BF16
+// rounds them in the GEMM's panel packer, for the expert weights of a Q4_K_M file.
+#define DG_DEQUANT_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,f16c")))
+
+// A q4_K sub-block holds 16 distinct values, scale * q - offset for q = 0..15: computed once in f32 (multiply,
+// then subtract, as q4_values does) and rounded, they are a 16-entry bf16 table that VPERMW indexes with the
+// 32 codes (zero-extended to 16 bits): one permute per 32 values instead of 2 x (widen, convert, multiply,
+// subtract) and a rounding.
+DG_DEQUANT_BF16_TARGET inline __m512i q4_K_bf16_table(float scale, float offset) {
+    const __m512 q = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512 v = _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(scale), q), _mm512_set1_ps(offset));
+    const __m256bh t = _mm512_cvtneps_pbh(v);
+    return _mm512_castsi256_si512(reinterpret_cast<const __m256i &>(t));  // codes < 16 read the low half only
+}
+
+DG_DEQUANT_BF16_TARGET void to_bf16_q4_K(const void * src, uint16_t * y, int64_t n) {
+    const BlockQ4K * blocks = static_cast<const BlockQ4K *>(src);
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    for (int64_t b = 0; b < n / kQK; ++b) {
+        const BlockQ4K & x = blocks[b];
+        const float d = _cvtsh_ss(x.d);
+        const float dmin = _cvtsh_ss(x.dmin);
+        const uint8_t * q = x.qs;
+        for (int j = 0; j < 8; j += 2) {  // 64 values: the low nibbles of 32 bytes, then their high nibbles
+            uint8_t sc1, m1, sc2, m2;
+            q4_K_scale_min(j, x.scales, &sc1, &m1);
+            q4_K_scale_min(j + 1, x.scales, &sc2, &m2);
+            const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(q));
+            const __m512i lo = _mm512_cvtepu8_epi16(_mm256_and_si256(bytes, low4));
+            const __m512i hi = _mm512_cvtepu8_epi16(_mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4));
+            _mm512_storeu_si512(y, _mm512_permutexvar_epi16(lo, q4_K_bf16_table(d * sc1, dmin * m1)));
+            _mm512_storeu_si512(y + 32, _mm512_permutexvar_epi16(hi, q4_K_bf16_table(d * sc2, dmin * m2)));
+            q += 32;
+            y += 64;
+        }
+    }
+}
+
+// q * d in f32 (exact: 8 x 11 significant bits), then rounded; the f32 store and reload of the two-step path
+// (to_float_q8_0, then a rounding pass) are gone.
+DG_DEQUANT_BF16_TARGET void to_bf16_q8_0(const void * src, uint16_t * y, int64_t n) {
+    const BlockQ80 * blocks = static_cast<const BlockQ80 *>(src);
+    for (int64_t b = 0; b < n / 32; ++b) {
+        const __m512 d = _mm512_set1_ps(_cvtsh_ss(blocks[b].d));
+        const __m128i q0 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(blocks[b].qs));
+        const __m128i q1 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(blocks[b].qs + 16));
+        const __m512 v0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q0)), d);
+        const __m512 v1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q1)), d);
+        const __m512bh v = _mm512_cvtne2ps_pbh(v1, v0);
+        _mm512_storeu_si512(y + 32 * b, reinterpret_cast<const __m512i &>(v));
+    }
+}
+
+bool cpu_runs_ours_bf16() {
+    static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
+    return ok;
+}
+
 // f16 -> f32 with the F16C conversion (exact, like ggml's table or bit manipulation).
 DG_DEQUANT_TARGET void to_float_f16(const void * src, float * y, int64_t n) {
     const uint16_t * x = static_cast<const uint16_t *>(src);
@@ -206,6 +265,24 @@ ggml_to_float_t fast_to_float(ggml_type type) {
 #endif
     const ggml_type_traits * tt = ggml_get_type_traits(type);
     return tt != nullptr ? tt->to_float : nullptr;
+}
+
+to_bf16_t fast_to_bf16(ggml_type type) {
+#ifdef DG_DEQUANT_AVX512
+    if (cpu_runs_ours_bf16()) {
+        switch (type) {
+            case GGML_TYPE_Q4_K:
+                return to_bf16_q4_K;
+            case GGML_TYPE_Q8_0:
+                return to_bf16_q8_0;
+            default:
+                break;
+        }
+    }
+#else
+    (void) type;
+#endif
+    return nullptr;
 }
 
 }  // namespace dg

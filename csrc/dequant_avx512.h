@@ -7,9 +7,18 @@
 
 #include "ggml.h"
 
+#include <cstdint>
+
 namespace dg {
 
 // Our AVX-512 dequantizer for w's type where we have one and the CPU runs it, else ggml's to_float.
 ggml_to_float_t fast_to_float(ggml_type type);
+
+// Dequantizes n values (whole blocks) of a row to bf16, rounded to nearest even: bf16(to_float(x)) bit for bit.
+using to_bf16_t = void (*)(const void * src, uint16_t * dst, int64_t n);
+
+// Our direct bf16 dequantizer for the type (q4_K, q8_0: the MoE experts of a Q4_K_M file) where the CPU has
+// AVX512_BF16, else nullptr (dequantize with fast_to_float and round).
+to_bf16_t fast_to_bf16(ggml_type type);
 
 }  // namespace dg

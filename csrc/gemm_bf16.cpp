@@ -177,6 +177,16 @@ bool gemm_bf16_wanted(const ggml_tensor * w, bool f16_too) {
 #endif
 }
 
+void round_to_bf16(const float * src, int64_t n, uint16_t * dst) {
+#ifdef DG_GEMM_BF16
+    to_bf16(src, n, dst);
+#else
+    (void) src;
+    (void) n;
+    (void) dst;
+#endif
+}
+
 void gemm_bf16_panels(const ggml_tensor * w, int64_t p_first, int64_t p_step, int64_t p_end, const float * const * x_rows,
                       float * const * c_rows, int64_t n_rows) {
 #ifdef DG_GEMM_BF16

@@ -22,4 +22,19 @@ bool gemm_bf16_wanted(const ggml_tensor * w, bool f16_too = false);
 void gemm_bf16_panels(const ggml_tensor * w, int64_t p_first, int64_t p_step, int64_t p_end, const float * const * x_rows,
                       float * const * c_rows, int64_t n_rows);
 
+// The same products for few tokens (an MoE expert's ~16): each weight row dequantized to bf16 in K order, a
+// 4-row x 4-token tile of dot products, no transposed panel (gemm_bf16_rows.cpp). Same panels, same inputs
+// to the products as gemm_bf16_panels; only the f32 summation order differs. Holds the n_rows bf16 token rows
+// in a per-thread buffer: meant for small n_rows (gemm_bf16_rows_max_tokens).
+void gemm_bf16_rows(const ggml_tensor * w, int64_t p_first, int64_t p_step, int64_t p_end, const float * const * x_rows,
+                    float * const * c_rows, int64_t n_rows);
+
+// The most tokens gemm_bf16_rows should multiply (128: up to there it beats or matches the panels at the
+// released expert shapes, measured with tests/c/test_gemm.cpp bench-id); 0 when DIFFGEMMA_NO_ROW_GEMM is set
+// (the A/B switch: panels always). A getenv: read it once per kernel call.
+int64_t gemm_bf16_rows_max_tokens();
+
+// dst[0..n) = bf16(src[0..n)), round to nearest even (the activations' rounding of both bf16 kernels), n even.
+void round_to_bf16(const float * src, int64_t n, uint16_t * dst);
+
 }  // namespace dg

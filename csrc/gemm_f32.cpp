@@ -295,6 +295,7 @@ void gemm_f32_id_kernel(ggml_tensor * dst, int ith, int nth, void * userdata) {
     std::vector<float *> c_rows;
     float * wp = panel_buffer();
     const bool bf16 = wants_bf16(as, userdata);
+    const int64_t row_tiles_max = bf16 ? gemm_bf16_rows_max_tokens() : 0;
     const bool avx512 = kernel_isa() == CpuIsa::kAvx512;
     int64_t item = 0;
     for (int64_t e = 0; e < n_expert; ++e) {
@@ -321,7 +322,11 @@ void gemm_f32_id_kernel(ggml_tensor * dst, int ith, int nth, void * userdata) {
         if (bf16) {
             // This thread's panels of the expert: items item .. item + n_panels - 1, every nth one.
             const int64_t p_first = ((ith - item) % nth + nth) % nth;
-            gemm_bf16_panels(&w, p_first, nth, n_panels, x_rows.data(), c_rows.data(), n_rows);
+            if (n_rows <= row_tiles_max) {  // an expert's few tokens: no transposed panel
+                gemm_bf16_rows(&w, p_first, nth, n_panels, x_rows.data(), c_rows.data(), n_rows);
+            } else {
+                gemm_bf16_panels(&w, p_first, nth, n_panels, x_rows.data(), c_rows.data(), n_rows);
+            }
             item += n_panels;
             continue;
         }

@@ -32,7 +32,8 @@ void * gemm_userdata(GemmActivations activations);
 void gemm_f32_kernel(ggml_tensor * dst, int ith, int nth, void * userdata);
 
 // The same for ggml_mul_mat_id (MoE experts): as [K, N, n_expert] f32, b [K, 1 or n_used, T] f32,
-// ids [n_used, T] i32 -> dst [N, n_used, T]; each expert's panels multiply the rows routed to it.
+// ids [n_used, T] i32 -> dst [N, n_used, T]; each expert's panels multiply the rows routed to it (on the bf16
+// path, an expert with few rows takes gemm_bf16_rows' untransposed row tiles instead).
 bool gemm_f32_id_applies(const ggml_tensor * as, const ggml_tensor * b, const ggml_tensor * ids);
 void gemm_f32_id_kernel(ggml_tensor * dst, int ith, int nth, void * userdata);
 

@@ -45,10 +45,10 @@ def driver(tmp_path_factory):
     csrc = REPO / "csrc"
     # The library's flags for these files (Release is -O3; the ISA comes from target attributes, not -march;
     # -ffp-contract=off is dequant_avx512.cpp's, harmless for the others).
+    sources = ["gemm_f32.cpp", "gemm_bf16.cpp", "gemm_bf16_rows.cpp", "dequant_avx512.cpp", "cpu_isa.cpp"]
     subprocess.run([cxx, "-std=gnu++17", "-O3", "-ffp-contract=off", "-Wall", "-Wextra", "-Wno-unused-parameter", "-I", str(csrc),
-                    "-I", str(include), str(REPO / "tests" / "c" / "test_gemm.cpp"), str(csrc / "gemm_f32.cpp"),
-                    str(csrc / "gemm_bf16.cpp"), str(csrc / "dequant_avx512.cpp"), str(csrc / "cpu_isa.cpp"), "-L", str(lib), "-lggml-base",
-                    f"-Wl,-rpath,{lib}", "-o", str(exe)], check=True)
+                    "-I", str(include), str(REPO / "tests" / "c" / "test_gemm.cpp"), *(str(csrc / f) for f in sources),
+                    "-L", str(lib), "-lggml-base", f"-Wl,-rpath,{lib}", "-o", str(exe)], check=True)
     return exe
 
 
@@ -131,13 +131,9 @@ def test_avx2_tier_matches_numpy(driver, tmp_path, wtype, N, K, T):
     np.testing.assert_array_equal(y_split, y)
 
 
-@pytest.mark.parametrize("wtype", ["f32", "q4_K", "q6_K", "q8_0"])
-def test_expert_gemm_matches_numpy(driver, has_bf16, tmp_path, wtype):
-    N, K, T, n_expert, n_used = 80, 512, 23, 8, 3
-    out = tmp_path / "out.bin"
-    _run(driver, "check-id", wtype, N, K, T, n_expert, n_used, out)
-    raw = out.read_bytes()
-    assert tuple(np.frombuffer(raw, np.int64, 5)) == (N, K, T, n_expert, n_used)
+def read_id(path):
+    raw = path.read_bytes()
+    N, K, T, n_expert, n_used = (int(v) for v in np.frombuffer(raw, np.int64, 5))
     off = 40
     w = np.frombuffer(raw, np.float32, n_expert * N * K, off).reshape(n_expert, N, K)
     off += w.nbytes
@@ -145,19 +141,67 @@ def test_expert_gemm_matches_numpy(driver, has_bf16, tmp_path, wtype):
     off += x.nbytes
     ids = np.frombuffer(raw, np.int32, T * n_used, off).reshape(T, n_used)
     off += ids.nbytes
-    y = np.frombuffer(raw, np.float32, T * n_used * N, off).reshape(T, n_used, N)
-    off += y.nbytes
-    y_f32 = np.frombuffer(raw, np.float32, T * n_used * N, off).reshape(T, n_used, N)
-    assert np.all(np.isfinite(y)) and np.all(np.isfinite(y_f32)), "some outputs were never written"
-    bf16_path = has_bf16 and wtype != "f32"
+    ys = []
+    for _ in range(4):  # y (2 threads), y_f32, y_one (1 thread), y_panels
+        ys.append(np.frombuffer(raw, np.float32, T * n_used * N, off).reshape(T, n_used, N))
+        off += ys[-1].nbytes
+    return (N, K, T, n_expert, n_used), w, x, ids, ys
+
+
+def check_experts(driver, has_bf16, tmp_path, wtype, N, K, T, n_expert, n_used):
+    out = tmp_path / "out.bin"
+    _run(driver, "check-id", wtype, N, K, T, n_expert, n_used, out)
+    head, w, x, ids, (y, y_f32, y_one, y_panels) = read_id(out)
+    assert head == (N, K, T, n_expert, n_used)
+    assert all(np.all(np.isfinite(v)) for v in (y, y_f32, y_one, y_panels)), "some outputs were never written"
+    bf16_path = has_bf16 and wtype not in F32_PATH_TYPES
+    counts = []
     for e in range(n_expert):
         t_idx, j_idx = np.nonzero(ids == e)
+        counts.append(len(t_idx))
         if len(t_idx) == 0:
             continue
         check_product(y[t_idx, j_idx], w[e], x[t_idx], bf16_path)
         check_product(y_f32[t_idx, j_idx], w[e], x[t_idx], bf16_path=False)
+        # The row tiles (few tokens) and the transposed panels multiply the same bf16 values: only the f32
+        # summation order separates them.
+        exact = x[t_idx].astype(np.float64) @ w[e].astype(np.float64).T
+        err = np.max(np.abs(y[t_idx, j_idx] - y_panels[t_idx, j_idx])) / np.sqrt(np.mean(exact ** 2))
+        assert err < 1e-5, f"expert {e}: row tiles vs panels differ by {err:.2e} of the rms"
+    # Splitting the work items between threads must not change a single value.
+    np.testing.assert_array_equal(y_one, y)
+    return counts
+
+
+@pytest.mark.parametrize("wtype", ["f32", "q4_K", "q6_K", "q8_0"])
+def test_expert_gemm_matches_numpy(driver, has_bf16, tmp_path, wtype):
+    check_experts(driver, has_bf16, tmp_path, wtype, 80, 512, 23, 8, 3)
+
+
+# Odd shapes for the few-token row tiles (csrc/gemm_bf16_rows.cpp): K not a multiple of the 32-value step
+# (bf16: 70, 2 x 35; q8_0 / q5_0: 96, 3 blocks of 32), features not a multiple of the 4-row tile or the
+# 32-row panel, experts with no token and with 1..28 tokens, and experts on both sides of the row tiles' limit
+# (128 tokens; the last case routes 126, 119 and 135 tokens), above which the panels run.
+@pytest.mark.parametrize("wtype,N,K,T,n_expert,n_used", [
+    ("bf16", 37, 70, 9, 8, 2),
+    ("q8_0", 45, 96, 20, 16, 3),
+    ("q5_0", 6, 96, 5, 8, 1),
+    ("q4_K", 33, 256, 40, 6, 3),
+    ("q6_K", 1, 512, 13, 4, 4),
+    ("q8_0", 24, 160, 190, 3, 2),
+])
+def test_expert_row_tiles_odd_shapes(driver, has_bf16, tmp_path, wtype, N, K, T, n_expert, n_used):
+    counts = check_experts(driver, has_bf16, tmp_path, wtype, N, K, T, n_expert, n_used)
+    assert sum(counts) == T * n_used
 
 
 @pytest.mark.parametrize("wtype", ["q4_K", "q6_K", "q8_0", "f16", "bf16"])
 def test_fast_dequantizers_match_ggml(driver, wtype):
     _run(driver, "check-dequant", wtype)
+
+
+@pytest.mark.parametrize("wtype", ["q4_K", "q8_0"])
+def test_bf16_dequantizers_match_ggml(driver, wtype):
+    """The experts' direct bf16 dequantizers (csrc/dequant_bf16.h) give bf16(ggml's value), bit for bit: the row
+    tiles multiply exactly the values the panels do."""
+    _run(driver, "check-dequant-bf16", wtype)

@@ -9,12 +9,18 @@
 //   test_gemm check-id TYPE N K T N_EXPERT N_USED OUT
 //       the MoE kernel: experts w [N_EXPERT][N][K], x [T][K] shared by a token's experts, ids [T][N_USED].
 //       OUT: int64 N, K, T, N_EXPERT, N_USED, then float32 w_dequantized [N_EXPERT*N*K], x [T*K],
-//       int32 ids [T*N_USED], float32 y [T*N_USED*N] (default), y_f32 [T*N_USED*N] (f32 path).
+//       int32 ids [T*N_USED], then float32 [T*N_USED*N] each: y (default, 2 threads), y_f32 (f32 path), y_one
+//       (default, 1 thread), y_panels (bf16 transposed panels only: DIFFGEMMA_NO_ROW_GEMM=1).
+//   test_gemm bench-id TYPE N K T N_EXPERT N_USED REPS
+//       the expert kernel, 1 thread: "path=rows ms=..." and "path=panels ms=..." (median thread-CPU time).
 //   test_gemm bench TYPE N K T REPS
 //       prints "path=bf16 ms=..." and "path=f32 ms=...": the median thread-CPU time of one 1-thread call
 //       (CPU time, not wall time, so other processes on a shared machine move it less).
 //   test_gemm check-dequant TYPE
 //       exit 0 when dg::fast_to_float(TYPE) gives ggml's to_float values bit for bit on random rows, else 1.
+//   test_gemm check-dequant-bf16 TYPE
+//       exit 0 when dg::fast_to_bf16(TYPE) gives ggml's to_float values rounded to bf16 bit for bit, 3 when it
+//       has none for TYPE on this CPU, else 1.
 //   test_gemm has-bf16
 //       prints 1 when the bf16 path is taken on this CPU for a q8_0 weight, else 0.
 #include "dequant_avx512.h"
@@ -135,23 +141,39 @@ int check_dense(ggml_type type, int64_t N, int64_t K, int64_t T, const char * ou
     return 0;
 }
 
-int check_id(ggml_type type, int64_t N, int64_t K, int64_t T, int64_t n_expert, int64_t n_used, const char * out) {
+struct Experts {
+    ggml_context * ctx;
+    ggml_tensor * y;  // the mul_mat_id node: src[0] experts [K, N, n_expert], src[1] x [K, 1, T], src[2] ids
+    std::vector<float> w_deq;  // empty unless asked for
+    std::vector<float> x;
+};
+
+// Random experts quantized to TYPE, random x, and ids giving each token n_used distinct experts (a shuffled
+// prefix, so the experts' loads are uneven and some may get no token); exit 3 when the kernel does not apply.
+Experts make_experts(ggml_type type, int64_t N, int64_t K, int64_t T, int64_t n_expert, int64_t n_used, bool dequantized) {
     const size_t bytes = ggml_row_size(type, K) * N * n_expert + sizeof(float) * (K * T + N * n_used * T) +
                          sizeof(int32_t) * n_used * T + 8 * ggml_tensor_overhead() + 4096;
     ggml_init_params params = {bytes, nullptr, false};
-    ggml_context * ctx = ggml_init(params);
-    ggml_tensor * as = ggml_new_tensor_3d(ctx, type, K, N, n_expert);
-    ggml_tensor * b = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, K, 1, T);
-    ggml_tensor * ids = ggml_new_tensor_2d(ctx, GGML_TYPE_I32, n_used, T);
-    ggml_tensor * y = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, N, n_used, T);
-    y->src[0] = as;
-    y->src[1] = b;
-    y->src[2] = ids;
-    const std::vector<float> w_deq = fill_weights(as, N * n_expert, K, 4321);
-    const std::vector<float> x = random_values(static_cast<size_t>(K * T), 1.0f, 8765);
-    std::memcpy(b->data, x.data(), x.size() * sizeof(float));
-    // Distinct experts per token, uneven loads: token t uses experts (t * 7 + j * 3) % n_expert for n_used <= 3,
-    // else a shuffled prefix.
+    Experts ex{};
+    ex.ctx = ggml_init(params);
+    ggml_tensor * as = ggml_new_tensor_3d(ex.ctx, type, K, N, n_expert);
+    ggml_tensor * b = ggml_new_tensor_3d(ex.ctx, GGML_TYPE_F32, K, 1, T);
+    ggml_tensor * ids = ggml_new_tensor_2d(ex.ctx, GGML_TYPE_I32, n_used, T);
+    ex.y = ggml_new_tensor_3d(ex.ctx, GGML_TYPE_F32, N, n_used, T);
+    ex.y->src[0] = as;
+    ex.y->src[1] = b;
+    ex.y->src[2] = ids;
+    if (dequantized) {
+        ex.w_deq = fill_weights(as, N * n_expert, K, 4321);
+    } else {
+        const std::vector<float> src = random_values(static_cast<size_t>(N * K), 0.02f, 4321);
+        ggml_quantize_chunk(type, src.data(), as->data, 0, N, K, nullptr);
+        for (int64_t e = 1; e < n_expert; ++e) {  // one expert's values for all: quantizing is slow
+            std::memcpy(static_cast<char *>(as->data) + e * as->nb[2], as->data, as->nb[2]);
+        }
+    }
+    ex.x = random_values(static_cast<size_t>(K * T), 1.0f, 8765);
+    std::memcpy(b->data, ex.x.data(), ex.x.size() * sizeof(float));
     std::mt19937 rng(99);
     std::vector<int32_t> perm(static_cast<size_t>(n_expert));
     int32_t * idv = static_cast<int32_t *>(ids->data);
@@ -166,30 +188,86 @@ int check_id(ggml_type type, int64_t N, int64_t K, int64_t T, int64_t n_expert, 
     }
     if (!dg::gemm_f32_id_applies(as, b, ids)) {
         std::fprintf(stderr, "the expert GEMM does not apply\n");
-        return 3;
+        std::exit(3);
     }
-    auto run = [&](int nth) {
-        std::memset(y->data, 0xFF, ggml_nbytes(y));
-        for (int ith = 0; ith < nth; ++ith) {
-            dg::gemm_f32_id_kernel(y, ith, nth, nullptr);
-        }
-        const float * v = static_cast<const float *>(y->data);
-        return std::vector<float>(v, v + ggml_nelements(y));
-    };
+    return ex;
+}
+
+std::vector<float> run_id(Experts & ex, int nth) {
+    std::memset(ex.y->data, 0xFF, ggml_nbytes(ex.y));  // NaN: a feature the kernel skips shows
+    for (int ith = 0; ith < nth; ++ith) {
+        dg::gemm_f32_id_kernel(ex.y, ith, nth, nullptr);
+    }
+    const float * v = static_cast<const float *>(ex.y->data);
+    return std::vector<float>(v, v + ggml_nelements(ex.y));
+}
+
+void set_row_gemm(bool on) {
+    if (on) {
+        unsetenv("DIFFGEMMA_NO_ROW_GEMM");
+    } else {
+        setenv("DIFFGEMMA_NO_ROW_GEMM", "1", 1);
+    }
+}
+
+int check_id(ggml_type type, int64_t N, int64_t K, int64_t T, int64_t n_expert, int64_t n_used, const char * out) {
+    Experts ex = make_experts(type, N, K, T, n_expert, n_used, true);
     set_bf16(true);
-    const std::vector<float> y_def = run(2);
+    set_row_gemm(true);
+    const std::vector<float> y_def = run_id(ex, 2);
+    const std::vector<float> y_one = run_id(ex, 1);
+    set_row_gemm(false);
+    const std::vector<float> y_panels = run_id(ex, 2);
+    set_row_gemm(true);
     set_bf16(false);
-    const std::vector<float> y_f32 = run(1);
+    const std::vector<float> y_f32 = run_id(ex, 1);
     FILE * f = std::fopen(out, "wb");
     const int64_t head[5] = {N, K, T, n_expert, n_used};
     std::fwrite(head, sizeof(int64_t), 5, f);
-    write_floats(f, w_deq.data(), w_deq.size());
-    write_floats(f, x.data(), x.size());
-    std::fwrite(idv, sizeof(int32_t), static_cast<size_t>(n_used * T), f);
+    write_floats(f, ex.w_deq.data(), ex.w_deq.size());
+    write_floats(f, ex.x.data(), ex.x.size());
+    std::fwrite(ex.y->src[2]->data, sizeof(int32_t), static_cast<size_t>(n_used * T), f);
     write_floats(f, y_def.data(), y_def.size());
     write_floats(f, y_f32.data(), y_f32.size());
+    write_floats(f, y_one.data(), y_one.size());
+    write_floats(f, y_panels.data(), y_panels.size());
     std::fclose(f);
-    ggml_free(ctx);
+    ggml_free(ex.ctx);
+    return 0;
+}
+
+// exit 0 when dg::fast_to_bf16(TYPE) gives bf16(ggml's to_float) bit for bit (round to nearest even), 3 when
+// there is none for TYPE on this CPU, else 1.
+int check_dequant_bf16(ggml_type type) {
+    const dg::to_bf16_t to_bf16 = dg::fast_to_bf16(type);
+    if (to_bf16 == nullptr) {
+        std::fprintf(stderr, "no bf16 dequantizer for %s on this CPU\n", ggml_type_name(type));
+        return 3;
+    }
+    const int64_t rows = 64;
+    const int64_t K = 1024;
+    std::vector<char> q(ggml_row_size(type, K) * rows);
+    std::vector<float> src = random_values(static_cast<size_t>(rows * K), 0.02f, 78);
+    src[5] = 0.0f;
+    src[700] = 3.0f;
+    src[900] = -7.5f;
+    ggml_quantize_chunk(type, src.data(), q.data(), 0, rows, K, nullptr);
+    std::vector<float> ref(src.size());
+    ggml_get_type_traits(type)->to_float(q.data(), ref.data(), rows * K);
+    std::vector<uint16_t> ours(src.size());
+    for (int64_t r = 0; r < rows; ++r) {  // a row at a time, as the GEMM calls it
+        to_bf16(q.data() + r * ggml_row_size(type, K), ours.data() + r * K, K);
+    }
+    for (size_t i = 0; i < ref.size(); ++i) {
+        uint32_t u;
+        std::memcpy(&u, &ref[i], sizeof(u));
+        const uint16_t rounded = static_cast<uint16_t>((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
+        if (ours[i] != rounded) {
+            std::fprintf(stderr, "fast_to_bf16(%s) value %zu: 0x%04x, bf16(to_float) 0x%04x\n", ggml_type_name(type), i,
+                         ours[i], rounded);
+            return 1;
+        }
+    }
     return 0;
 }
 
@@ -238,6 +316,32 @@ int bench(ggml_type type, int64_t N, int64_t K, int64_t T, int reps) {
     return 0;
 }
 
+// The expert kernel, 1 thread: the row tiles (default) against the transposed panels (DIFFGEMMA_NO_ROW_GEMM),
+// alternating, REPS times each; prints each path's median thread-CPU ms.
+int bench_id(ggml_type type, int64_t N, int64_t K, int64_t T, int64_t n_expert, int64_t n_used, int reps) {
+    Experts ex = make_experts(type, N, K, T, n_expert, n_used, false);
+    set_bf16(true);
+    std::vector<double> ms[2];
+    for (int r = -1; r < reps; ++r) {  // r = -1: warm-up
+        for (int path = 0; path < 2; ++path) {
+            set_row_gemm(path == 0);
+            const double t0 = thread_cpu_ms();
+            dg::gemm_f32_id_kernel(ex.y, 0, 1, nullptr);
+            if (r >= 0) {
+                ms[path].push_back(thread_cpu_ms() - t0);
+            }
+        }
+    }
+    for (int path = 0; path < 2; ++path) {
+        std::sort(ms[path].begin(), ms[path].end());
+        const double med = ms[path][ms[path].size() / 2];
+        std::printf("path=%s ms=%.3f gflops=%.1f\n", path == 0 ? "rows" : "panels", med, 2.0 * N * K * T * n_used / med * 1e-6);
+    }
+    set_row_gemm(true);
+    ggml_free(ex.ctx);
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char ** argv) {
@@ -251,6 +355,13 @@ int main(int argc, char ** argv) {
     }
     if (mode == "bench" && argc == 7) {
         return bench(parse_type(argv[2]), std::atoll(argv[3]), std::atoll(argv[4]), std::atoll(argv[5]), std::atoi(argv[6]));
+    }
+    if (mode == "bench-id" && argc == 9) {
+        return bench_id(parse_type(argv[2]), std::atoll(argv[3]), std::atoll(argv[4]), std::atoll(argv[5]),
+                        std::atoll(argv[6]), std::atoll(argv[7]), std::atoi(argv[8]));
+    }
+    if (mode == "check-dequant-bf16" && argc == 3) {
+        return check_dequant_bf16(parse_type(argv[2]));
     }
     if (mode == "check-dequant" && argc == 3) {
         return check_dequant(parse_type(argv[2]));
