@@ -4,8 +4,10 @@ Everything is built under a per-session temp directory and cached by (config, ou
 """
 from __future__ import annotations
 
+import atexit
 import functools
 import random
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -18,6 +20,8 @@ from diffgemma_cpp.convert.pipeline import convert_checkpoint, requantize_gguf
 from diffgemma_cpp.demo import DEFAULT_MODEL as SUDOKU_GGUF
 
 _ROOT = Path(tempfile.mkdtemp(prefix="dg-engine-"))
+# Up to 1.5 GB of checkpoints and GGUFs per run: without this every test run left them in the temp folder.
+atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
 
 
 # Variants of the tiny configs, "<name>:<variant>". tiny_hf's defaults (matrices with std 0.3, q/k norm
