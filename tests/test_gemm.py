@@ -136,6 +136,22 @@ def test_avx2_tier_matches_numpy(driver, tmp_path, wtype, N, K, T):
     np.testing.assert_array_equal(y_split, y)
 
 
+@pytest.mark.skipif(not (" avx2" in cpu_flags() and " fma" in cpu_flags()), reason="the AVX2 tier needs AVX2 + FMA")
+def test_avx2_tier_experts_stay_f32(driver, tmp_path):
+    """Capped at the AVX2 tier, bf16 experts (the one bf16-path type that tier takes) keep f32 activations:
+    neither the bf16 panels nor the row tiles (AVX512_BF16) run, so the default output is the f32 path's, bit
+    for bit, and within f32 accuracy of NumPy."""
+    out = tmp_path / "out.bin"
+    _run(driver, "check-id", "bf16", 37, 70, 9, 8, 2, out, env={"DIFFGEMMA_CPU_ISA": "avx2"})
+    _, w, x, ids, (y, y_f32, y_one, y_panels) = read_id(out)
+    for v in (y, y_one, y_panels):
+        np.testing.assert_array_equal(v, y_f32)
+    for e in range(w.shape[0]):
+        t_idx, j_idx = np.nonzero(ids == e)
+        if len(t_idx):
+            check_product(y[t_idx, j_idx], w[e], x[t_idx], bf16_path=False)
+
+
 def read_id(path):
     raw = path.read_bytes()
     N, K, T, n_expert, n_used = (int(v) for v in np.frombuffer(raw, np.int64, 5))
