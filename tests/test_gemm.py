@@ -46,9 +46,14 @@ def driver(tmp_path_factory):
     # The library's flags for these files (Release is -O3; the ISA comes from target attributes, not -march;
     # -ffp-contract=off is dequant_avx512.cpp's, harmless for the others).
     sources = ["gemm_f32.cpp", "gemm_bf16.cpp", "gemm_bf16_rows.cpp", "dequant_avx512.cpp", "cpu_isa.cpp"]
-    subprocess.run([cxx, "-std=gnu++17", "-O3", "-ffp-contract=off", "-Wall", "-Wextra", "-Wno-unused-parameter", "-I", str(csrc),
-                    "-I", str(include), str(REPO / "tests" / "c" / "test_gemm.cpp"), *(str(csrc / f) for f in sources),
-                    "-L", str(lib), "-lggml-base", f"-Wl,-rpath,{lib}", "-o", str(exe)], check=True)
+    # Under scripts/sanitize_tests.sh the driver is instrumented too: it gives each tensor an exact-size heap
+    # block, so a kernel's read or write past a weight, activation or output row is a report there.
+    sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer", "-g"] \
+        if os.environ.get("DG_SANITIZED") == "1" else []
+    subprocess.run([cxx, "-std=gnu++17", "-O3", "-ffp-contract=off", "-Wall", "-Wextra", "-Wno-unused-parameter", *sanitize,
+                    "-I", str(csrc), "-I", str(include), str(REPO / "tests" / "c" / "test_gemm.cpp"),
+                    *(str(csrc / f) for f in sources), "-L", str(lib), "-lggml-base", f"-Wl,-rpath,{lib}", "-o", str(exe)],
+                   check=True)
     return exe
 
 
@@ -131,6 +136,22 @@ def test_avx2_tier_matches_numpy(driver, tmp_path, wtype, N, K, T):
     np.testing.assert_array_equal(y_split, y)
 
 
+@pytest.mark.skipif(not (" avx2" in cpu_flags() and " fma" in cpu_flags()), reason="the AVX2 tier needs AVX2 + FMA")
+def test_avx2_tier_experts_stay_f32(driver, tmp_path):
+    """Capped at the AVX2 tier, bf16 experts (the one bf16-path type that tier takes) keep f32 activations:
+    neither the bf16 panels nor the row tiles (AVX512_BF16) run, so the default output is the f32 path's, bit
+    for bit, and within f32 accuracy of NumPy."""
+    out = tmp_path / "out.bin"
+    _run(driver, "check-id", "bf16", 37, 70, 9, 8, 2, out, env={"DIFFGEMMA_CPU_ISA": "avx2"})
+    _, w, x, ids, (y, y_f32, y_one, y_panels) = read_id(out)
+    for v in (y, y_one, y_panels):
+        np.testing.assert_array_equal(v, y_f32)
+    for e in range(w.shape[0]):
+        t_idx, j_idx = np.nonzero(ids == e)
+        if len(t_idx):
+            check_product(y[t_idx, j_idx], w[e], x[t_idx], bf16_path=False)
+
+
 def read_id(path):
     raw = path.read_bytes()
     N, K, T, n_expert, n_used = (int(v) for v in np.frombuffer(raw, np.int64, 5))
@@ -189,10 +210,37 @@ def test_expert_gemm_matches_numpy(driver, has_bf16, tmp_path, wtype):
     ("q4_K", 33, 256, 40, 6, 3),
     ("q6_K", 1, 512, 13, 4, 4),
     ("q8_0", 24, 160, 190, 3, 2),
+    # One expert with 1, 2, 3 tokens and 1..5 features (a lone partial 4-row group, partial 4-token tiles).
+    ("bf16", 1, 2, 1, 1, 1),
+    ("q8_0", 2, 32, 2, 1, 1),
+    ("q4_K", 5, 256, 3, 1, 1),
+    # Types that reach the row tiles through the fallback (ggml's to_float, then the rounding).
+    ("q5_K", 7, 256, 9, 3, 2),
+    ("q4_0", 7, 64, 9, 3, 2),
+    ("mxfp4", 7, 64, 9, 3, 2),
+    ("iq4_nl", 7, 64, 9, 3, 2),
+    # More slots than experts: the driver draws a token's experts with repetition (one expert twice).
+    ("q4_K", 9, 256, 6, 2, 5),
+    ("q8_0", 13, 96, 40, 3, 5),
 ])
 def test_expert_row_tiles_odd_shapes(driver, has_bf16, tmp_path, wtype, N, K, T, n_expert, n_used):
     counts = check_experts(driver, has_bf16, tmp_path, wtype, N, K, T, n_expert, n_used)
     assert sum(counts) == T * n_used
+
+
+@pytest.mark.parametrize("T", [128, 129])
+def test_row_tiles_token_limit(driver, has_bf16, tmp_path, T):
+    """Two experts, both on every token: each sees exactly T tokens, on either side of the row tiles' limit
+    (gemm_bf16_rows_max_tokens, 128). Above it the default path is the panels, bit for bit; at it the row tiles
+    run, whose other f32 summation order shows in the low bits."""
+    if not has_bf16:
+        pytest.skip("the row tiles need AVX512_BF16")
+    assert check_experts(driver, has_bf16, tmp_path, "q8_0", 9, 96, T, 2, 2) == [T, T]
+    *_, (y, _, _, y_panels) = read_id(tmp_path / "out.bin")
+    if T > 128:
+        np.testing.assert_array_equal(y, y_panels)
+    else:
+        assert np.any(y != y_panels), "128 tokens per expert did not take the row tiles"
 
 
 @pytest.mark.parametrize("wtype", ["q4_K", "q6_K", "q8_0", "f16", "bf16"])
@@ -202,6 +250,6 @@ def test_fast_dequantizers_match_ggml(driver, wtype):
 
 @pytest.mark.parametrize("wtype", ["q4_K", "q8_0"])
 def test_bf16_dequantizers_match_ggml(driver, wtype):
-    """The experts' direct bf16 dequantizers (csrc/dequant_bf16.h) give bf16(ggml's value), bit for bit: the row
+    """The experts' direct bf16 dequantizers (csrc/dequant_avx512.h) give bf16(ggml's value), bit for bit: the row
     tiles multiply exactly the values the panels do."""
     _run(driver, "check-dequant-bf16", wtype)

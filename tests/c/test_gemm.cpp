@@ -7,7 +7,8 @@
 //       w_dequantized [N*K], x [T*K], y [T*N] (default path), y_f32 [T*N] (DIFFGEMMA_NO_BF16=1),
 //       y_split [T*N] (default path run as two threads' shares, one after the other).
 //   test_gemm check-id TYPE N K T N_EXPERT N_USED OUT
-//       the MoE kernel: experts w [N_EXPERT][N][K], x [T][K] shared by a token's experts, ids [T][N_USED].
+//       the MoE kernel: experts w [N_EXPERT][N][K], x [T][K] shared by a token's experts, ids [T][N_USED]
+//       (distinct experts per token; drawn with repetition when N_USED > N_EXPERT).
 //       OUT: int64 N, K, T, N_EXPERT, N_USED, then float32 w_dequantized [N_EXPERT*N*K], x [T*K],
 //       int32 ids [T*N_USED], then float32 [T*N_USED*N] each: y (default, 2 threads), y_f32 (f32 path), y_one
 //       (default, 1 thread), y_panels (bf16 transposed panels only: DIFFGEMMA_NO_ROW_GEMM=1).
@@ -73,6 +74,22 @@ std::vector<float> fill_weights(ggml_tensor * t, int64_t rows, int64_t K, uint32
     return deq;
 }
 
+// Moves t's data out of the context's pool into a heap block of exactly ggml_nbytes(t): under AddressSanitizer
+// a kernel's read or write past the tensor then faults instead of landing in the pool's next tensor.
+void own_exact_buffer(ggml_tensor * t, std::vector<void *> & owned) {
+    void * data = std::malloc(ggml_nbytes(t));
+    std::memcpy(data, t->data, ggml_nbytes(t));
+    t->data = data;
+    owned.push_back(data);
+}
+
+void free_owned(std::vector<void *> & owned) {
+    for (void * p : owned) {
+        std::free(p);
+    }
+    owned.clear();
+}
+
 void set_bf16(bool on) {
     if (on) {
         unsetenv("DIFFGEMMA_NO_BF16");
@@ -87,6 +104,7 @@ struct Dense {
     ggml_tensor * x;
     ggml_tensor * y;
     std::vector<float> w_deq;
+    std::vector<void *> owned;  // the tensors' exact-size data blocks (own_exact_buffer)
 };
 
 Dense make_dense(ggml_type type, int64_t N, int64_t K, int64_t T) {
@@ -106,6 +124,9 @@ Dense make_dense(ggml_type type, int64_t N, int64_t K, int64_t T) {
         std::fprintf(stderr, "the GEMM does not apply to %s [%lld x %lld] x %lld tokens on this CPU\n", ggml_type_name(type),
                      (long long) N, (long long) K, (long long) T);
         std::exit(3);
+    }
+    for (ggml_tensor * t : {d.w, d.x, d.y}) {
+        own_exact_buffer(t, d.owned);
     }
     return d;
 }
@@ -137,6 +158,7 @@ int check_dense(ggml_type type, int64_t N, int64_t K, int64_t T, const char * ou
     write_floats(f, y_f32.data(), y_f32.size());
     write_floats(f, y_split.data(), y_split.size());
     std::fclose(f);
+    free_owned(d.owned);
     ggml_free(d.ctx);
     return 0;
 }
@@ -146,10 +168,12 @@ struct Experts {
     ggml_tensor * y;  // the mul_mat_id node: src[0] experts [K, N, n_expert], src[1] x [K, 1, T], src[2] ids
     std::vector<float> w_deq;  // empty unless asked for
     std::vector<float> x;
+    std::vector<void *> owned;  // the tensors' exact-size data blocks (own_exact_buffer)
 };
 
 // Random experts quantized to TYPE, random x, and ids giving each token n_used distinct experts (a shuffled
-// prefix, so the experts' loads are uneven and some may get no token); exit 3 when the kernel does not apply.
+// prefix, so the experts' loads are uneven and some may get no token), or, when n_used > n_expert, n_used
+// experts drawn with repetition; exit 3 when the kernel does not apply.
 Experts make_experts(ggml_type type, int64_t N, int64_t K, int64_t T, int64_t n_expert, int64_t n_used, bool dequantized) {
     const size_t bytes = ggml_row_size(type, K) * N * n_expert + sizeof(float) * (K * T + N * n_used * T) +
                          sizeof(int32_t) * n_used * T + 8 * ggml_tensor_overhead() + 4096;
@@ -178,6 +202,12 @@ Experts make_experts(ggml_type type, int64_t N, int64_t K, int64_t T, int64_t n_
     std::vector<int32_t> perm(static_cast<size_t>(n_expert));
     int32_t * idv = static_cast<int32_t *>(ids->data);
     for (int64_t t = 0; t < T; ++t) {
+        if (n_used > n_expert) {  // more slots than experts: drawn with repetition (one token, one expert twice)
+            for (int64_t j = 0; j < n_used; ++j) {
+                idv[t * n_used + j] = static_cast<int32_t>(rng() % static_cast<uint32_t>(n_expert));
+            }
+            continue;
+        }
         for (int64_t e = 0; e < n_expert; ++e) {
             perm[e] = static_cast<int32_t>(e);
         }
@@ -189,6 +219,9 @@ Experts make_experts(ggml_type type, int64_t N, int64_t K, int64_t T, int64_t n_
     if (!dg::gemm_f32_id_applies(as, b, ids)) {
         std::fprintf(stderr, "the expert GEMM does not apply\n");
         std::exit(3);
+    }
+    for (ggml_tensor * t : {as, b, ids, ex.y}) {
+        own_exact_buffer(t, ex.owned);
     }
     return ex;
 }
@@ -232,6 +265,7 @@ int check_id(ggml_type type, int64_t N, int64_t K, int64_t T, int64_t n_expert, 
     write_floats(f, y_one.data(), y_one.size());
     write_floats(f, y_panels.data(), y_panels.size());
     std::fclose(f);
+    free_owned(ex.owned);
     ggml_free(ex.ctx);
     return 0;
 }
@@ -312,6 +346,7 @@ int bench(ggml_type type, int64_t N, int64_t K, int64_t T, int reps) {
         std::printf("path=%s ms=%.3f gflops=%.1f\n", bf16 && dg::gemm_bf16_wanted(d.w) ? "bf16" : "f32", med,
                     2.0 * N * K * T / med * 1e-6);
     }
+    free_owned(d.owned);
     ggml_free(d.ctx);
     return 0;
 }
@@ -338,6 +373,7 @@ int bench_id(ggml_type type, int64_t N, int64_t K, int64_t T, int64_t n_expert, 
         std::printf("path=%s ms=%.3f gflops=%.1f\n", path == 0 ? "rows" : "panels", med, 2.0 * N * K * T * n_used / med * 1e-6);
     }
     set_row_gemm(true);
+    free_owned(ex.owned);
     ggml_free(ex.ctx);
     return 0;
 }
