@@ -1,4 +1,4 @@
-// Row dequantizers (to f32) for the GEMM's weight packer, for the types where ggml's to_float is the
+// Row dequantizers (to f32, and for q4_K / q8_0 straight to bf16 for the experts' row tiles) for the GEMM, for the types where ggml's to_float is the
 // bottleneck: the libggml wheel's base library is built for generic x86-64, where its f16 conversion and
 // q6_K unpacking run at ~0.5-0.75 ns per value, as much as the bf16 multiply-adds of a 32-token expert panel
 // (q4_K's was 11% of a 1-thread Q4_K_M step in perf).

@@ -25,7 +25,8 @@ void gemm_bf16_panels(const ggml_tensor * w, int64_t p_first, int64_t p_step, in
 // The same products for few tokens (an MoE expert's ~16): each weight row dequantized to bf16 in K order, a
 // 4-row x 4-token tile of dot products, no transposed panel (gemm_bf16_rows.cpp). Same panels, same inputs
 // to the products as gemm_bf16_panels; only the f32 summation order differs. Holds the n_rows bf16 token rows
-// in a per-thread buffer: meant for small n_rows (gemm_bf16_rows_max_tokens).
+// in a per-thread buffer: meant for small n_rows (gemm_bf16_rows_max_tokens). As for the panels, the caller has
+// checked gemm_bf16_wanted(w) (the kernel is AVX512_BF16 code) and packable().
 void gemm_bf16_rows(const ggml_tensor * w, int64_t p_first, int64_t p_step, int64_t p_end, const float * const * x_rows,
                     float * const * c_rows, int64_t n_rows);
 
