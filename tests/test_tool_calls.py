@@ -249,6 +249,25 @@ def test_a_whole_tool_round_trip_through_the_chat_api():
     assert f"{CALL_TEXT}<|tool_response>response:get_weather{Q}sunny{Q}<tool_response|>" in prompt
 
 
+def test_the_openai_clients_own_message_objects_are_accepted():
+    openai = pytest.importorskip("openai")
+    model = FakeModel(CALL_TEXT, chat_template=GEMMA4_STYLE)
+    first = model.create_chat_completion(ASK, tools=[WEATHER_TOOL])["choices"][0]["message"]
+    as_object = openai.types.chat.ChatCompletionMessage.model_validate(first)  # arguments stay a JSON string
+    model.set_answer("Sunny.")
+    model.create_chat_completion(
+        (*ASK, as_object, {"role": "tool", "tool_call_id": first["tool_calls"][0]["id"], "content": "sunny"}),
+        tools=[WEATHER_TOOL])
+    prompt = model.detokenize(model.calls[1]["prompt_ids"]).decode()
+    assert f"{CALL_TEXT}<|tool_response>response:get_weather" in prompt
+
+
+def test_a_tool_message_with_an_odd_tool_call_id_is_left_to_the_template():
+    history = _history(json.dumps({"city": "Paris"}))
+    history[2] = {**history[2], "tool_call_id": ["not", "a", "string"]}
+    assert "name" not in messages_for_template(history)[2]
+
+
 @pytest.mark.parametrize("arguments, message", [
     ("{city: Paris}", r"messages\[1\].tool_calls\[0\].function.arguments is not valid JSON"),
     ('["Paris"]', "must be a JSON object, got list"),

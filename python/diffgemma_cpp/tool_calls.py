@@ -230,16 +230,18 @@ def messages_for_template(messages: Any) -> Any:
     without a ``name`` gets the name of the call its ``tool_call_id`` answers. Anything else passes through
     unchanged (the template layer reports malformed messages).
     """
-    if not isinstance(messages, list):
+    if not isinstance(messages, (list, tuple)):
         return messages
     names_by_id: dict[str, str] = {}
     out = []
     for index, message in enumerate(messages):
+        if callable(getattr(message, "model_dump", None)):  # e.g. the openai package's message objects
+            message = message.model_dump(exclude_none=True)
         if isinstance(message, dict) and isinstance(message.get("tool_calls"), list):
             message = {**message, "tool_calls": [_call_for_template(call, index, j, names_by_id)
                                                  for j, call in enumerate(message["tool_calls"])]}
         elif (isinstance(message, dict) and message.get("role") == "tool" and message.get("name") is None
-              and message.get("tool_call_id") in names_by_id):
+              and isinstance(message.get("tool_call_id"), str) and message["tool_call_id"] in names_by_id):
             message = {**message, "name": names_by_id[message["tool_call_id"]]}
         out.append(message)
     return out
