@@ -367,8 +367,7 @@ int32_t diffgemma_context_new(diffgemma_model * model, const diffgemma_context_p
                     kv_buft[static_cast<size_t>(il)] = dg::gpu_buffer_type(pl.gpu);
                 }
             }
-            const size_t weights_on_gpu = dg::gpu_weight_bytes(hp, model->w, pl).total();
-            dg::check_context_fits(hp, pl, n_ctx, weights_on_gpu, [&](int32_t n) {
+            dg::check_context_fits(hp, model->w, pl, n_ctx, [&](int32_t n) {
                 return dg::KvCache::bytes_for(hp, n, slack, kv_type, pl.layer_on_gpu);
             });
             c->gpu = dg::gpu_backend_init(pl.gpu);

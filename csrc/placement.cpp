@@ -52,7 +52,7 @@ PlanBytes plan_bytes(const HParams & hp, const Weights & w, const Placement & pl
     PlanBytes b;
     b.weights = gpu_weight_bytes(hp, w, pl);
     b.kv = estimate_gpu_kv_bytes(hp, pl, n_ctx);
-    b.compute = estimate_gpu_compute_bytes(hp, n_ctx, pl);
+    b.compute = estimate_gpu_compute_bytes(hp, w, n_ctx, pl);
     return b;
 }
 
@@ -199,7 +199,7 @@ size_t estimate_gpu_kv_bytes(const HParams & hp, const Placement & pl, int32_t n
     return KvCache::bytes_for(hp, n_ctx, std::max(512, hp.canvas_length), GGML_TYPE_F32, pl.layer_on_gpu);
 }
 
-size_t estimate_gpu_compute_bytes(const HParams & hp, int32_t n_ctx, const Placement & pl) {
+size_t estimate_gpu_compute_bytes(const HParams & hp, const Weights & w, int32_t n_ctx, const Placement & pl) {
     const size_t C = static_cast<size_t>(hp.canvas_length);
     // Logits, the previous step's logits or probabilities, and their softmax.
     const size_t head = pl.head_on_gpu ? 3 * static_cast<size_t>(hp.n_vocab) * C * 4 : 0;
@@ -210,8 +210,11 @@ size_t estimate_gpu_compute_bytes(const HParams & hp, int32_t n_ctx, const Place
         (8 * static_cast<size_t>(hp.n_embd) + 3 * static_cast<size_t>(hp.n_ff) +
          3 * static_cast<size_t>(hp.n_ff_exp) * static_cast<size_t>(hp.n_expert_used) + 2 * static_cast<size_t>(hp.n_expert));
     // ggml-cuda's pool (quantized activation copies, cuBLAS workspace) lives outside the compute buffer; the
-    // stand-in has none.
-    const size_t backend_pool = pl.gpu.stand_in ? 0 : (256u << 20) + (pl.head_on_gpu ? pl.f16_head_f32_copy_bytes : 0);
+    // stand-in has none. An offloaded f16 head adds its f32 copy, made on every pass: the head's matmul asks for
+    // f32 precision (graph.cpp gpu_mul_mat), so ggml-cuda's cuBLAS path converts the whole weight.
+    const size_t f16_head_copy = pl.head_on_gpu && w.tok_embd->type == GGML_TYPE_F16
+        ? static_cast<size_t>(hp.n_vocab) * static_cast<size_t>(hp.n_embd) * sizeof(float) : 0;
+    const size_t backend_pool = pl.gpu.stand_in ? 0 : (256u << 20) + f16_head_copy;
     return head + scores + 4 * per_layer + backend_pool;
 }
 
@@ -252,9 +255,6 @@ std::string check_and_announce_plan(const HParams & hp, const Weights & w, Place
     if (!pl.use_gpu) {
         return std::string();
     }
-    if (w.tok_embd->type == GGML_TYPE_F16) {
-        pl.f16_head_f32_copy_bytes = static_cast<size_t>(hp.n_vocab) * static_cast<size_t>(hp.n_embd) * sizeof(float);
-    }
     const size_t free = gpu_memory(pl.gpu).free;
     const PlanBytes b = plan_bytes(hp, w, pl, min_n_ctx(hp));
     std::string plan = plan_text(hp, w, pl, b, free);
@@ -279,14 +279,15 @@ std::string check_and_announce_plan(const HParams & hp, const Weights & w, Place
     return plan;
 }
 
-void check_context_fits(const HParams & hp, const Placement & pl, int32_t n_ctx, size_t weights_on_gpu,
+void check_context_fits(const HParams & hp, const Weights & w, const Placement & pl, int32_t n_ctx,
                         const std::function<size_t(int32_t)> & kv_bytes_at) {
     if (!pl.use_gpu) {
         return;
     }
     const GpuMemory mem = gpu_memory(pl.gpu);
+    const size_t weights_on_gpu = gpu_weight_bytes(hp, w, pl).total();
     const size_t free = pl.gpu.stand_in ? (mem.free > weights_on_gpu ? mem.free - weights_on_gpu : 0) : mem.free;
-    auto need_at = [&](int32_t n) { return kv_bytes_at(n) + estimate_gpu_compute_bytes(hp, n, pl); };
+    auto need_at = [&](int32_t n) { return kv_bytes_at(n) + estimate_gpu_compute_bytes(hp, w, n, pl); };
     const size_t need = need_at(n_ctx);
     if (need <= free) {
         return;
@@ -305,7 +306,7 @@ void check_context_fits(const HParams & hp, const Placement & pl, int32_t n_ctx,
           "the context does not fit on GPU %d (%s): its KV cache needs %.1f MiB for n_ctx=%d and the compute buffers "
           "~%.1f MiB, but %.1f MiB are free (hint: %s)",
           pl.gpu_index, pl.gpu.name.c_str(), kv_bytes_at(n_ctx) / kMiB, n_ctx,
-          estimate_gpu_compute_bytes(hp, n_ctx, pl) / kMiB, free / kMiB, hint.c_str());
+          estimate_gpu_compute_bytes(hp, w, n_ctx, pl) / kMiB, free / kMiB, hint.c_str());
 }
 
 }  // namespace dg

@@ -27,9 +27,6 @@ struct Placement {
     std::vector<uint8_t> layer_on_gpu;     // attention, dense FFN, router and norms (and experts, unless below)
     std::vector<uint8_t> experts_on_host;  // expert matrices of an offloaded layer kept in host memory
     bool head_on_gpu = false;
-    // ggml-cuda's pool copy of an f16 LM head converted to f32 on every pass (the head's matmul asks for f32
-    // precision, graph.cpp gpu_mul_mat): n_vocab x n_embd x 4 bytes when the head is offloaded. Set with the plan.
-    size_t f16_head_f32_copy_bytes = 0;
 
     // True when layer tensor `m` of layer il lives on the GPU.
     bool offloads(int il, ggml_tensor * LayerWeights::* m) const {
@@ -56,8 +53,9 @@ GpuWeightBytes gpu_weight_bytes(const HParams & hp, const Weights & w, const Pla
 
 // Device memory one decoder pass needs besides weights and KV cache, estimated from the shapes: the logits
 // and the self-conditioning input and probabilities (V x C each), the attention scores of the widest layer
-// at n_ctx, and the per-layer activations. Used for the plan before any graph exists.
-size_t estimate_gpu_compute_bytes(const HParams & hp, int32_t n_ctx, const Placement & pl);
+// at n_ctx, the per-layer activations, and ggml-cuda's pool (with an offloaded f16 head, its f32 copy). Used for
+// the plan before any graph exists.
+size_t estimate_gpu_compute_bytes(const HParams & hp, const Weights & w, int32_t n_ctx, const Placement & pl);
 
 // KV cache bytes of the offloaded layers at n_ctx (f32 cache, ring slack as diffgemma_context_new uses).
 size_t estimate_gpu_kv_bytes(const HParams & hp, const Placement & pl, int32_t n_ctx);
@@ -70,9 +68,9 @@ std::string check_and_announce_plan(const HParams & hp, const Weights & w, Place
                                     const diffgemma_model_params & p);
 
 // Before a context allocates its KV cache: the offloaded layers' cache (kv_bytes_at(n_ctx)) and the compute
-// buffers must fit in what the GPU has free now (the stand-in: its size less `weights_on_gpu`). The error
+// buffers must fit in what the GPU has free now (the stand-in: its size less the offloaded weights). The error
 // names the largest n_ctx that fits.
-void check_context_fits(const HParams & hp, const Placement & pl, int32_t n_ctx, size_t weights_on_gpu,
+void check_context_fits(const HParams & hp, const Weights & w, const Placement & pl, int32_t n_ctx,
                         const std::function<size_t(int32_t)> & kv_bytes_at);
 
 }  // namespace dg
