@@ -27,6 +27,16 @@ CpuIsa cpu_tier() {
 
 }  // namespace
 
+bool cpu_has_avx512_bf16() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
+    return has;
+#else
+    return false;
+#endif
+}
+
 CpuIsa kernel_isa() {
     // The switches are read on every call (a getenv per graph node): tests and benchmarks flip them between
     // passes of one process.

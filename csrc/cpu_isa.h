@@ -16,6 +16,10 @@ enum class CpuIsa : int {
 // call (not per panel): it is a getenv.
 CpuIsa kernel_isa();
 
+// True when the CPU runs AVX-512 F/BW/VL with AVX512_BF16: what the bf16 GEMM kernels and the bf16 dequantizers
+// need (probed once; the switches above are for the caller to check with kernel_isa).
+bool cpu_has_avx512_bf16();
+
 // True when the environment variable is set to something other than "" or "0" (our A/B switches).
 bool env_flag(const char * name);
 

@@ -1,6 +1,8 @@
 // See dequant_avx512.h.
 #include "dequant_avx512.h"
 
+#include "cpu_isa.h"
+
 #include <cstdint>
 #include <cstring>
 
@@ -201,12 +203,6 @@ DG_DEQUANT_BF16_TARGET void to_bf16_q8_0(const void * src, uint16_t * y, int64_t
     }
 }
 
-bool cpu_runs_ours_bf16() {
-    static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
-    return ok;
-}
-
 // f16 -> f32 with the F16C conversion (exact, like ggml's table or bit manipulation).
 DG_DEQUANT_TARGET void to_float_f16(const void * src, float * y, int64_t n) {
     const uint16_t * x = static_cast<const uint16_t *>(src);
@@ -269,7 +265,7 @@ ggml_to_float_t fast_to_float(ggml_type type) {
 
 to_bf16_t fast_to_bf16(ggml_type type) {
 #ifdef DG_DEQUANT_AVX512
-    if (cpu_runs_ours_bf16()) {
+    if (cpu_has_avx512_bf16()) {
         switch (type) {
             case GGML_TYPE_Q4_K:
                 return to_bf16_q4_K;

@@ -151,12 +151,6 @@ uint32_t * panel_buffer_bf16() {
     return reinterpret_cast<uint32_t *>((reinterpret_cast<uintptr_t>(storage.data()) + 63) & ~uintptr_t(63));
 }
 
-bool cpu_has_avx512_bf16() {
-    static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                            __builtin_cpu_supports("avx512bf16");
-    return has;
-}
-
 #endif  // DG_GEMM_BF16
 
 }  // namespace
