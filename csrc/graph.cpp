@@ -68,8 +68,9 @@ ggml_tensor * GraphBuilder::matmul_id(ggml_tensor * experts, ggml_tensor * x, gg
 }
 
 // gelu_tanh(gate) * up as one exact custom node (cpu_ops.h): ggml_gelu on the CPU reads an f16 table, whose
-// ~1e-3 relative error would show in HF parity, and the exact op chain costs ten graph nodes. On a real GPU
-// (where `weight`, the matrix that produced gate, lives) ggml's fused GEGLU computes tanh in f32.
+// ~1e-3 relative error would show in HF parity, and the exact op chain costs ten graph nodes. When `weight` (a
+// matrix of the same block, placed with the ones that produced gate: the MoE passes its down experts, which
+// exist for fused and split gate/up alike) lives on a real GPU, ggml's fused GEGLU computes tanh in f32.
 ggml_tensor * GraphBuilder::geglu(ggml_tensor * gate, ggml_tensor * up, const ggml_tensor * weight) {
     if (real_gpu && w.on_gpu(weight)) {
         return ggml_geglu_split(ctx, gate, up);
