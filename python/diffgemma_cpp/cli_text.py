@@ -47,7 +47,12 @@ def offload_options(args: argparse.Namespace) -> dict:
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-m", "--model", required=True, help="GGUF model file")
     add_offload_options(parser)
-    parser.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    parser.add_argument("-t", "--threads", type=int, default=None,
+                        help="CPU threads at most (default: one per physical core); each pass uses only the CPUs "
+                             "free at that moment")
+    parser.add_argument("--fixed-threads", action="store_true",
+                        help="run exactly --threads threads on every pass, even above the CPUs we may use or "
+                             "while other programs keep them busy")
     parser.add_argument("-c", "--ctx-size", type=int, default=None, help="context size in tokens (default: model's)")
     parser.add_argument("--sc-top-k", type=int, default=None, metavar="K",
                         help="approximate self-conditioning with each position's K most probable tokens "
@@ -70,7 +75,7 @@ def _load_model(args: argparse.Namespace) -> Any:
     """Open the model with the options given (options left unset keep the library defaults)."""
     from . import Model  # the engine; imported here so `--help` works without loading anything
 
-    names = {"n_threads": "threads", "n_ctx": "ctx_size", "sc_top_k": "sc_top_k"}
+    names = {"n_threads": "threads", "fixed_threads": "fixed_threads", "n_ctx": "ctx_size", "sc_top_k": "sc_top_k"}
     options = {option: getattr(args, attr, None) for option, attr in names.items()}
     return Model(args.model, **offload_options(args), **{k: v for k, v in options.items() if v is not None})
 
