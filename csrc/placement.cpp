@@ -164,7 +164,7 @@ Placement plan_placement(const HParams & hp, const diffgemma_model_params & p) {
         raise(DIFFGEMMA_ERR_BACKEND,
               "n_gpu_layers=%d requested, but ggml reports no GPU (backends in this build: %s). Hint: n_gpu_layers=0 "
               "runs on the CPU; offload needs a CUDA ggml (USE_CUDA=1 pip install --no-binary libggml-python "
-              "libggml-python) and CMAKE_ARGS=\"-DDIFFGEMMA_CUDA=ON\" pip install .",
+              "'" DIFFGEMMA_GGML_PIN "') and CMAKE_ARGS=\"-DDIFFGEMMA_CUDA=ON\" pip install .",
               p.n_gpu_layers, backends.c_str());
     }
     if (static_cast<size_t>(p.main_gpu) >= gpus.size()) {

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import signal
 import sys
 import threading
@@ -164,6 +165,13 @@ def _on_step(view: Any) -> Any:
 # ---- run --------------------------------------------------------------------------------------
 
 
+def _canvas_view(args: argparse.Namespace) -> Any:
+    """The live canvas of --visual, on a terminal only: redirected output gets plain text, no cursor codes."""
+    from .visual import CanvasView
+
+    return CanvasView() if args.visual and sys.stdout.isatty() else None
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     prompt = args.prompt
     if prompt is None:
@@ -172,9 +180,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             return 2
         prompt = sys.stdin.read()
     model = _load_model(args)
-    from .visual import CanvasView
-
-    view = CanvasView() if args.visual else None
+    view = _canvas_view(args)
     kwargs = dict(_generation_kwargs(args), stream=True, on_step=_on_step(view))
     start = time.perf_counter()
     with _cancel_on_sigint(model):
@@ -204,8 +210,6 @@ CHAT_HELP = "commands: /exit (or Ctrl-D) quits, /reset forgets the conversation,
 def _cmd_chat(args: argparse.Namespace) -> int:
     model = _load_model(args)
     template = _read_template(args)
-    from .visual import CanvasView
-
     system = [{"role": "system", "content": args.system}] if args.system else []
     history: list[dict] = list(system)
     print(CHAT_HELP, file=sys.stderr)
@@ -229,7 +233,7 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         if not user.strip():
             continue
         history.append({"role": "user", "content": user})
-        view = CanvasView() if args.visual else None
+        view = _canvas_view(args)
         start = time.perf_counter()
         with _cancel_on_sigint(model):
             chunks = model.create_chat_completion(history, chat_template=template, stream=True,
@@ -249,8 +253,10 @@ def _cmd_chat(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from .server import log as server_log
     from .server import serve
 
+    server_log.setLevel(logging.INFO)  # the start line and one access line per request, whatever the CLI's level
     model = _load_model(args)
     serve(model, args.host, args.port, model_name=args.alias, max_body_bytes=args.max_body_bytes,
           max_queue=args.max_queue)
@@ -268,7 +274,7 @@ def add_text_commands(subparsers: Any) -> None:
     run.add_argument("-p", "--prompt", default=None, help="the prompt (default: read stdin)")
     _add_sampling_options(run)
     run.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")
-    run.add_argument("--visual", action="store_true", help="watch each canvas denoise live (ANSI terminal)")
+    run.add_argument("--visual", action="store_true", help="watch each canvas denoise live (on a terminal; plain text when redirected)")
     run.set_defaults(func=_friendly_errors(_cmd_run))
 
     chat = subparsers.add_parser("chat", help="interactive multi-turn chat",
@@ -276,7 +282,8 @@ def add_text_commands(subparsers: Any) -> None:
     _add_model_options(chat)
     _add_sampling_options(chat)
     chat.add_argument("--system", default=None, help="system prompt")
-    chat.add_argument("--visual", action="store_true", help="watch each canvas denoise live")
+    chat.add_argument("--visual", action="store_true",
+                      help="watch each canvas denoise live (on a terminal; plain text when redirected)")
     chat.add_argument("--verbose-stats", action="store_true", help="print timing after each answer")
     chat.set_defaults(func=_friendly_errors(_cmd_chat))
 

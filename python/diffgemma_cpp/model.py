@@ -364,9 +364,10 @@ class Model(CompletionMixin, Closeable):
 
     def generate_blocks(self, prompt_ids, max_new_tokens: int = 256, steps: int | None = None, seed: int | None = None,
                         t_min=None, t_max=None, entropy_bound=None, stability_threshold=None, confidence_threshold=None,
-                        on_step: Callable | None = None) -> Iterator[Block]:
+                        on_step: Callable | None = None, budget_name: str = "max_new_tokens") -> Iterator[Block]:
         """Yield each committed canvas as soon as it is denoised (see Block). The KV cache keeps the prompt
-        prefix between calls, so a chat's history is not re-encoded. Raises Cancelled after cancel()."""
+        prefix between calls, so a chat's history is not re-encoded. Raises Cancelled after cancel().
+        budget_name: what the caller's API calls max_new_tokens, for the hint of a context overflow."""
         prompt = _ids(prompt_ids, "prompt_ids")
         p = self._sampler_params(max_new_tokens, steps, seed, dict(t_min=t_min, t_max=t_max, entropy_bound=entropy_bound,
                                                                  stability_threshold=stability_threshold,
@@ -378,7 +379,7 @@ class Model(CompletionMixin, Closeable):
         if needed > self.n_ctx:
             raise errors.ContextOverflowError(
                 f"prompt ({len(prompt)} tokens) + {n_blocks} canvas(es) x {C} = {needed} positions exceed "
-                f"n_ctx = {self.n_ctx} (hint: a larger n_ctx or fewer max_new_tokens)")
+                f"n_ctx = {self.n_ctx} (hint: a larger n_ctx or a smaller {budget_name})")
         with self._exclusive():
             yield from self._stream_blocks(prompt, p, n_blocks, on_step)
 
