@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -19,22 +18,11 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import c_driver  # noqa: E402
 from run_bench import machine  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 V_REAL = 262144
-
-
-def build(out: Path) -> Path:
-    """The driver with the flags CMakeLists.txt gives sampler_math.cpp."""
-    cxx = next((c for c in ("c++", "g++", "clang++") if shutil.which(c)), None)
-    if cxx is None:
-        sys.exit("no C++ compiler on PATH")
-    exe = out / "test_sampler_math"
-    subprocess.run([cxx, "-std=gnu++17", "-O3", "-ffp-contract=off", "-fno-trapping-math", "-I", str(REPO / "csrc"),
-                    str(REPO / "tests" / "c" / "test_sampler_math.cpp"), str(REPO / "csrc" / "sampler_math.cpp"),
-                    "-o", str(exe)], check=True)
-    return exe
 
 
 def main() -> int:
@@ -43,7 +31,10 @@ def main() -> int:
     ap.add_argument("-r", "--repetitions", type=int, default=5)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        exe = build(Path(tmp))
+        try:
+            exe = c_driver.build_sampler_driver(Path(tmp))
+        except c_driver.Unavailable as exc:
+            sys.exit(str(exc))
         fused, naive, ratio = [], [], []
         for _ in range(args.repetitions):
             out = subprocess.run([str(exe), "--bench", str(V_REAL), str(args.rows)], check=True, capture_output=True,

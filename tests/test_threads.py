@@ -4,7 +4,6 @@ tokens whatever number of threads ran. Speed under contention is a benchmark (be
 not a test; these check the rules that make it hold."""
 import logging
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -12,20 +11,11 @@ import pytest
 
 from diffgemma_cpp import Model
 from diffgemma_cpp._native import ffi, lib
-from test_gemm import _libggml
+from c_driver import build_or_skip
+from cpu_limits import cpus_we_may_use
 
 REPO = Path(__file__).resolve().parents[1]
 SUDOKU = REPO / "python" / "diffgemma_cpp" / "models" / "sudoku.gguf"
-
-
-def _cpus_we_may_use():
-    """The oracle for csrc/cpu_threads.cpp cpus_we_may_use: logical CPUs in the affinity mask, cgroup quota."""
-    n = len(os.sched_getaffinity(0))
-    quota = Path("/sys/fs/cgroup/cpu.max")
-    if quota.exists() and quota.read_text().split()[0] != "max":
-        q, period = quota.read_text().split()
-        n = min(n, -(-int(q) // int(period)))
-    return max(1, n)
 
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="needs Linux affinity masks")
@@ -33,18 +23,9 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="ne
 
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory):
-    cxx = next((c for c in ("c++", "g++", "clang++") if shutil.which(c)), None)
-    if cxx is None:
-        pytest.skip("no C++ compiler on PATH")
-    include, lib_dir = _libggml()
-    exe = tmp_path_factory.mktemp("threads") / "test_compute_threads"
-    csrc = REPO / "csrc"
-    sources = ["compute_threads.cpp", "cpu_threads.cpp", "errors.cpp"]
-    subprocess.run([cxx, "-std=gnu++17", "-O1", "-Wall", "-Wextra", "-I", str(csrc), "-I", str(csrc / "include"),
-                    "-I", str(include), str(REPO / "tests" / "c" / "test_compute_threads.cpp"),
-                    *(str(csrc / f) for f in sources), "-L", str(lib_dir), "-lggml-cpu", "-lggml-base", "-lggml",
-                    f"-Wl,-rpath,{lib_dir}", "-pthread", "-o", str(exe)], check=True)
-    return exe
+    return build_or_skip(tmp_path_factory.mktemp("threads") / "test_compute_threads", "test_compute_threads.cpp",
+                         ["compute_threads.cpp", "cpu_threads.cpp", "errors.cpp"], ("-O1",),
+                         ggml_libs=("ggml-cpu", "ggml-base", "ggml"))
 
 
 def _run(driver, *args, other_tasks=None):
@@ -70,7 +51,7 @@ def test_parallel_for_splits_big_work_and_keeps_small_work_on_one_thread(driver)
 
 
 def test_a_pass_runs_only_the_cpus_the_machine_has_free(driver):
-    cpus = _cpus_we_may_use()
+    cpus = cpus_we_may_use()
     want = min(2, cpus)
     assert _run(driver, "pass", 2, 0, other_tasks=0) == str(want)
     assert _run(driver, "pass", 2, 0, other_tasks=cpus - 1) == "1"
@@ -90,7 +71,7 @@ def _one_pass(model):
 
 def test_more_threads_than_cpus_are_capped_with_one_warning(caplog, monkeypatch):
     monkeypatch.setenv("DIFFGEMMA_TEST_OTHER_TASKS", "0")  # an idle machine, whatever else runs now
-    cpus = _cpus_we_may_use()
+    cpus = cpus_we_may_use()
     with caplog.at_level(logging.WARNING, logger="diffgemma_cpp"):
         with Model(SUDOKU, n_threads=cpus + 3) as m:
             _one_pass(m)
@@ -103,7 +84,7 @@ def test_more_threads_than_cpus_are_capped_with_one_warning(caplog, monkeypatch)
 
 def test_fixed_threads_runs_exactly_what_was_asked(caplog, monkeypatch):
     monkeypatch.setenv("DIFFGEMMA_TEST_OTHER_TASKS", "500")
-    cpus = _cpus_we_may_use()
+    cpus = cpus_we_may_use()
     with caplog.at_level(logging.WARNING, logger="diffgemma_cpp"):
         with Model(SUDOKU, n_threads=cpus + 1, fixed_threads=True) as m:
             _one_pass(m)
