@@ -40,10 +40,10 @@ BUSY_LOOP = "import time, sys\nend = time.monotonic() + float(sys.argv[1])\nwhil
 def model_path(name: str, mid_type: str) -> Path:
     if name == "sudoku":
         return SUDOKU
-    path = make_bench_model.cache_root() / name / f"{name}-{'f32' if name == 'tiny' else mid_type}.gguf"
+    wtype = "f32" if name == "tiny" else mid_type
+    path = make_bench_model.gguf_path(name, wtype)
     if not path.exists():
-        sys.exit(f"{path} is missing: python bench/make_bench_model.py --scale {name} --types "
-                 f"{'f32' if name == 'tiny' else mid_type}")
+        sys.exit(f"{path} is missing: python bench/make_bench_model.py --scale {name} --types {wtype}")
     return path
 
 
