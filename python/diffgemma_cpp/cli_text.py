@@ -51,7 +51,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-t", "--threads", type=int, default=None,
                         help="CPU threads at most (default: one per physical core); each pass uses only the CPUs "
                              "free at that moment")
-    parser.add_argument("--fixed-threads", action="store_true",
+    parser.add_argument("--fixed-threads", action="store_true", default=None,
                         help="run exactly --threads threads on every pass, even above the CPUs we may use or "
                              "while other programs keep them busy")
     parser.add_argument("-c", "--ctx-size", type=int, default=None, help="context size in tokens (default: model's)")
