@@ -7,7 +7,7 @@ where each fact was learned. This module only decides the scheme; quantized.py r
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelFileError, UnsupportedTypeError
@@ -38,7 +38,6 @@ class QuantScheme:
     block: tuple | None = None
     group: int = 0
     zero_point: str | None = None
-    extra: dict = field(default_factory=dict)
 
     def describe(self) -> str:
         return f"{self.method} ({self.label})"

@@ -357,6 +357,7 @@ class WeightFinder:
 
     def mark_ignored(self) -> list[str]:
         """Activation / KV-cache scales: read past (the engine keeps activations unquantized)."""
-        names = [n for n in self.ckpt.names() if n not in self.used and n.rsplit(".", 1)[-1] in IGNORED_SUFFIXES]
+        names = [n for n in self.ckpt.names() if n not in self.used
+                 and (n.rsplit(".", 1)[-1] in IGNORED_SUFFIXES or n.endswith(tuple("_" + s for s in IGNORED_SUFFIXES)))]
         self.used.update(names)
         return names
