@@ -84,6 +84,20 @@ def test_ggml_decodes_the_repacked_blocks_exactly(ckpts, tmp_path):
                                   np.full(packed.shape[0], state[stem + "weight_scale_2"].item(), np.float32))
 
 
+def test_split_experts_stream_across_chunk_and_expert_boundaries(ckpts, tmp_path, monkeypatch):
+    """The writer's chunks (here 11 rows of 256) straddle the 256-row per-expert tensors being re-fused: the
+    bytes are those of a conversion in whole-tensor chunks."""
+    from diffgemma_cpp.convert import writer
+
+    convert_checkpoint(ckpts["nvfp4_split"], tmp_path / "big.gguf", "auto", progress=False, quiet=True)
+    monkeypatch.setattr(writer, "CHUNK_ELEMENTS", 3000)
+    convert_checkpoint(ckpts["nvfp4_split"], tmp_path / "small.gguf", "auto", progress=False, quiet=True)
+    big, small = (read_gguf(tmp_path / f)[1] for f in ("big.gguf", "small.gguf"))
+    assert set(big) == set(small)
+    for name in big:
+        np.testing.assert_array_equal(np.asarray(small[name].data), np.asarray(big[name].data), err_msg=name)
+
+
 def test_compressed_tensors_nvfp4_keeps_codes_and_scales(ckpts, tmp_path):
     """Codes and block scales are copied; the global scale is stored inverted (1 / weight_global_scale), one
     extra float32 rounding: within 2^-23 relative of the checkpoint's quotient (QUANTIZED_FORMATS.md)."""

@@ -134,7 +134,8 @@ def convert_checkpoint(hf_dir, outfile=None, outtype: str = "auto", *, tensor_ty
         if dry_run:
             print(format_plan(tensors, [outfile]))
             return []
-        _emit(f"converting {hf_dir} -> {outfile} ({ot.name}, {len(tensors)} tensors)", quiet)
+        kept = " (quantized weights keep their format: NVFP4 as NVFP4, FP8 / INT8 as Q8_0)" if keep_native else ""
+        _emit(f"converting {hf_dir} -> {outfile} ({ot.name}{kept}, {len(tensors)} tensors)", quiet)
         return write_gguf(outfile, kv, tensors, split_max_size=split_max_size, threads=threads, progress=progress)
 
 
