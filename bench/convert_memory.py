@@ -177,7 +177,7 @@ def write_tokenizer(directory: Path) -> None:
                                                                  "mask_token": "<mask>", "add_bos_token": True}))
 
 
-def extrapolate_30_layers(path: Path) -> int:
+def extrapolate_30_layers(path: Path) -> int | None:
     """The output's size with the release's 30 layers (25 sliding, 5 full): its non-layer bytes plus 25 x the mean
     sliding layer and 5 x the mean full layer (needs one of each: the last layer is always full)."""
     import gguf
@@ -193,6 +193,8 @@ def extrapolate_30_layers(path: Path) -> int:
             rest += int(t.n_bytes)
     kinds = layer_types(len(per_layer))
     mean = {k: np.mean([b for il, b in per_layer.items() if kinds[il] == k]) for k in set(kinds)}
+    if len(mean) < 2:
+        return None  # one layer: no sliding layer to measure
     return int(rest + 25 * mean["sliding_attention"] + 5 * mean["full_attention"])
 
 
@@ -225,7 +227,7 @@ def main() -> int:
               "output_GB": round(out.stat().st_size / 1e9, 3),
               "wall_s": round(wall, 1), "MB_per_s": round(size / 1e6 / wall, 1), "peak_rss_MB": round(peak_kb / 1024),
               "largest_tensor_MB": round(largest / 1e6), "threads": args.threads or min(32, os.cpu_count() or 1),
-              "output_GB_30_layers": round(extrapolate_30_layers(out) / 1e9, 3)}
+              "output_GB_30_layers": None if (b30 := extrapolate_30_layers(out)) is None else round(b30 / 1e9, 3)}
     print(json.dumps(result))
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
