@@ -165,12 +165,14 @@ def write_tokenizer(directory: Path) -> None:
     vocab = {t: i for i, t in enumerate(specials)}
     for b in range(256):
         vocab[f"<0x{b:02X}>"] = len(vocab)
-    while len(vocab) < VOCAB:
+    while len(vocab) < VOCAB - 3:
         vocab[f"\u2581tok{len(vocab)}"] = len(vocab)
+    for piece in ("\u2581", "t", "\u2581t"):  # one real merge: the engine's tokenizer wants a non-empty list
+        vocab[piece] = len(vocab)
     tj = {"version": "1.0", "added_tokens": [{"id": i, "content": t, "special": True} for i, t in enumerate(specials)],
           "normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"},
           "decoder": {"type": "Sequence", "decoders": []},
-          "model": {"type": "BPE", "byte_fallback": True, "unk_token": "<unk>", "vocab": vocab, "merges": []}}
+          "model": {"type": "BPE", "byte_fallback": True, "unk_token": "<unk>", "vocab": vocab, "merges": ["\u2581 t"]}}
     (directory / "tokenizer.json").write_text(json.dumps(tj))
     (directory / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<bos>", "eos_token": "<eos>",
                                                                  "unk_token": "<unk>", "pad_token": "<pad>",

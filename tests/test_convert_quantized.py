@@ -66,6 +66,16 @@ def test_modelopt_nvfp4_is_kept_bit_for_bit(ckpts, tmp_path, kind):
     assert dict((k, v) for k, _, v in kv)["general.file_type"] == 39  # MOSTLY_NVFP4
 
 
+def test_hf_quant_config_alone_identifies_modelopt(ckpts, tmp_path):
+    """Model Optimizer exports may name the format only in hf_quant_config.json."""
+    src = _damaged(ckpts["nvfp4_fused"], tmp_path / "ckpt")
+    cfg = json.loads((src / "config.json").read_text())
+    del cfg["quantization_config"]
+    (src / "config.json").write_text(json.dumps(cfg))
+    _, tensors, _, _ = _convert(src, tmp_path / "out.gguf")
+    assert tensors["blk.0.ffn_gate_up_exps.weight"].tensor_type.name == "NVFP4"
+
+
 def test_ggml_decodes_the_repacked_blocks_exactly(ckpts, tmp_path):
     """ggml's own dequantize_row_nvfp4 (libggml-base, not gguf-py) gives e2m1 * e4m3 of the checkpoint, bit for
     bit, for every NVFP4 tensor: the repack, not a requantization."""
