@@ -15,7 +15,7 @@ from ..errors import ModelFileError, UnsupportedTypeError
 # Per-weight activation scales of the W8A8 / W4A4 recipes: the engine runs unquantized activations, so these
 # are read past (never an error), like the KV-cache scales.
 IGNORED_SUFFIXES = ("input_scale", "input_global_scale", "activation_scale", "input_zero_point", "k_scale",
-                    "v_scale", "q_scale", "weight_g_idx")
+                    "v_scale", "q_scale")
 
 
 @dataclass(frozen=True)

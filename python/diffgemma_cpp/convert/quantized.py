@@ -311,6 +311,10 @@ class WeightFinder:
             if zp is not None and np.any(self.ckpt.read_raw(zp, 0, zp.n_rows)):
                 raise UnsupportedModelError(f"tensor {zp.name}: non-zero int8 zero points (asymmetric "
                                             f"{s.describe()}) are not supported")
+        g_idx = _companion(base, "weight_g_idx")[0]
+        if g_idx in self.ckpt:  # GPTQ activation order: columns permuted into groups, not read here
+            raise UnsupportedModelError(f"tensor {g_idx}: activation-ordered groups ({s.describe()} with "
+                                        "weight_g_idx) are not supported")
         se = self._scale_entry(base, entry, s.scale, "scale")
         scale = self._read_scale(se)
         n_lead = int(np.prod(lead)) if lead else 1
