@@ -10,6 +10,9 @@ Formats (convert/QUANTIZED_FORMATS.md says where each field comes from):
   - write_fp8_block: quant_method "fp8", weight_block_size [bo, bi]; `X.weight` F8_E4M3, `X.weight_scale_inv`
     F32 [ceil(rows/bo), ceil(cols/bi)] (the multiplier, despite its name); fused experts as transformers spells
     them (`experts.gate_up_proj` + `experts.gate_up_proj_scale_inv`).
+  - write_fp8_tensor: the same with weight_block_size null, one F32 scale per tensor (`[]`).
+  - write_ct_fp8_channel: compressed-tensors float-quantized, fp8 per output channel (`X.weight_scale`
+    [rows, 1]), experts split: the FP8-dynamic recipe.
   - write_ct_int8: compressed-tensors, format int-quantized, int8 symmetric per channel; `X.weight` I8,
     `X.weight_scale` [rows, 1] (BF16 here, the model's dtype); experts split one Linear per expert
     (`experts.<e>.gate_proj.weight` ...).
@@ -114,6 +117,49 @@ def write_fp8_block(src, out, block=(16, 16)) -> Path:
         new[k[:-len("weight")] + "weight_scale_inv" if k.endswith(".weight") else k + "_scale_inv"] = s
     qc = {"quant_method": "fp8", "activation_scheme": "dynamic", "fmt": "e4m3", "weight_block_size": list(block),
           "modules_to_not_convert": ["embed_tokens", "router", "lm_head"]}
+    return _write(src, out, new, qc)
+
+
+def write_fp8_tensor(src, out) -> Path:
+    """quant_method "fp8" with weight_block_size null: one float32 scale per tensor (`[]`)."""
+    state = load_state(src)
+    new = {}
+    for k, v in state.items():
+        if not _is_quantized(k):
+            new[k] = v
+            continue
+        amax = v.float().abs().max()
+        scale = (amax / E4M3_MAX).reshape(())
+        new[k] = (v.float() / scale).to(torch.float8_e4m3fn)
+        new[k[:-len("weight")] + "weight_scale_inv" if k.endswith(".weight") else k + "_scale_inv"] = scale.float()
+    qc = {"quant_method": "fp8", "activation_scheme": "dynamic", "fmt": "e4m3", "weight_block_size": None}
+    return _write(src, out, new, qc)
+
+
+def _fp8_channel(name: str, w: torch.Tensor) -> dict:
+    amax = w.float().abs().amax(dim=-1, keepdim=True)
+    scale = torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))
+    return {name: (w.float() / scale).to(torch.float8_e4m3fn), name[:-len("weight")] + "weight_scale": scale}
+
+
+def write_ct_fp8_channel(src, out) -> Path:
+    """compressed-tensors float-quantized, fp8 per output channel (the FP8-dynamic recipe), experts split."""
+    state = load_state(src)
+    new = {}
+    for k, v in state.items():
+        if not _is_quantized(k):
+            new[k] = v
+        elif ".experts." in k:
+            new.update(_split_experts(state, k, _fp8_channel))
+        else:
+            new.update(_fp8_channel(k, v))
+    qc = {"quant_method": "compressed-tensors", "format": "float-quantized", "quantization_status": "compressed",
+          "config_groups": {"group_0": {"targets": ["Linear"], "format": "float-quantized",
+                                        "weights": {"num_bits": 8, "type": "float", "symmetric": True,
+                                                    "strategy": "channel", "dynamic": False},
+                                        "input_activations": {"num_bits": 8, "type": "float", "symmetric": True,
+                                                              "strategy": "token", "dynamic": True}}},
+          "ignore": ["lm_head", "re:.*router.*"]}
     return _write(src, out, new, qc)
 
 
@@ -262,14 +308,16 @@ def dequantized(directory) -> dict:
     out: dict = {}
     split: dict = {}
     for k, v in state.items():
-        if k.endswith(("_scale_inv", "weight_scale", "weight_scale_2", "weight_global_scale", "input_scale",
+        if k.endswith(("scale_inv", "weight_scale", "weight_scale_2", "weight_global_scale", "input_scale",
                        "input_global_scale")):
             continue
         base = k.replace(".weight_packed", ".weight")
         if v.dtype == torch.float8_e4m3fn:
-            s = state[k[:-len("weight")] + "weight_scale_inv" if k.endswith(".weight") else k + "_scale_inv"]
-            bo, bi = qc["weight_block_size"]
-            s = s.repeat_interleave(bo, dim=-2).repeat_interleave(bi, dim=-1)[..., :v.shape[-2], :v.shape[-1]]
+            stem = k[:-len("weight")] if k.endswith(".weight") else k + "_"
+            s = state.get(stem + "weight_scale_inv", state.get(stem + "weight_scale", state.get(stem + "scale_inv")))
+            if s.numel() > 1 and s.shape[-1] != 1:  # blocks
+                bo, bi = qc["weight_block_size"]
+                s = s.repeat_interleave(bo, dim=-2).repeat_interleave(bi, dim=-1)[..., :v.shape[-2], :v.shape[-1]]
             value = (v.double() * s.double()).float().numpy()
         elif v.dtype == torch.int8:
             value = (v.double() * state[k[:-len("weight")] + "weight_scale"].double()).float().numpy()

@@ -25,6 +25,8 @@ def ckpts(tmp_path_factory):
     small = tiny_hf.save_checkpoint("small", root / "small", seed=3)
     wide = tiny_hf.save_checkpoint("wide", root / "wide_bf16", seed=5, dtype=torch.bfloat16)
     return {"fp8_block": qc.write_fp8_block(small, root / "fp8"),
+            "fp8_tensor": qc.write_fp8_tensor(small, root / "fp8t"),
+            "ct_fp8_channel_split": qc.write_ct_fp8_channel(small, root / "fp8c"),
             "ct_int8_split": qc.write_ct_int8(small, root / "int8"),
             "nvfp4_fused": qc.write_modelopt_nvfp4(wide, root / "nvfp4f", split_experts=False),
             "nvfp4_split": qc.write_modelopt_nvfp4(wide, root / "nvfp4s", split_experts=True),
@@ -124,7 +126,7 @@ def test_compressed_tensors_nvfp4_keeps_codes_and_scales(ckpts, tmp_path):
     assert worst <= 2.0 ** -23
 
 
-@pytest.mark.parametrize("kind", ["fp8_block", "ct_int8_split"])
+@pytest.mark.parametrize("kind", ["fp8_block", "fp8_tensor", "ct_fp8_channel_split", "ct_int8_split"])
 def test_fp8_and_int8_exact_in_f32(ckpts, tmp_path, kind):
     _, tensors, _, _ = _convert(ckpts[kind], tmp_path / "out.gguf", "f32")
     ref = qc.dequantized(ckpts[kind])
@@ -137,7 +139,7 @@ def test_fp8_and_int8_exact_in_f32(ckpts, tmp_path, kind):
 Q8_0_BOUND = 0.5 + 127 * 2.0 ** -11
 
 
-@pytest.mark.parametrize("kind", ["fp8_block", "ct_int8_split"])
+@pytest.mark.parametrize("kind", ["fp8_block", "fp8_tensor", "ct_fp8_channel_split", "ct_int8_split"])
 def test_fp8_and_int8_default_to_q8_0_within_the_stated_bound(ckpts, tmp_path, kind):
     _, tensors, _, _ = _convert(ckpts[kind], tmp_path / "out.gguf")
     ref = qc.dequantized(ckpts[kind])

@@ -318,7 +318,7 @@ class WeightFinder:
         se = self._scale_entry(base, entry, s.scale, "scale")
         scale = self._read_scale(se)
         n_lead = int(np.prod(lead)) if lead else 1
-        per_tensor = [list(lead) + [1] * k for k in (0, 1, 2)] if lead else [[], [1], [1, 1]]
+        per_tensor = [[], [1], [1, 1]] + ([list(lead) + [1] * k for k in (0, 1, 2)] if lead else [])
         if s.block is not None:
             bo, bi = s.block
             expected = [list(lead) + [_ceil_div(rows, bo), _ceil_div(cols, bi)]]
