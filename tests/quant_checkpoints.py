@@ -315,7 +315,8 @@ def dequantized(directory) -> dict:
         if v.dtype == torch.float8_e4m3fn:
             stem = k[:-len("weight")] if k.endswith(".weight") else k + "_"
             s = state.get(stem + "weight_scale_inv", state.get(stem + "weight_scale", state.get(stem + "scale_inv")))
-            if s.numel() > 1 and s.shape[-1] != 1:  # blocks
+            channel = s.ndim >= 2 and s.shape[-2] == v.shape[-2] and s.shape[-1] == 1
+            if s.numel() > 1 and not channel:  # blocks
                 bo, bi = qc["weight_block_size"]
                 s = s.repeat_interleave(bo, dim=-2).repeat_interleave(bi, dim=-1)[..., :v.shape[-2], :v.shape[-1]]
             value = (v.double() * s.double()).float().numpy()
