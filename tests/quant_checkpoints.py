@@ -10,7 +10,7 @@ Formats (convert/QUANTIZED_FORMATS.md says where each field comes from):
   - write_fp8_block: quant_method "fp8", weight_block_size [bo, bi]; `X.weight` F8_E4M3, `X.weight_scale_inv`
     F32 [ceil(rows/bo), ceil(cols/bi)] (the multiplier, despite its name); fused experts as transformers spells
     them (`experts.gate_up_proj` + `experts.gate_up_proj_scale_inv`).
-  - write_fp8_tensor: the same with weight_block_size null, one F32 scale per tensor (`[]`).
+  - write_fp8_block(block=None): the same with weight_block_size null, one F32 scale per tensor (`[]`).
   - write_ct_fp8_channel: compressed-tensors float-quantized, fp8 per output channel (`X.weight_scale`
     [rows, 1]), experts split: the FP8-dynamic recipe.
   - write_ct_int8: compressed-tensors, format int-quantized, int8 symmetric per channel; `X.weight` I8,
@@ -105,34 +105,25 @@ def _fp8_block(w: torch.Tensor, bo: int, bi: int):
     return q.to(torch.float8_e4m3fn), scale.float()
 
 
+def _fp8_tensor(w: torch.Tensor):
+    scale = (w.float().abs().max() / E4M3_MAX).reshape(())
+    return (w.float() / scale).to(torch.float8_e4m3fn), scale.float()
+
+
 def write_fp8_block(src, out, block=(16, 16)) -> Path:
+    """quant_method "fp8" with weight_block_size [bo, bi]; block=None: one F32 scale per tensor (`[]`)."""
     state = load_state(src)
     new = {}
     for k, v in state.items():
         if not _is_quantized(k):
             new[k] = v
             continue
-        q, s = _fp8_block(v, *block)
+        q, s = _fp8_block(v, *block) if block else _fp8_tensor(v)
         new[k] = q
         new[k[:-len("weight")] + "weight_scale_inv" if k.endswith(".weight") else k + "_scale_inv"] = s
-    qc = {"quant_method": "fp8", "activation_scheme": "dynamic", "fmt": "e4m3", "weight_block_size": list(block),
+    qc = {"quant_method": "fp8", "activation_scheme": "dynamic", "fmt": "e4m3",
+          "weight_block_size": list(block) if block else None,
           "modules_to_not_convert": ["embed_tokens", "router", "lm_head"]}
-    return _write(src, out, new, qc)
-
-
-def write_fp8_tensor(src, out) -> Path:
-    """quant_method "fp8" with weight_block_size null: one float32 scale per tensor (`[]`)."""
-    state = load_state(src)
-    new = {}
-    for k, v in state.items():
-        if not _is_quantized(k):
-            new[k] = v
-            continue
-        amax = v.float().abs().max()
-        scale = (amax / E4M3_MAX).reshape(())
-        new[k] = (v.float() / scale).to(torch.float8_e4m3fn)
-        new[k[:-len("weight")] + "weight_scale_inv" if k.endswith(".weight") else k + "_scale_inv"] = scale.float()
-    qc = {"quant_method": "fp8", "activation_scheme": "dynamic", "fmt": "e4m3", "weight_block_size": None}
     return _write(src, out, new, qc)
 
 
@@ -144,23 +135,7 @@ def _fp8_channel(name: str, w: torch.Tensor) -> dict:
 
 def write_ct_fp8_channel(src, out) -> Path:
     """compressed-tensors float-quantized, fp8 per output channel (the FP8-dynamic recipe), experts split."""
-    state = load_state(src)
-    new = {}
-    for k, v in state.items():
-        if not _is_quantized(k):
-            new[k] = v
-        elif ".experts." in k:
-            new.update(_split_experts(state, k, _fp8_channel))
-        else:
-            new.update(_fp8_channel(k, v))
-    qc = {"quant_method": "compressed-tensors", "format": "float-quantized", "quantization_status": "compressed",
-          "config_groups": {"group_0": {"targets": ["Linear"], "format": "float-quantized",
-                                        "weights": {"num_bits": 8, "type": "float", "symmetric": True,
-                                                    "strategy": "channel", "dynamic": False},
-                                        "input_activations": {"num_bits": 8, "type": "float", "symmetric": True,
-                                                              "strategy": "token", "dynamic": True}}},
-          "ignore": ["lm_head", "re:.*router.*"]}
-    return _write(src, out, new, qc)
+    return _write_ct_w8a8(src, out, _fp8_channel, "float-quantized", "float", ["lm_head", "re:.*router.*"])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -176,22 +151,27 @@ def _int8_channel(name: str, w: torch.Tensor) -> dict:
 
 
 def write_ct_int8(src, out) -> Path:
+    return _write_ct_w8a8(src, out, _int8_channel, "int-quantized", "int",
+                          ["lm_head", "re:.*router.*", "re:.*embed.*"])
+
+
+def _write_ct_w8a8(src, out, quantize, fmt: str, typ: str, ignore: list) -> Path:
+    """compressed-tensors W8A8: 8-bit weights per output channel, dynamic per-token activations, experts split."""
     state = load_state(src)
     new = {}
     for k, v in state.items():
         if not _is_quantized(k):
             new[k] = v
         elif ".experts." in k:
-            new.update(_split_experts(state, k, _int8_channel))
+            new.update(_split_experts(state, k, quantize))
         else:
-            new.update(_int8_channel(k, v))
-    qc = {"quant_method": "compressed-tensors", "format": "int-quantized", "quantization_status": "compressed",
-          "config_groups": {"group_0": {"targets": ["Linear"], "format": "int-quantized",
-                                        "weights": {"num_bits": 8, "type": "int", "symmetric": True,
-                                                    "strategy": "channel", "dynamic": False},
-                                        "input_activations": {"num_bits": 8, "type": "int", "symmetric": True,
-                                                              "strategy": "token", "dynamic": True}}},
-          "ignore": ["lm_head", "re:.*router.*", "re:.*embed.*"]}
+            new.update(quantize(k, v))
+    args = {"num_bits": 8, "type": typ, "symmetric": True}
+    qc = {"quant_method": "compressed-tensors", "format": fmt, "quantization_status": "compressed",
+          "config_groups": {"group_0": {"targets": ["Linear"], "format": fmt,
+                                        "weights": dict(args, strategy="channel", dynamic=False),
+                                        "input_activations": dict(args, strategy="token", dynamic=True)}},
+          "ignore": ignore}
     return _write(src, out, new, qc)
 
 

@@ -25,7 +25,7 @@ def ckpts(tmp_path_factory):
     small = tiny_hf.save_checkpoint("small", root / "small", seed=3)
     wide = tiny_hf.save_checkpoint("wide", root / "wide_bf16", seed=5, dtype=torch.bfloat16)
     return {"fp8_block": qc.write_fp8_block(small, root / "fp8"),
-            "fp8_tensor": qc.write_fp8_tensor(small, root / "fp8t"),
+            "fp8_tensor": qc.write_fp8_block(small, root / "fp8t", block=None),
             "ct_fp8_channel_split": qc.write_ct_fp8_channel(small, root / "fp8c"),
             "ct_int8_split": qc.write_ct_int8(small, root / "int8"),
             "nvfp4_fused": qc.write_modelopt_nvfp4(wide, root / "nvfp4f", split_experts=False),
