@@ -194,15 +194,19 @@ bool packable(const ggml_tensor * w) {
            w->nb[1] == ggml_row_size(w->type, w->ne[0]);
 }
 
-// Whether our GEMM takes this weight type on this CPU: any packable type with AVX-512; with AVX2 only the
-// f32 / f16 / bf16 weights, whose ggml products are plain dot products (quantized ones keep ggml's fast int8
-// kernels, which round the activations to 8 bits).
+// Whether our GEMM takes this weight type on this CPU: any packable type with AVX-512; with AVX2 the f32 / f16 /
+// bf16 weights, whose ggml products are plain dot products, and NVFP4 (other quantized types keep ggml's fast
+// int8 kernels, which round the activations to 8 bits). NVFP4 files come bit for bit from NVFP4 checkpoints,
+// which are meant to be multiplied with unrounded activations: ggml's NVFP4 product (AVX2 too) rounds them to
+// q8_0, while dequantizing its 64-wide blocks into our f32 panels keeps them exact
+// (tests/test_quantized_engine.py measures both).
 bool isa_takes(const ggml_tensor * w) {
     switch (kernel_isa()) {
         case CpuIsa::kAvx512:
             return true;
         case CpuIsa::kAvx2:
-            return w->type == GGML_TYPE_F32 || w->type == GGML_TYPE_F16 || w->type == GGML_TYPE_BF16;
+            return w->type == GGML_TYPE_F32 || w->type == GGML_TYPE_F16 || w->type == GGML_TYPE_BF16 ||
+                   w->type == GGML_TYPE_NVFP4;
         default:
             return false;
     }

@@ -33,16 +33,21 @@ ggml_tensor * GraphBuilder::rms(ggml_tensor * x, ggml_tensor * weight) {
 // A weight matrix times activations: our f32 GEMM (gemm_f32.h) where it applies, else ggml's mul_mat.
 // activations: how the GEMM may round x (gemm_f32.h); ggml's mul_mat rounds as its weight type dictates.
 // Offloaded weights always take ggml's op: a custom op would run on the CPU and pull the weight back.
-ggml_tensor * GraphBuilder::matmul(ggml_tensor * weight, ggml_tensor * x, GemmActivations activations) {
+// An NVFP4 weight's second-level scale multiplies the product (y = (W_blocks x) * s row by row, which equals
+// (W_blocks * s) x, the checkpoint's weights, up to float32 rounding of the output).
+ggml_tensor * GraphBuilder::matmul(ggml_tensor * weight, ggml_tensor * x, GemmActivations activations,
+                                   ggml_tensor * out_scale) {
+    ggml_tensor * y;
     if (w.on_gpu(weight)) {
-        return gpu_mul_mat(weight, x);
+        y = gpu_mul_mat(weight, x);
+    } else if (!gemm_f32_applies(weight, x)) {
+        y = ggml_mul_mat(ctx, weight, x);
+    } else {
+        ggml_tensor * args[2] = {weight, x};
+        y = ggml_custom_4d(ctx, GGML_TYPE_F32, weight->ne[1], x->ne[1], 1, 1, args, 2, gemm_f32_kernel,
+                           GGML_N_TASKS_MAX, gemm_userdata(activations));
     }
-    if (!gemm_f32_applies(weight, x)) {
-        return ggml_mul_mat(ctx, weight, x);
-    }
-    ggml_tensor * args[2] = {weight, x};
-    return ggml_custom_4d(ctx, GGML_TYPE_F32, weight->ne[1], x->ne[1], 1, 1, args, 2, gemm_f32_kernel, GGML_N_TASKS_MAX,
-                          gemm_userdata(activations));
+    return out_scale != nullptr ? ggml_mul(ctx, y, out_scale) : y;
 }
 
 // ggml_mul_mat for the GPU. ggml-cuda multiplies f16 operands through cuBLAS with f16 accumulation unless the
@@ -58,13 +63,22 @@ ggml_tensor * GraphBuilder::gpu_mul_mat(ggml_tensor * a, ggml_tensor * b) {
 }
 
 // Expert matrices times their routed rows: our f32 GEMM where it applies, else ggml's mul_mat_id.
-ggml_tensor * GraphBuilder::matmul_id(ggml_tensor * experts, ggml_tensor * x, ggml_tensor * ids) {
+// out_scale [rows, n_expert]: each routed row's output is scaled by its expert's column.
+ggml_tensor * GraphBuilder::matmul_id(ggml_tensor * experts, ggml_tensor * x, ggml_tensor * ids,
+                                      ggml_tensor * out_scale) {
+    ggml_tensor * y;
     if (w.on_gpu(experts) || !gemm_f32_id_applies(experts, x, ids)) {
-        return ggml_mul_mat_id(ctx, experts, x, ids);
+        y = ggml_mul_mat_id(ctx, experts, x, ids);
+    } else {
+        ggml_tensor * args[3] = {experts, x, ids};
+        y = ggml_custom_4d(ctx, GGML_TYPE_F32, experts->ne[1], ids->ne[0], ids->ne[1], 1, args, 3,
+                           gemm_f32_id_kernel, GGML_N_TASKS_MAX, nullptr);
     }
-    ggml_tensor * args[3] = {experts, x, ids};
-    return ggml_custom_4d(ctx, GGML_TYPE_F32, experts->ne[1], ids->ne[0], ids->ne[1], 1, args, 3, gemm_f32_id_kernel,
-                          GGML_N_TASKS_MAX, nullptr);
+    if (out_scale == nullptr) {
+        return y;
+    }
+    ggml_tensor * s = ggml_get_rows(ctx, out_scale, ggml_reshape_1d(ctx, ids, ids->ne[0] * ids->ne[1]));
+    return ggml_mul(ctx, y, ggml_reshape_3d(ctx, s, y->ne[0], y->ne[1], y->ne[2]));
 }
 
 // gelu_tanh(gate) * up as one exact custom node (cpu_ops.h): ggml_gelu on the CPU reads an f16 table, whose
@@ -104,10 +118,10 @@ ggml_tensor * GraphBuilder::attention(int il, ggml_tensor * h, ggml_tensor * pos
     // bf16 activations here moved the q8_0 file's logits to NMSE 0.090 against the F32 file's, f32 ones keep
     // 0.046 (ggml's int8 activations: 0.062), for ~4% of a Q4_K_M step; v and o gain little (0.033).
     const GemmActivations qk = GemmActivations::kF32;
-    ggml_tensor * q = ggml_reshape_3d(ctx, matmul(l.wq, h, qk), D, hp.n_head, T);
+    ggml_tensor * q = ggml_reshape_3d(ctx, matmul(l.wq, h, qk, l.wq_s), D, hp.n_head, T);
     q = rope(rms(q, l.q_norm));
-    ggml_tensor * k_raw = ggml_reshape_3d(ctx, matmul(l.wk, h, qk), D, n_kv, T);
-    ggml_tensor * v_raw = l.wv != nullptr ? ggml_reshape_3d(ctx, matmul(l.wv, h), D, n_kv, T) : k_raw;
+    ggml_tensor * k_raw = ggml_reshape_3d(ctx, matmul(l.wk, h, qk, l.wk_s), D, n_kv, T);
+    ggml_tensor * v_raw = l.wv != nullptr ? ggml_reshape_3d(ctx, matmul(l.wv, l.wv_s, h), D, n_kv, T) : k_raw;
     ggml_tensor * k = rope(rms(k_raw, l.k_norm));
     ggml_tensor * v = rms(v_raw, nullptr);  // v_norm has no weight
     if (kv.type() != GGML_TYPE_F32) {
@@ -130,7 +144,7 @@ ggml_tensor * GraphBuilder::attention(int il, ggml_tensor * h, ggml_tensor * pos
         ggml_tensor * args[4] = {q, k, v, mask};
         ggml_tensor * out = ggml_custom_4d(ctx, GGML_TYPE_F32, D, hp.n_head, T, 1, args, mask != nullptr ? 4 : 3,
                                            attention_cpu_kernel, GGML_N_TASKS_MAX, nullptr);
-        return matmul(l.wo, ggml_reshape_2d(ctx, out, D * hp.n_head, T));
+        return matmul(l.wo, l.wo_s, ggml_reshape_2d(ctx, out, D * hp.n_head, T));
     }
     ggml_tensor * qp = ggml_permute(ctx, q, 0, 2, 1, 3);                  // [D, T, H]
     ggml_tensor * kp = ggml_permute(ctx, k, 0, 2, 1, 3);                  // [D, Nk, Hkv]
@@ -139,14 +153,14 @@ ggml_tensor * GraphBuilder::attention(int il, ggml_tensor * h, ggml_tensor * pos
     ggml_tensor * vt = ggml_cont(ctx, ggml_permute(ctx, v, 1, 2, 0, 3));  // [Nk, D, Hkv]
     ggml_tensor * out = gpu_mul_mat(vt, kq);                              // [D, T, H]
     out = ggml_cont_2d(ctx, ggml_permute(ctx, out, 0, 2, 1, 3), D * hp.n_head, T);
-    return matmul(l.wo, out);
+    return matmul(l.wo, l.wo_s, out);
 }
 
 ggml_tensor * GraphBuilder::dense_ffn(int il, ggml_tensor * r) {
     const LayerWeights & l = w.layers[static_cast<size_t>(il)];
     ggml_tensor * h = rms(r, l.ffn_norm);
-    ggml_tensor * act = geglu(matmul(l.ffn_gate, h), matmul(l.ffn_up, h), l.ffn_gate);
-    return rms(matmul(l.ffn_down, act), l.post_ffw_norm_1);
+    ggml_tensor * act = geglu(matmul(l.ffn_gate, l.ffn_gate_s, h), matmul(l.ffn_up, l.ffn_up_s, h), l.ffn_gate);
+    return rms(matmul(l.ffn_down, l.ffn_down_s, act), l.post_ffw_norm_1);
 }
 
 ggml_tensor * GraphBuilder::moe(int il, ggml_tensor * r) {
@@ -177,15 +191,15 @@ ggml_tensor * GraphBuilder::moe(int il, ggml_tensor * r) {
     ggml_tensor * gate;
     ggml_tensor * up;
     if (l.gate_up_exps != nullptr) {
-        ggml_tensor * gu = matmul_id(l.gate_up_exps, x, ids);  // [2F, k, T], gate rows first
+        ggml_tensor * gu = matmul_id(l.gate_up_exps, x, ids, l.gate_up_exps_s);  // [2F, k, T], gate rows first
         gate = ggml_view_3d(ctx, gu, F, k, T, gu->nb[1], gu->nb[2], 0);  // strided halves: geglu reads them in place
         up = ggml_view_3d(ctx, gu, F, k, T, gu->nb[1], gu->nb[2], static_cast<size_t>(F) * gu->nb[0]);
     } else {
-        gate = matmul_id(l.gate_exps, x, ids);
-        up = matmul_id(l.up_exps, x, ids);
+        gate = matmul_id(l.gate_exps, x, ids, l.gate_exps_s);
+        up = matmul_id(l.up_exps, x, ids, l.up_exps_s);
     }
     ggml_tensor * act = geglu(gate, up, l.down_exps);                             // [F, k, T]
-    ggml_tensor * y = ggml_mul(ctx, matmul_id(l.down_exps, act, ids), weights);  // [E, k, T]
+    ggml_tensor * y = ggml_mul(ctx, matmul_id(l.down_exps, act, ids, l.down_exps_s), weights);  // [E, k, T]
     ggml_tensor * sum = nullptr;
     for (int j = 0; j < k; ++j) {
         ggml_tensor * part = ggml_view_2d(ctx, y, hp.n_embd, T, y->nb[2], static_cast<size_t>(j) * y->nb[1]);
@@ -261,8 +275,8 @@ GraphInputs GraphBuilder::build_decoder(int32_t n_past, int32_t n_canvas, bool w
         }
         soft = ggml_scale(ctx, soft, hp.embed_scale);
         ggml_tensor * u = rms(soft, w.sc_pre_norm);
-        ggml_tensor * act = geglu(matmul(w.sc_gate, u), matmul(w.sc_up, u), w.sc_gate);
-        x = ggml_add(ctx, x, matmul(w.sc_down, act));
+        ggml_tensor * act = geglu(matmul(w.sc_gate, w.sc_gate_s, u), matmul(w.sc_up, w.sc_up_s, u), w.sc_gate);
+        x = ggml_add(ctx, x, matmul(w.sc_down, w.sc_down_s, act));
     }
     x = rms(x, nullptr);  // self_conditioning.post_norm (no weight), applied on every step
     ggml_set_name(x, kNodeScOut);

@@ -57,9 +57,15 @@ struct GraphBuilder {
     ggml_tensor * rms(ggml_tensor * x, ggml_tensor * weight);
     ggml_tensor * geglu(ggml_tensor * gate, ggml_tensor * up, const ggml_tensor * weight);
     ggml_tensor * softcap(ggml_tensor * logits);
-    ggml_tensor * matmul(ggml_tensor * weight, ggml_tensor * x, GemmActivations activations = GemmActivations::kAuto);
+    // `out_scale`: an NVFP4 weight's per-row second-level scale (weights.h), multiplied into the output; nullptr
+    // for every other weight.
+    ggml_tensor * matmul(ggml_tensor * weight, ggml_tensor * x, GemmActivations activations = GemmActivations::kAuto,
+                         ggml_tensor * out_scale = nullptr);
+    ggml_tensor * matmul(ggml_tensor * weight, ggml_tensor * out_scale, ggml_tensor * x) {
+        return matmul(weight, x, GemmActivations::kAuto, out_scale);
+    }
     ggml_tensor * gpu_mul_mat(ggml_tensor * a, ggml_tensor * b);
-    ggml_tensor * matmul_id(ggml_tensor * experts, ggml_tensor * x, ggml_tensor * ids);
+    ggml_tensor * matmul_id(ggml_tensor * experts, ggml_tensor * x, ggml_tensor * ids, ggml_tensor * out_scale);
     ggml_tensor * attention(int il, ggml_tensor * h, ggml_tensor * pos, int32_t n_past, bool encoder,
                             ggml_tensor * mask);
     ggml_tensor * dense_ffn(int il, ggml_tensor * r);

@@ -33,7 +33,7 @@ bool is_matrix_type(ggml_type t) {
         case GGML_TYPE_F32: case GGML_TYPE_F16: case GGML_TYPE_BF16:
         case GGML_TYPE_Q4_0: case GGML_TYPE_Q4_1: case GGML_TYPE_Q5_0: case GGML_TYPE_Q5_1: case GGML_TYPE_Q8_0:
         case GGML_TYPE_Q2_K: case GGML_TYPE_Q3_K: case GGML_TYPE_Q4_K: case GGML_TYPE_Q5_K: case GGML_TYPE_Q6_K:
-        case GGML_TYPE_IQ4_NL: case GGML_TYPE_IQ4_XS: case GGML_TYPE_MXFP4:
+        case GGML_TYPE_IQ4_NL: case GGML_TYPE_IQ4_XS: case GGML_TYPE_MXFP4: case GGML_TYPE_NVFP4:
             return true;
         default:
             return false;
@@ -154,6 +154,9 @@ std::vector<ggml_tensor *> bind_tensors(ggml_context * meta, HParams & hp, Weigh
     w.sc_gate = b.get(tensor_name(Tensor::SELF_COND_GATE), {E, hp.n_ff}, false, Role::Matrix);
     w.sc_up = b.get(tensor_name(Tensor::SELF_COND_UP), {E, hp.n_ff}, false, Role::Matrix);
     w.sc_down = b.get(tensor_name(Tensor::SELF_COND_DOWN), {hp.n_ff, E}, false, Role::Matrix);
+    w.sc_gate_s = b.get(tensor_name(Tensor::SELF_COND_GATE_OUT_SCALE), {hp.n_ff}, false, Role::Vector);
+    w.sc_up_s = b.get(tensor_name(Tensor::SELF_COND_UP_OUT_SCALE), {hp.n_ff}, false, Role::Vector);
+    w.sc_down_s = b.get(tensor_name(Tensor::SELF_COND_DOWN_OUT_SCALE), {E}, false, Role::Vector);
     const int n_sc = (w.sc_pre_norm != nullptr) + (w.sc_gate != nullptr) + (w.sc_up != nullptr) + (w.sc_down != nullptr);
     if (n_sc != 0 && n_sc != 4) {
         raise(DIFFGEMMA_ERR_UNSUPPORTED_MODEL, "the self-conditioning tensors (self_cond_pre_norm/gate/up/down) must be all present or all absent; %d of 4 found", n_sc);
@@ -197,6 +200,25 @@ std::vector<ggml_tensor *> bind_tensors(ggml_context * meta, HParams & hp, Weigh
         l.post_ffw_norm = b.get(name(LayerTensor::POST_FFW_NORM), {E}, true, Role::Vector);
         l.dec_scale = b.get(name(LayerTensor::LAYER_OUTPUT_SCALE), {1}, true, Role::Vector);
         l.enc_scale = b.get(name(LayerTensor::ENC_LAYER_OUTPUT_SCALE), {1}, true, Role::Vector);
+        auto out_scale = [&](LayerTensor t, std::initializer_list<int64_t> shape) {
+            return b.get(name(t), shape, false, Role::Vector);
+        };
+        const int64_t FE = hp.n_ff_exp;
+        const int64_t NE = hp.n_expert;
+        l.wq_s = out_scale(LayerTensor::ATTN_Q_OUT_SCALE, {q_dim});
+        l.wk_s = out_scale(LayerTensor::ATTN_K_OUT_SCALE, {kv_dim});
+        l.wv_s = l.wv != nullptr ? out_scale(LayerTensor::ATTN_V_OUT_SCALE, {kv_dim}) : nullptr;
+        l.wo_s = out_scale(LayerTensor::ATTN_OUTPUT_OUT_SCALE, {E});
+        l.ffn_gate_s = out_scale(LayerTensor::FFN_GATE_OUT_SCALE, {hp.n_ff});
+        l.ffn_up_s = out_scale(LayerTensor::FFN_UP_OUT_SCALE, {hp.n_ff});
+        l.ffn_down_s = out_scale(LayerTensor::FFN_DOWN_OUT_SCALE, {E});
+        if (l.gate_up_exps != nullptr) {
+            l.gate_up_exps_s = out_scale(LayerTensor::FFN_GATE_UP_EXPS_OUT_SCALE, {2 * FE, NE});
+        } else {
+            l.gate_exps_s = out_scale(LayerTensor::FFN_GATE_EXPS_OUT_SCALE, {FE, NE});
+            l.up_exps_s = out_scale(LayerTensor::FFN_UP_EXPS_OUT_SCALE, {FE, NE});
+        }
+        l.down_exps_s = out_scale(LayerTensor::FFN_DOWN_EXPS_OUT_SCALE, {E, NE});
     }
     for (ggml_tensor * t = ggml_get_first_tensor(meta); t != nullptr; t = ggml_get_next_tensor(meta, t)) {
         if (used.count(ggml_get_name(t)) == 0) {

@@ -41,6 +41,19 @@ struct LayerWeights {
     ggml_tensor * post_ffw_norm = nullptr;    // [n_embd]  after dense + MoE
     ggml_tensor * dec_scale = nullptr;        // [1] decoder (canvas) layer scalar
     ggml_tensor * enc_scale = nullptr;        // [1] encoder (clean tokens) layer scalar
+    // NVFP4 weights' second-level scales (optional, f32, one per output row; [rows, n_expert] for experts): the
+    // product's output is multiplied by them (GraphBuilder::matmul / matmul_id).
+    ggml_tensor * wq_s = nullptr;
+    ggml_tensor * wk_s = nullptr;
+    ggml_tensor * wv_s = nullptr;
+    ggml_tensor * wo_s = nullptr;
+    ggml_tensor * ffn_gate_s = nullptr;
+    ggml_tensor * ffn_up_s = nullptr;
+    ggml_tensor * ffn_down_s = nullptr;
+    ggml_tensor * gate_up_exps_s = nullptr;
+    ggml_tensor * gate_exps_s = nullptr;
+    ggml_tensor * up_exps_s = nullptr;
+    ggml_tensor * down_exps_s = nullptr;
 };
 
 // Every tensor member of LayerWeights, in one list, so that placement and byte counts cannot miss one (the
@@ -52,15 +65,19 @@ inline constexpr ggml_tensor * LayerWeights::* kLayerTensors[] = {
     &LayerWeights::gate_inp, &LayerWeights::gate_inp_scale, &LayerWeights::pre_ffw_norm_2,
     &LayerWeights::gate_up_exps, &LayerWeights::gate_exps, &LayerWeights::up_exps, &LayerWeights::down_exps,
     &LayerWeights::down_exps_scale, &LayerWeights::post_ffw_norm_2, &LayerWeights::post_ffw_norm,
-    &LayerWeights::dec_scale, &LayerWeights::enc_scale,
+    &LayerWeights::dec_scale, &LayerWeights::enc_scale, &LayerWeights::wq_s, &LayerWeights::wk_s,
+    &LayerWeights::wv_s, &LayerWeights::wo_s, &LayerWeights::ffn_gate_s, &LayerWeights::ffn_up_s,
+    &LayerWeights::ffn_down_s, &LayerWeights::gate_up_exps_s, &LayerWeights::gate_exps_s, &LayerWeights::up_exps_s,
+    &LayerWeights::down_exps_s,
 };
 static_assert(sizeof(LayerWeights) == sizeof(kLayerTensors) / sizeof(kLayerTensors[0]) * sizeof(ggml_tensor *),
               "a LayerWeights member is missing from kLayerTensors");
 
-// The expert matrices: what cpu_moe / n_cpu_moe keep in host memory.
+// The expert matrices (and their NVFP4 scales, which stay with them): what cpu_moe / n_cpu_moe keep in host memory.
 inline bool is_expert_tensor(ggml_tensor * LayerWeights::* m) {
     return m == &LayerWeights::gate_up_exps || m == &LayerWeights::gate_exps || m == &LayerWeights::up_exps ||
-           m == &LayerWeights::down_exps;
+           m == &LayerWeights::down_exps || m == &LayerWeights::gate_up_exps_s || m == &LayerWeights::gate_exps_s ||
+           m == &LayerWeights::up_exps_s || m == &LayerWeights::down_exps_s;
 }
 
 struct Weights {
@@ -71,6 +88,9 @@ struct Weights {
     ggml_tensor * sc_gate = nullptr;       // [n_embd, n_ff]
     ggml_tensor * sc_up = nullptr;         // [n_embd, n_ff]
     ggml_tensor * sc_down = nullptr;       // [n_ff, n_embd]
+    ggml_tensor * sc_gate_s = nullptr;     // NVFP4 second-level scales of the three (optional, see LayerWeights)
+    ggml_tensor * sc_up_s = nullptr;
+    ggml_tensor * sc_down_s = nullptr;
     ggml_tensor * embd_t = nullptr;        // [n_vocab, n_embd] transposed copy of tok_embd for probs @ E (ours)
     ggml_tensor * head = nullptr;          // the tied LM head: tok_embd, or its GPU copy when the head is offloaded
     std::vector<LayerWeights> layers;
@@ -91,6 +111,7 @@ struct Weights {
 // it. One list for placement, byte counts and the memory plan.
 inline constexpr ggml_tensor * Weights::* kHeadTensors[] = {
     &Weights::output_norm, &Weights::sc_pre_norm, &Weights::sc_gate, &Weights::sc_up, &Weights::sc_down, &Weights::embd_t,
+    &Weights::sc_gate_s, &Weights::sc_up_s, &Weights::sc_down_s,
 };
 
 struct Placement;

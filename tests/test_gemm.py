@@ -19,7 +19,7 @@ from kernel_tier import cpu_flags
 REPO = Path(__file__).resolve().parents[1]
 
 # Weight types whose products take the bf16 path on a CPU with AVX512_BF16 (f32 and f16 keep the f32 path).
-BF16_PATH_TYPES = ["bf16", "q8_0", "q4_K", "q6_K", "q5_0"]
+BF16_PATH_TYPES = ["bf16", "q8_0", "q4_K", "q6_K", "q5_0", "nvfp4"]
 F32_PATH_TYPES = ["f32", "f16"]
 
 
@@ -101,11 +101,11 @@ def test_dense_gemm_matches_numpy(driver, has_bf16, tmp_path, wtype, N, K, T):
 
 
 @pytest.mark.skipif(not (" avx2" in cpu_flags() and " fma" in cpu_flags()), reason="the AVX2 tier needs AVX2 + FMA")
-@pytest.mark.parametrize("wtype", ["f32", "f16", "bf16"])
+@pytest.mark.parametrize("wtype", ["f32", "f16", "bf16", "nvfp4"])
 @pytest.mark.parametrize("N,K,T", [(80, 768, 13), (40, 1536, 7), (33, 256, 8)])
 def test_avx2_tier_matches_numpy(driver, tmp_path, wtype, N, K, T):
-    """CPUs without AVX-512 run the AVX2 register tile (csrc/gemm_f32.cpp) for f32/f16/bf16 weights with f32
-    activations; DIFFGEMMA_CPU_ISA=avx2 selects it here. Partial last panels (N=33, 40, 80) and token counts
+    """CPUs without AVX-512 run the AVX2 register tile (csrc/gemm_f32.cpp) for f32/f16/bf16 and NVFP4 weights
+    with f32 activations; DIFFGEMMA_CPU_ISA=avx2 selects it here. Partial last panels (N=33, 40, 80) and token counts
     that leave a partial 3-token tile."""
     out = tmp_path / "out.bin"
     _run(driver, "check", wtype, N, K, T, out, env={"DIFFGEMMA_CPU_ISA": "avx2"})
@@ -116,12 +116,13 @@ def test_avx2_tier_matches_numpy(driver, tmp_path, wtype, N, K, T):
 
 
 @pytest.mark.skipif(not (" avx2" in cpu_flags() and " fma" in cpu_flags()), reason="the AVX2 tier needs AVX2 + FMA")
-def test_avx2_tier_experts_stay_f32(driver, tmp_path):
-    """Capped at the AVX2 tier, bf16 experts (the one bf16-path type that tier takes) keep f32 activations:
+@pytest.mark.parametrize("wtype,K", [("bf16", 70), ("nvfp4", 128)])
+def test_avx2_tier_experts_stay_f32(driver, tmp_path, wtype, K):
+    """Capped at the AVX2 tier, bf16 and NVFP4 experts (the bf16-path types that tier takes) keep f32 activations:
     neither the bf16 panels nor the row tiles (AVX512_BF16) run, so the default output is the f32 path's, bit
     for bit, and within f32 accuracy of NumPy."""
     out = tmp_path / "out.bin"
-    _run(driver, "check-id", "bf16", 37, 70, 9, 8, 2, out, env={"DIFFGEMMA_CPU_ISA": "avx2"})
+    _run(driver, "check-id", wtype, 37, K, 9, 8, 2, out, env={"DIFFGEMMA_CPU_ISA": "avx2"})
     _, w, x, ids, (y, y_f32, y_one, y_panels) = read_id(out)
     for v in (y, y_one, y_panels):
         np.testing.assert_array_equal(v, y_f32)
@@ -173,7 +174,7 @@ def check_experts(driver, has_bf16, tmp_path, wtype, N, K, T, n_expert, n_used):
     return counts
 
 
-@pytest.mark.parametrize("wtype", ["f32", "q4_K", "q6_K", "q8_0"])
+@pytest.mark.parametrize("wtype", ["f32", "q4_K", "q6_K", "q8_0", "nvfp4"])
 def test_expert_gemm_matches_numpy(driver, has_bf16, tmp_path, wtype):
     check_experts(driver, has_bf16, tmp_path, wtype, 80, 512, 23, 8, 3)
 
@@ -197,6 +198,7 @@ def test_expert_gemm_matches_numpy(driver, has_bf16, tmp_path, wtype):
     ("q5_K", 7, 256, 9, 3, 2),
     ("q4_0", 7, 64, 9, 3, 2),
     ("mxfp4", 7, 64, 9, 3, 2),
+    ("nvfp4", 7, 64, 9, 3, 2),
     ("iq4_nl", 7, 64, 9, 3, 2),
     # More slots than experts: the driver draws a token's experts with repetition (one expert twice).
     ("q4_K", 9, 256, 6, 2, 5),

@@ -19,13 +19,19 @@ import numpy as np
 
 from ..errors import ModelFileError, UnsupportedTypeError
 
-# safetensors dtype -> (bytes per element, numpy dtype of the stored value). bf16 is read as raw uint16.
+# safetensors dtype -> (bytes per element, numpy dtype of the stored value). bf16 is read as raw uint16; the
+# 8-bit dtypes are the stored codes of quantized checkpoints (fp8 e4m3 bytes, int8 values, packed fp4 pairs),
+# which only quantized.py interprets.
 _DTYPES = {
     "F32": (4, np.dtype("<f4")),
     "F16": (2, np.dtype("<f2")),
     "BF16": (2, np.dtype("<u2")),
+    "F8_E4M3": (1, np.dtype("u1")),
+    "U8": (1, np.dtype("u1")),
+    "I8": (1, np.dtype("i1")),
 }
-SUPPORTED_DTYPES = tuple(_DTYPES)
+SUPPORTED_DTYPES = ("F32", "F16", "BF16")  # what read_f32 widens: the float dtypes
+QUANTIZED_DTYPES = ("F8_E4M3", "U8", "I8")
 # Element sizes of every safetensors dtype, so a header's shape can be checked against its byte range even for
 # tensors the converter does not read (a bad entry anywhere means the file is damaged).
 _ELEMENT_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2,
@@ -243,9 +249,14 @@ class Checkpoint:
 
     def check_dtype(self, entry: TensorEntry) -> None:
         """Refuse a tensor the converter cannot read. (Its shape was checked against its byte range at open.)"""
-        if entry.dtype not in _DTYPES:
+        if entry.dtype in QUANTIZED_DTYPES:
+            raise UnsupportedTypeError(f"tensor {entry.name} has dtype {entry.dtype} but config.json declares no "
+                                       "quantization_config (and there is no hf_quant_config.json) that says how "
+                                       "to read it")
+        if entry.dtype not in SUPPORTED_DTYPES:
             raise UnsupportedTypeError(f"tensor {entry.name} has dtype {entry.dtype}; the converter reads "
-                                       f"{', '.join(SUPPORTED_DTYPES)} (dequantize the checkpoint first)")
+                                       f"{', '.join(SUPPORTED_DTYPES)} and the quantized formats of "
+                                       "QUANTIZED_FORMATS.md (dequantize the checkpoint first)")
 
     def read_raw(self, entry: TensorEntry, row_start: int, n_rows: int) -> np.ndarray:
         """Rows [row_start, row_start+n_rows) of the tensor viewed as 2-D, in the stored dtype (bf16 as uint16)."""

@@ -101,7 +101,9 @@ def add_convert_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("hf_dir", metavar="HF_DIR", help="checkpoint folder (config.json, *.safetensors, tokenizer.json)")
     p.add_argument("--outfile", "-o", default=None, help="output GGUF (default: HF_DIR/<name>-<TYPE>.gguf)")
     p.add_argument("--outtype", type=_outtype, default="auto", metavar="TYPE",
-                   help=f"one of {', '.join(OUTTYPE_CHOICES)} (default auto: bf16 for a bf16 checkpoint)")
+                   help=f"one of {', '.join(OUTTYPE_CHOICES)} (default auto: bf16 for a bf16 checkpoint; a "
+                        "quantized checkpoint keeps NVFP4 weights as NVFP4 and writes FP8 / INT8 ones as q8_0; "
+                        "any other type dequantizes them first)")
     _common(p)
     p.set_defaults(func=_run_convert)
     return p

@@ -17,8 +17,9 @@ from .. import names
 from ..errors import ModelFileError, ModelLoadError, UnsupportedModelError, UnsupportedTypeError
 from .checkpoint import Checkpoint, bf16_to_f32
 from .hparams import load_generation_eos, load_hparams, model_kv
+from .quant_formats import load_quant_scheme
 from .quant_rules import FLOAT_TYPES, assign_types, parse_outtype, parse_overrides
-from .tensors import RowSource, OutTensor, plan_tensors, role_of
+from .tensors import RowSource, OutTensor, array_source, out_scale_name, plan_tensors, role_of
 from .vocab import load_vocab, vocab_kv
 from .writer import tensor_nbytes, write_gguf
 
@@ -67,6 +68,43 @@ def _emit(msg: str, quiet: bool) -> None:
         print(msg, flush=True)
 
 
+def add_out_scales(tensors) -> list:
+    """After each weight kept in NVFP4 from an NVFP4 checkpoint, its second-level scale as an F32 sidecar
+    ("<weight>.out_scale": one value per output row, [rows] or [rows, experts]) that the graph multiplies the
+    product by. A weight re-encoded to another type has its scale applied in its dequantized values instead."""
+    out = []
+    for t in tensors:
+        out.append(t)
+        if t.qtype != Q.NVFP4 or t.source.raw_type != Q.NVFP4 or t.source.row_scale is None:
+            continue
+        name = out_scale_name(t.name)
+        if name is None:
+            raise UnsupportedModelError(f"{t.hf_name or t.name}: NVFP4 is not supported for this tensor")
+        scale = t.source.row_scale()
+        ne = (t.ne[1],) if len(t.ne) == 2 else (t.ne[1], t.ne[2])
+        s = OutTensor(name, ne, "scale", t.layer, array_source(scale.reshape(tuple(reversed(ne)))), t.hf_name)
+        s.qtype = Q.F32
+        out.append(s)
+    return out
+
+
+def file_type_main(tensors) -> int:
+    """The most common type among the matrices (by bytes): what names a `auto` conversion of a quantized file."""
+    sizes: dict = {}
+    for t in tensors:
+        if t.n_dims >= 2 and t.role not in ("scale",):
+            sizes[t.qtype] = sizes.get(t.qtype, 0) + tensor_nbytes(t)
+    return max(sizes, key=sizes.get)
+
+
+def _file_type(tensors, ot):
+    from gguf import LlamaFileType as FT
+
+    main = Q(file_type_main(tensors))
+    return {Q.NVFP4: FT.MOSTLY_NVFP4, Q.Q8_0: FT.MOSTLY_Q8_0, Q.BF16: FT.MOSTLY_BF16, Q.F16: FT.MOSTLY_F16,
+            Q.F32: FT.ALL_F32}.get(main, ot.file_type)
+
+
 def convert_checkpoint(hf_dir, outfile=None, outtype: str = "auto", *, tensor_types=(), dry_run: bool = False,
                        split_max_size: int = 0, threads: int | None = None, progress: bool = True,
                        quiet: bool = False) -> list:
@@ -77,19 +115,27 @@ def convert_checkpoint(hf_dir, outfile=None, outtype: str = "auto", *, tensor_ty
     hp = load_hparams(hf_dir)
     vocab = load_vocab(hf_dir, generation_eos=load_generation_eos(hf_dir))
     overrides = parse_overrides(tensor_types)
+    scheme = load_quant_scheme(hf_dir)
+    if scheme is not None:
+        _emit(f"quantized checkpoint: {scheme.describe()}", quiet)
     with Checkpoint(hf_dir) as ckpt:
-        tensors = plan_tensors(hp, ckpt, n_vocab_out=len(vocab), log=lambda m: _emit(m, quiet))
+        tensors = plan_tensors(hp, ckpt, n_vocab_out=len(vocab), log=lambda m: _emit(m, quiet), scheme=scheme)
         source_dtypes = {t.source.dtype for t in tensors if t.hf_name}
         ot = parse_outtype(outtype, source_dtypes)
-        assign_types(tensors, ot, overrides, n_layer=hp.n_layer)
+        keep_native = scheme is not None and outtype.lower() == "auto"
+        assign_types(tensors, ot, overrides, n_layer=hp.n_layer, keep_native=keep_native)
+        tensors = add_out_scales(tensors)
+        file_type = _file_type(tensors, ot) if keep_native else ot.file_type
+        name = ot.name.upper() if not keep_native else Q(file_type_main(tensors)).name
         if outfile is None:
-            outfile = hf_dir / f"{hp.name}-{ot.name.upper()}.gguf"
+            outfile = hf_dir / f"{hp.name}-{name}.gguf"
         embd = next(t for t in tensors if t.role == "token_embd")
-        kv = model_kv(hp, int(ot.file_type), size_label(tensors), embed_dtype=embd.source.dtype) + vocab_kv(vocab)
+        kv = model_kv(hp, int(file_type), size_label(tensors), embed_dtype=embd.source.dtype) + vocab_kv(vocab)
         if dry_run:
             print(format_plan(tensors, [outfile]))
             return []
-        _emit(f"converting {hf_dir} -> {outfile} ({ot.name}, {len(tensors)} tensors)", quiet)
+        kept = " (quantized weights keep their format: NVFP4 as NVFP4, FP8 / INT8 as Q8_0)" if keep_native else ""
+        _emit(f"converting {hf_dir} -> {outfile} ({ot.name}{kept}, {len(tensors)} tensors)", quiet)
         return write_gguf(outfile, kv, tensors, split_max_size=split_max_size, threads=threads, progress=progress)
 
 

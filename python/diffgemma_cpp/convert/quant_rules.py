@@ -117,8 +117,23 @@ def _fallback(qtype: Q, row_len: int) -> Q:
     return qtype if fits(qtype, row_len) else Q.F32
 
 
-def assign_types(tensors, outtype: OutType, overrides=(), n_layer: int | None = None) -> None:
-    """Set `.qtype` on every OutTensor (in file order, which the attn_v counter depends on)."""
+def _native_type(t) -> Q | None:
+    """`auto` on a quantized checkpoint: the type its quantized weights keep (NVFP4 as NVFP4, fp8 / int8 as
+    Q8_0). The embedding and the router stay out of NVFP4 (read by get_rows / kept F32 by every recipe): exact
+    F32 for them, as for an NVFP4 row ggml's 64-wide blocks cannot tile."""
+    native = getattr(t.source, "native", None)
+    if native is None or t.n_dims < 2 or t.role in _ALWAYS_F32_ROLES:
+        return None
+    native = Q(native)
+    if native == Q.NVFP4 and (t.role == "token_embd" or not fits(native, t.ne[0])):
+        return Q.F32
+    return native
+
+
+def assign_types(tensors, outtype: OutType, overrides=(), n_layer: int | None = None,
+                 keep_native: bool = False) -> None:
+    """Set `.qtype` on every OutTensor (in file order, which the attn_v counter depends on). keep_native: a
+    quantized checkpoint converted with `auto` keeps its quantized weights' own types (_native_type)."""
     n_attn_v = sum(1 for t in tensors if t.role == "attn_v")
     if n_layer is None:
         n_layer = 1 + max((t.layer for t in tensors if t.layer is not None), default=0)
@@ -129,7 +144,10 @@ def assign_types(tensors, outtype: OutType, overrides=(), n_layer: int | None = 
             qtype = Q.F32
         else:
             qtype = _recipe_type(t, outtype, i_attn_v, n_attn_v, n_layer)
-        if t.n_dims >= 2:
+            native = _native_type(t) if keep_native else None
+            if native is not None:
+                qtype = native
+        if t.n_dims >= 2 and t.role not in ("scale",):
             for rx, forced in overrides:
                 if rx.search(t.name):
                     qtype = forced

@@ -17,6 +17,8 @@ from .. import names
 from ..errors import UnsupportedModelError
 from .checkpoint import Checkpoint, TensorEntry
 from .hparams import HParams
+from .quant_formats import QuantScheme
+from .quantized import ConcatRows, Matrix, WeightFinder
 
 DECODER = "model.decoder."
 ENCODER = "model.encoder.language_model."
@@ -32,6 +34,8 @@ class RowSource:
     read_raw: Callable[[int, int], np.ndarray] | None = None   # stored bytes, for same-type copies
     raw_type: int | None = None                  # ggml type of read_raw's bytes
     origin: str | None = None                    # the file the rows are read from, for error messages
+    native: int | None = None                    # quantized checkpoints: the ggml type `auto` keeps it in
+    row_scale: Callable[[], np.ndarray] | None = None  # NVFP4: per-row second-level scale (see quantized.py)
 
     @property
     def n_elements(self) -> int:
@@ -60,15 +64,17 @@ def array_source(values: np.ndarray) -> RowSource:
     return RowSource(a2.shape[0], a2.shape[1], "F32", lambda s, c: a2[s:s + c])
 
 
-def checkpoint_source(ckpt: Checkpoint, entry: TensorEntry, n_rows: int | None = None) -> RowSource:
-    from gguf import GGMLQuantizationType as Q
+def matrix_source(m: Matrix, origin: str | None, n_rows: int | None = None) -> RowSource:
+    """The RowSource of a checkpoint weight (plain, dequantized, or NVFP4 blocks copied as they are)."""
+    return RowSource(n_rows=m.n_rows if n_rows is None else n_rows, row_len=m.row_len, dtype=m.dtype, read=m.rows,
+                     read_raw=m.blocks if m.raw_type is not None else None, raw_type=m.raw_type, origin=origin,
+                     native=m.native, row_scale=m.row_scale if m.row_scale() is not None else None)
 
-    raw_types = {"F32": Q.F32, "F16": Q.F16, "BF16": Q.BF16}
-    return RowSource(
-        n_rows=entry.n_rows if n_rows is None else n_rows, row_len=entry.row_len, dtype=entry.dtype,
-        read=lambda s, c: ckpt.read_f32(entry, s, c),
-        read_raw=lambda s, c: ckpt.read_raw(entry, s, c), raw_type=raw_types.get(entry.dtype),
-        origin=entry.path.name)
+
+def _source(found: Found, n_rows: int | None = None) -> RowSource:
+    m = found.matrix
+    origin = getattr(getattr(m, "entry", None) or getattr(m, "codes", None), "path", None)
+    return matrix_source(m, origin.name if origin is not None else None, n_rows)
 
 
 def rope_freqs(hp: HParams) -> np.ndarray:
@@ -95,6 +101,22 @@ ROLE_BY_ID = {
     "FFN_GATE_UP_EXPS": "ffn_gate_up_exps", "FFN_GATE_EXPS": "ffn_gate_exps", "FFN_UP_EXPS": "ffn_up_exps",
     "FFN_DOWN_EXPS": "ffn_down_exps",
 }
+# NVFP4 weights carry their second-level scale in a sidecar F32 tensor "<ID>_OUT_SCALE" (names table).
+ROLE_BY_ID.update({ident: "scale" for ident in list(names.TENSOR) + list(names.LAYER_TENSOR)
+                   if ident.endswith("_OUT_SCALE")})
+
+
+def out_scale_name(gguf_name: str) -> str | None:
+    """The sidecar scale tensor's name of weight `gguf_name` (None if the names table has none for it)."""
+    for ident, pattern in names.TENSOR.items():
+        if pattern == gguf_name and ident + "_OUT_SCALE" in names.TENSOR:
+            return names.TENSOR[ident + "_OUT_SCALE"]
+    m = re.match(r"blk\.(\d+)\.", gguf_name)
+    if m:
+        for ident, pattern in names.LAYER_TENSOR.items():
+            if pattern.replace("%d", m.group(1)) == gguf_name and ident + "_OUT_SCALE" in names.LAYER_TENSOR:
+                return names.LAYER_TENSOR[ident + "_OUT_SCALE"].replace("%d", m.group(1))
+    return None
 
 
 def role_of(gguf_name: str) -> tuple:
@@ -154,34 +176,83 @@ _GLOBAL_SPECS = [
 ]
 
 
-class _Resolver:
-    """Finds HF tensors (decoder name, else the encoder.language_model fallback) and checks their shapes."""
+# Experts stored one tensor per expert and projection (vLLM's layout, what quantizers that work per nn.Linear
+# write): HF suffix of the fused parameter -> the per-expert projections whose rows it stacks, in order.
+_SPLIT_EXPERTS = {"experts.gate_up_proj": ("gate_proj", "up_proj"), "experts.down_proj": ("down_proj",)}
 
-    def __init__(self, ckpt: Checkpoint):
+
+@dataclass
+class Found:
+    """A weight the resolver found: its name (the first tensor of a split stack) and its rows."""
+    name: str
+    matrix: Matrix
+
+    @property
+    def shape(self) -> tuple:
+        return (self.matrix.n_rows, self.matrix.row_len)
+
+
+class _Resolver:
+    """Finds HF weights (decoder name, else the encoder.language_model fallback), plain or quantized, fused or
+    split per expert, and checks their shapes."""
+
+    def __init__(self, ckpt: Checkpoint, scheme: QuantScheme | None = None):
         self.ckpt = ckpt
-        self.used: set[str] = set()
+        self.finder = WeightFinder(ckpt, scheme)
         self.missing: list[str] = []
         self.misshapen: list[str] = []
 
-    def find(self, suffix: str, shape: tuple, prefixes=(DECODER, ENCODER)) -> TensorEntry | None:
+    @property
+    def used(self) -> set:
+        return self.finder.used
+
+    def find(self, suffix: str, shape: tuple, prefixes=(DECODER, ENCODER)) -> Found | None:
         for prefix in prefixes:
             name = prefix + suffix
-            if name in self.ckpt:
-                entry = self.ckpt.entries[name]
-                self.used.add(name)
-                if tuple(entry.shape) != tuple(shape):
-                    self.misshapen.append(f"{name}: expected {list(shape)}, found {list(entry.shape)}")
+            if self.finder.exists(name):
+                m, why = self.finder.open(name, shape)
+                if m is None:
+                    self.misshapen.append(why)
                     return None
-                self.ckpt.check_dtype(entry)
-                return entry
+                return Found(name, m)
+        split = self._find_split(suffix, shape, prefixes)
+        if split is not None:
+            return split
         self.missing.append(f"{prefixes[0]}{suffix} {list(shape)}")
         return None
 
+    def _find_split(self, suffix: str, shape: tuple, prefixes) -> Found | None:
+        """experts.gate_up_proj / experts.down_proj from experts.<e>.<proj>.weight, re-fused (gate rows first)."""
+        layer, _, param = suffix.rpartition(".experts.")
+        projs = _SPLIT_EXPERTS.get("experts." + param)
+        if projs is None:
+            return None
+        n_expert, rows, cols = shape
+        per_proj = rows // len(projs)
+        for prefix in prefixes:
+            first = f"{prefix}{layer}.experts.0.{projs[0]}.weight"
+            if not self.finder.exists(first):
+                continue
+            parts = []
+            for e in range(n_expert):
+                for proj in projs:
+                    name = f"{prefix}{layer}.experts.{e}.{proj}.weight"
+                    if not self.finder.exists(name):
+                        self.missing.append(f"{name} [{per_proj}, {cols}] (experts stored one per tensor)")
+                        return None
+                    m, why = self.finder.open(name, (per_proj, cols))
+                    if m is None:
+                        self.misshapen.append(why)
+                        return None
+                    parts.append(m)
+            return Found(first, ConcatRows(parts))
+        return None
 
-def plan_tensors(hp: HParams, ckpt: Checkpoint, n_vocab_out: int, log=print) -> list:
+
+def plan_tensors(hp: HParams, ckpt: Checkpoint, n_vocab_out: int, log=print, scheme: QuantScheme | None = None) -> list:
     """The output tensors in file order, each with its source. Raises UnsupportedModelError listing every missing
     or misshapen tensor at once."""
-    res = _Resolver(ckpt)
+    res = _Resolver(ckpt, scheme)
     out: list[OutTensor] = [OutTensor(names.tensor("ROPE_FREQS"), (hp.head_dim_full // 2,), "rope_freqs", None,
                                       array_source(rope_freqs(hp)))]
 
@@ -193,25 +264,25 @@ def plan_tensors(hp: HParams, ckpt: Checkpoint, n_vocab_out: int, log=print) -> 
         if n_vocab_out < hp.n_vocab:
             log(f"trimming token_embd from {hp.n_vocab} to the tokenizer's {n_vocab_out} rows")
         out.append(OutTensor(names.tensor("TOKEN_EMBD"), (hp.n_embd, n_vocab_out), "token_embd", None,
-                             checkpoint_source(ckpt, embd, n_rows=n_vocab_out), embd.name))
+                             _source(embd, n_rows=n_vocab_out), embd.name))
 
     for ident, suffix, shape_fn in _GLOBAL_SPECS:
         entry = res.find(suffix, shape_fn(hp))
         if entry is not None:
-            out.append(OutTensor(names.tensor(ident), tuple(reversed(entry.shape)), ROLE_BY_ID[ident], None,
-                                 checkpoint_source(ckpt, entry), entry.name))
+            out.append(OutTensor(names.tensor(ident), tuple(reversed(shape_fn(hp))), ROLE_BY_ID[ident], None,
+                                 _source(entry), entry.name))
 
     for il in range(hp.n_layer):
         for ident, suffix, shape in _layer_specs(hp, il):
             entry = res.find(f"layers.{il}.{suffix}", shape)
             if entry is not None:
-                out.append(OutTensor(names.layer_tensor(ident, il), tuple(reversed(entry.shape)), ROLE_BY_ID[ident], il,
-                                     checkpoint_source(ckpt, entry), entry.name))
+                out.append(OutTensor(names.layer_tensor(ident, il), tuple(reversed(shape)), ROLE_BY_ID[ident], il,
+                                     _source(entry), entry.name))
         # The encoder's copy of the per-layer scalar: only the encoder prefix counts (no decoder fallback).
         entry = res.find(f"layers.{il}.layer_scalar", (1,), prefixes=(ENCODER,))
         if entry is not None:
             out.append(OutTensor(names.layer_tensor("ENC_LAYER_OUTPUT_SCALE", il), (1,), "scalar", il,
-                                 checkpoint_source(ckpt, entry), entry.name))
+                                 _source(entry), entry.name))
 
     problems = []
     if res.missing:
@@ -222,6 +293,10 @@ def plan_tensors(hp: HParams, ckpt: Checkpoint, n_vocab_out: int, log=print) -> 
     if problems:
         raise UnsupportedModelError("checkpoint does not match its config.json: " + " | ".join(problems))
 
+    ignored = res.finder.mark_ignored()
+    if ignored:
+        log(f"ignoring {len(ignored)} activation / KV-cache scale tensor(s) (the engine keeps activations "
+            "unquantized)")
     unused = [n for n in ckpt.names() if n not in res.used]
     vision = [n for n in unused if n.startswith("model.encoder.") and not n.startswith(ENCODER)]
     if vision:
