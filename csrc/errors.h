@@ -48,10 +48,21 @@ class GgmlErrorCapture {
     std::string text() const;
 };
 
+// While alive on a thread, a ggml abort raised by ggml-rpc (a lost or misbehaving RPC server) throws dg::Error
+// instead of killing the process (rpc.h says why and what follows). Defined in rpc.cpp.
+class RemoteFaultScope {
+  public:
+    RemoteFaultScope();
+    ~RemoteFaultScope();
+    RemoteFaultScope(const RemoteFaultScope &) = delete;
+    RemoteFaultScope & operator=(const RemoteFaultScope &) = delete;
+};
+
 // Runs `fn` and turns any escaping exception into a recorded status, so no C++ exception crosses the C API.
 template <typename Fn>
 int32_t guard(Fn && fn) {
     try {
+        RemoteFaultScope remote_faults;
         return fn();
     } catch (const Error & e) {
         return fail(e.status, "%s", e.message.c_str());

@@ -94,6 +94,7 @@ inline constexpr ggml_tensor * Weights::* kHeadTensors[] = {
 };
 
 struct Placement;
+struct Gpu;
 
 // Owns the mapping, the ggml contexts and buffers behind Weights.
 class WeightStore {
@@ -110,18 +111,21 @@ class WeightStore {
 
     size_t mapped_bytes() const { return map_size_; }
 
-    // Copies the weights `pl` offloads into one GPU buffer and repoints `w` at the copies (the mapping keeps
-    // the originals: the host layers and the input embedding read them there). Throws dg::Error.
+    // Copies the weights `pl` offloads into one buffer per device and repoints `w` at the copies (the mapping
+    // keeps the originals: the host layers and the input embedding read them there). Throws dg::Error.
     void place(const HParams & hp, const Placement & pl, Weights & w);
 
   private:
+    // One device's share: copies of the tensors behind `slots` in one buffer there.
+    void place_on(const Gpu & gpu, const std::vector<ggml_tensor **> & slots, Weights & w);
+
     void * map_ = nullptr;
     size_t map_size_ = 0;
     ggml_backend_buffer_t weights_buf_ = nullptr;
     ggml_context * derived_ctx_ = nullptr;
     ggml_backend_buffer_t derived_buf_ = nullptr;
-    ggml_context * gpu_ctx_ = nullptr;
-    ggml_backend_buffer_t gpu_buf_ = nullptr;
+    std::vector<ggml_context *> gpu_ctxs_;           // one per offload device that holds weights
+    std::vector<ggml_backend_buffer_t> gpu_bufs_;
 };
 
 }  // namespace dg
