@@ -52,6 +52,30 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
 
 
+def link_bytes(endpoints) -> int:
+    """Bytes this process has sent (acknowledged) and received on its TCP connections to `endpoints` (Linux
+    TCP_INFO: tcpi_bytes_acked and tcpi_bytes_received, at offsets 120 and 128), i.e. ggml's RPC traffic."""
+    import struct
+
+    peers = {(h, int(p)) for h, p in (e.rsplit(":", 1) for e in endpoints)}
+    total = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            s = socket.socket(fileno=os.dup(int(name)))
+        except (OSError, ValueError):
+            continue
+        with s:
+            try:
+                if s.type != socket.SOCK_STREAM or s.getpeername()[:2] not in peers:
+                    continue
+                info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+            except OSError:
+                continue
+            acked, received = struct.unpack_from("<QQ", info, 120)
+            total += acked + received
+    return total
+
+
 @contextlib.contextmanager
 def servers(n: int, threads: int = 1):
     """n servers; yields (endpoints, processes)."""

@@ -3,6 +3,7 @@
 #include "errors.h"
 
 #include <cstdlib>
+#include <cstring>
 #include <string>
 
 namespace dg {
@@ -64,6 +65,8 @@ std::vector<Gpu> list_gpus() {
         Gpu g;
         g.dev = dev;
         g.id = ggml_backend_dev_name(dev);
+        // The RPC backend's own registry; its devices' names are RPC0, RPC1, ... in registration order.
+        g.remote = std::strcmp(ggml_backend_reg_name(ggml_backend_dev_backend_reg(dev)), "RPC") == 0;
         g.name = format("%s (%s)", ggml_backend_dev_name(dev), ggml_backend_dev_description(dev));
         gpus.push_back(g);
     }

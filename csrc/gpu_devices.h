@@ -21,6 +21,7 @@ struct Gpu {
     ggml_backend_dev_t dev = nullptr;  // the ggml device (the CPU device for the stand-in)
     bool stand_in = false;
     size_t stand_in_bytes = 0;         // the stand-in's memory
+    bool remote = false;               // an RPC server's device (rpc.h)
     std::string id;                    // what `devices` names it by: ggml's device name ("CUDA0", "RPC1"), "StandIn0"
     std::string name;                  // "CUDA0 (NVIDIA H100 80GB HBM3)"
 };

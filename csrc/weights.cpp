@@ -430,6 +430,9 @@ void WeightStore::place_on(const Gpu & gpu, const std::vector<ggml_tensor **> & 
         }
         *slots[i] = copies[i];
         w.gpu_tensors.insert(copies[i]);
+        if (gpu.remote) {
+            w.remote_tensors.insert(copies[i]);
+        }
     }
 }
 

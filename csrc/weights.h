@@ -75,6 +75,7 @@ struct Weights {
     ggml_tensor * head = nullptr;          // the tied LM head: tok_embd, or its GPU copy when the head is offloaded
     std::vector<LayerWeights> layers;
     std::unordered_set<const ggml_tensor *> gpu_tensors;  // the offloaded copies (WeightStore::place)
+    std::unordered_set<const ggml_tensor *> remote_tensors;  // those of them on an RPC server's device
 
     // True for a weight (or a view of one) offloaded to the GPU: the graph then builds it with ggml's own ops,
     // which every backend has, instead of our CPU custom ops. (Kept as a set rather than compared by buffer:
@@ -84,6 +85,13 @@ struct Weights {
             t = t->view_src;
         }
         return t != nullptr && gpu_tensors.count(t) != 0;
+    }
+    // True for a weight on an RPC device, whose backend (possibly a CPU) this process cannot see.
+    bool on_remote(const ggml_tensor * t) const {
+        if (t != nullptr && t->view_src != nullptr) {
+            t = t->view_src;
+        }
+        return t != nullptr && remote_tensors.count(t) != 0;
     }
 };
 

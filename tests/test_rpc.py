@@ -62,9 +62,10 @@ class FakeServer:
 
 
 def _load_error(endpoint: str) -> tuple[str, float]:
+    path = fx.gguf("wide:trained", "f32")
     t0 = time.monotonic()
     with pytest.raises(errors.BackendError) as e:
-        Model(fx.gguf("wide:trained", "f32"), n_gpu_layers=-1, rpc_servers=[endpoint])
+        Model(path, n_gpu_layers=-1, rpc_servers=[endpoint])
     return str(e.value), time.monotonic() - t0
 
 
