@@ -7,6 +7,7 @@
 #include "diffgemma.h"
 
 #include <string>
+#include <vector>
 
 namespace dg {
 
@@ -22,6 +23,10 @@ void log(int32_t level, const char * fmt, ...) __attribute__((format(printf, 2, 
 // A message the user should see whatever the log level (the offload memory plan): INFO through the log
 // callback, or stderr when none is set.
 void announce(const char * text);
+
+// "a, b,,c" -> {"a", "b", "c"}: the comma-separated lists of the C API (devices, RPC endpoints), items trimmed
+// of blanks, empty ones dropped; {} for NULL.
+std::vector<std::string> split_list(const char * text);
 
 // printf into a std::string.
 std::string format(const char * fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -312,16 +312,7 @@ namespace {
 // The devices `devices` names ("CUDA0,RPC1"), in that order; every offload device when it is empty.
 std::vector<size_t> chosen_devices(const std::vector<Gpu> & gpus, const char * devices) {
     std::vector<size_t> chosen;
-    const std::string names = devices != nullptr ? devices : "";
-    size_t at = 0;
-    while (at < names.size()) {
-        size_t comma = names.find(',', at);
-        comma = comma == std::string::npos ? names.size() : comma;
-        const std::string name = names.substr(at, comma - at);
-        at = comma + 1;
-        if (name.empty()) {
-            continue;
-        }
+    for (const std::string & name : split_list(devices)) {
         size_t i = 0;
         while (i < gpus.size() && gpus[i].id != name) {
             ++i;

@@ -151,25 +151,9 @@ struct Fd {
 bool rpc_available() { return ggml_backend_reg_by_name("RPC") != nullptr; }
 
 std::vector<std::string> parse_rpc_endpoints(const char * list) {
-    std::vector<std::string> out;
-    if (list == nullptr) {
-        return out;
-    }
-    std::string s(list);
-    size_t start = 0;
-    while (start <= s.size()) {
-        size_t comma = s.find(',', start);
-        if (comma == std::string::npos) {
-            comma = s.size();
-        }
-        std::string item = s.substr(start, comma - start);
-        item.erase(0, item.find_first_not_of(" \t"));
-        item.erase(item.find_last_not_of(" \t") + 1);
-        if (!item.empty()) {
-            split_endpoint(item);  // checks the shape
-            out.push_back(item);
-        }
-        start = comma + 1;
+    std::vector<std::string> out = split_list(list);
+    for (const std::string & item : out) {
+        split_endpoint(item);  // checks the shape
     }
     return out;
 }
@@ -360,16 +344,7 @@ int32_t diffgemma_rpc_serve(const char * host, int32_t port, const char * device
                       "libggml-python with GGML_RPC=ON, then reinstall diffgemma-cpp)");
         }
         std::vector<ggml_backend_dev_t> devs;
-        std::string names = devices != nullptr ? devices : "";
-        size_t start_at = 0;
-        while (start_at < names.size()) {
-            size_t comma = names.find(',', start_at);
-            comma = comma == std::string::npos ? names.size() : comma;
-            const std::string name = names.substr(start_at, comma - start_at);
-            start_at = comma + 1;
-            if (name.empty()) {
-                continue;
-            }
+        for (const std::string & name : dg::split_list(devices)) {
             ggml_backend_dev_t d = ggml_backend_dev_by_name(name.c_str());
             if (d == nullptr) {
                 std::string known;

@@ -27,9 +27,6 @@ def serve(host: str = "127.0.0.1", port: int = 50052, devices: str | None = None
     use, a ggml without RPC)."""
     if not isinstance(port, int) or not 1 <= port <= 65535:
         raise InvalidArgumentError(f"port must be in 1..65535, got {port!r}")
-    if not lib.diffgemma_rpc_available():
-        raise InvalidArgumentError("this ggml has no RPC backend: build it with `scripts/build_ggml.sh rpc` "
-                                   "(README, Install), then reinstall diffgemma-cpp")
     scope = "loopback only" if host.startswith("127.") or host == "localhost" else "REACHABLE FROM THE NETWORK"
     print(f"diffgemma-cpp rpc-server on {host}:{port} ({scope}). WARNING: {WARNING}", file=sys.stderr, flush=True)
     dev = ffi.new("char[]", devices.encode()) if devices else ffi.NULL
