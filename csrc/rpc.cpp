@@ -46,10 +46,50 @@ constexpr size_t kHelloReplySize = 4 + kCapsSize;
 
 thread_local int t_fault_scopes = 0;
 
+std::mutex g_mutex;                            // registration
+std::set<std::string> g_registered;            // endpoints whose devices ggml knows
+std::mutex g_addr_mutex;                       // the addresses; never held across an RPC call
+std::vector<sockaddr_in> g_registered_addrs;   // registered endpoints' addresses, to find ggml's sockets
+
+// Calls fn(fd) for every socket of this process connected to a registered server (ggml opens them lazily,
+// one per endpoint, and keeps them while buffers exist).
+template <typename Fn>
+void for_each_rpc_socket(Fn fn) {
+    std::lock_guard<std::mutex> lock(g_addr_mutex);
+    if (g_registered_addrs.empty()) {
+        return;
+    }
+    DIR * dir = opendir("/proc/self/fd");
+    if (dir == nullptr) {
+        return;
+    }
+    while (dirent * e = readdir(dir)) {
+        const int fd = std::atoi(e->d_name);
+        if (fd <= 2 || fd == dirfd(dir)) {
+            continue;
+        }
+        sockaddr_in peer{};
+        socklen_t len = sizeof(peer);
+        if (getpeername(fd, reinterpret_cast<sockaddr *>(&peer), &len) != 0 || peer.sin_family != AF_INET) {
+            continue;
+        }
+        for (const sockaddr_in & a : g_registered_addrs) {
+            if (a.sin_addr.s_addr == peer.sin_addr.s_addr && a.sin_port == peer.sin_port) {
+                fn(fd);
+            }
+        }
+    }
+    closedir(dir);
+}
+
 // ggml's abort callback: inside a RemoteFaultScope, an abort raised by ggml-rpc (a lost or misbehaving server)
-// becomes a dg::Error; anything else keeps ggml's behaviour (the message, then abort()).
+// becomes a dg::Error; anything else keeps ggml's behaviour (the message, then abort()). The connections to the
+// servers are shut down first: a stalled server would otherwise cost every later call and every free of its
+// buffers another socket timeout (measured: 30 s each, 92 s to close a model), a dead one nothing more. This
+// ends the process's other RPC connections too; their models fail their next call and must be reloaded.
 void on_ggml_abort(const char * message) {
     if (t_fault_scopes > 0 && std::strstr(message, "ggml-rpc") != nullptr) {
+        for_each_rpc_socket([](int fd) { shutdown(fd, SHUT_RDWR); });
         throw Error{DIFFGEMMA_ERR_BACKEND,
                     format("the connection to an RPC server was lost or it answered garbage (%s); the model's remote "
                            "weights are gone with it: close it and load it again once the server is back (hint: "
@@ -57,10 +97,6 @@ void on_ggml_abort(const char * message) {
     }
     std::fprintf(stderr, "%s\n", message);
 }
-
-std::mutex g_mutex;
-std::set<std::string> g_registered;            // endpoints whose devices ggml knows
-std::vector<sockaddr_in> g_registered_addrs;   // their addresses, to find ggml's sockets
 
 struct Endpoint {
     std::string host;
@@ -250,37 +286,16 @@ void add_rpc_server(const std::string & endpoint) {
     }
     ggml_backend_register(server);
     g_registered.insert(endpoint);
+    std::lock_guard<std::mutex> addr_lock(g_addr_mutex);
     g_registered_addrs.push_back(addr);
 }
 
 void set_rpc_socket_timeouts() {
-    std::lock_guard<std::mutex> lock(g_mutex);
-    if (g_registered_addrs.empty()) {
-        return;
-    }
-    DIR * dir = opendir("/proc/self/fd");
-    if (dir == nullptr) {
-        return;
-    }
     const timeval tv{kRpcIoTimeoutS, 0};
-    while (dirent * e = readdir(dir)) {
-        const int fd = std::atoi(e->d_name);
-        if (fd <= 2 || fd == dirfd(dir)) {
-            continue;
-        }
-        sockaddr_in peer{};
-        socklen_t len = sizeof(peer);
-        if (getpeername(fd, reinterpret_cast<sockaddr *>(&peer), &len) != 0 || peer.sin_family != AF_INET) {
-            continue;
-        }
-        for (const sockaddr_in & a : g_registered_addrs) {
-            if (a.sin_addr.s_addr == peer.sin_addr.s_addr && a.sin_port == peer.sin_port) {
-                setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-                setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-            }
-        }
-    }
-    closedir(dir);
+    for_each_rpc_socket([&tv](int fd) {
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    });
 }
 
 RemoteFaultScope::RemoteFaultScope() {

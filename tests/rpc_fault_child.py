@@ -1,12 +1,14 @@
-"""Run by tests/test_rpc.py in a child process: a model on ggml RPC servers whose server is killed in the middle
-of a canvas. A child, because registering a server cannot be undone in a process, and because the point is that
+"""Run by tests/test_rpc.py in a child process: a model on ggml RPC servers whose last server is killed (or
+stopped: SIGSTOP, a server that hangs) in the middle of a canvas. A child, because registering a server cannot be undone in a process, and because the point is that
 the process survives: had ggml's abort() gone through, this child would die of SIGABRT instead of printing JSON.
 
-    python tests/rpc_fault_child.py MODEL.gguf N_SERVERS
+    python tests/rpc_fault_child.py MODEL.gguf N_SERVERS kill|stop
 """
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -27,7 +29,7 @@ def timed_error(fn) -> dict:
 
 
 def main() -> int:
-    path, n = sys.argv[1], int(sys.argv[2])
+    path, n, how = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     out = {}
     with rpc_servers.servers(n) as (endpoints, procs):
         split = dict(tensor_split=[1] * n) if n > 1 else {}
@@ -38,7 +40,10 @@ def main() -> int:
 
         def on_step(step, n_steps, canvas):
             if step == 1 and not killed:  # mid-canvas: the first step's pass ran on the server
-                rpc_servers.stop(procs[-1])
+                if how == "kill":
+                    rpc_servers.stop(procs[-1])
+                else:  # alive but silent: only the socket timeouts (rpc.h) end the wait
+                    os.kill(procs[-1].pid, signal.SIGSTOP)
                 killed["at"] = time.monotonic()
 
         t0 = time.monotonic()
