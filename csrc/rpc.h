@@ -13,8 +13,9 @@
 //     takes the path above.
 //   - send() on a closed socket raises SIGPIPE, which kills a process that did not ignore it (Python does):
 //     registering a server sets SIGPIPE to ignored if it was still at its default.
-// After a fault the model's remote buffers are gone: every later call fails fast with the same error, and
-// freeing the model does not block (frees that fail are skipped: free_remote_quietly).
+// At a fault the process's connections to RPC servers are shut down (a hung server would otherwise cost every
+// later call and free another timeout): the models on them lose their remote buffers, every later call fails
+// fast with the same error, and freeing a model does not block (failing frees are skipped: free_remote_quietly).
 #pragma once
 
 #include "ggml-backend.h"
