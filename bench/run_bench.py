@@ -151,18 +151,27 @@ def run(args) -> dict:
             "encode_gflop": encode_flops(shape, args.prompt_tokens) / 1e9, "summary": summarize(reps), "runs": reps}
 
 
+# The matrix ISAs that decide which kernels can run (ours and the baselines'), named as /proc/cpuinfo does.
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8")
+
+
 def machine() -> str:
-    cpu = platform.processor() or "?"
+    """The CPU's model, its matrix ISA flags, the load and our system info (kernel tier, threads)."""
+    cpu, flags = platform.processor() or "?", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
                 break
     except OSError:
         pass
     from diffgemma_cpp import system_info
 
-    return f"{cpu}, {os.cpu_count()} hardware threads, load average {os.getloadavg()[0]:.1f}; {system_info()}"
+    isa = " ".join(f for f in ISA_FLAGS if f in flags) or "none of " + "/".join(ISA_FLAGS)
+    return (f"{cpu} (ISA: {isa}), {os.cpu_count()} hardware threads, load average {os.getloadavg()[0]:.1f}; "
+            f"{system_info()}")
 
 
 def markdown(res: dict) -> str:

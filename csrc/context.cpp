@@ -1,6 +1,5 @@
 // diffgemma_context: the KV cache, the scheduler and the two compute passes (encoder, decoder).
 #include "cpu_isa.h"
-#include "cpu_threads.h"
 #include "errors.h"
 #include "graph.h"
 #include "model.h"
@@ -10,7 +9,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <thread>
 
 namespace dg {
 
@@ -98,6 +96,7 @@ void compute(diffgemma_context * c, ggml_cgraph * gf, const char * what) {
 }
 
 void run(diffgemma_context * c, ggml_cgraph * gf, const char * what) {
+    c->timing.totals.n_threads_last = c->threads->prepare_pass(c->cpu);
     const enum ggml_status st = ggml_backend_sched_graph_compute(c->sched, gf);
     if (st == GGML_STATUS_ABORTED || c->cancel.load()) {
         dg::raise(DIFFGEMMA_ERR_CANCELLED, "the %s pass was cancelled", what);
@@ -303,6 +302,7 @@ void diffgemma_context_default_params(diffgemma_context_params * p) {
     p->n_ctx = 0;
     p->n_batch = 0;
     p->n_threads = 0;
+    p->fixed_threads = 0;
     p->kv_type = DIFFGEMMA_KV_F32;
     p->sc_top_k = 0;
     p->sc_top_k_renormalize = 0;
@@ -345,12 +345,15 @@ int32_t diffgemma_context_new(diffgemma_model * model, const diffgemma_context_p
         c->n_batch = p.n_batch > 0 ? p.n_batch : 512;
         c->sc_topk.k = p.sc_top_k;
         c->sc_topk.renormalize = p.sc_top_k_renormalize != 0;
-        c->n_threads = p.n_threads > 0 ? p.n_threads : dg::default_thread_count();
+        if (p.fixed_threads != 0 && p.fixed_threads != 1) {
+            dg::raise(DIFFGEMMA_ERR_INVALID_ARGUMENT, "fixed_threads must be 0 or 1, got %d", p.fixed_threads);
+        }
+        c->threads = std::make_unique<dg::ComputeThreads>(p.n_threads, p.fixed_threads != 0);
         c->cpu = ggml_backend_cpu_init();
         if (c->cpu == nullptr) {
             dg::raise(DIFFGEMMA_ERR_BACKEND, "cannot initialise the ggml CPU backend");
         }
-        ggml_backend_cpu_set_n_threads(c->cpu, c->n_threads);
+        c->threads->attach(c->cpu);
         ggml_backend_cpu_set_abort_callback(c->cpu, abort_requested, c.get());
         // Ring slack of sliding layers: one encoder chunk, and at least one canvas, so that a prompt repeated
         // after one generated block still finds its sliding windows in the cache.

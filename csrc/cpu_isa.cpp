@@ -51,4 +51,18 @@ CpuIsa kernel_isa() {
     return tier;
 }
 
+const char * kernel_tier_description() {
+    switch (kernel_isa()) {
+        case CpuIsa::kAvx512:
+            return cpu_has_avx512_bf16() && !env_flag("DIFFGEMMA_NO_BF16")
+                       ? "AVX-512 BF16 (every weight type; quantized and bf16 weights through VDPBF16PS)"
+                       : "AVX-512 (every weight type, f32 products)";
+        case CpuIsa::kAvx2:
+            return "AVX2 (f32/f16/bf16 weights; quantized weights and attention use ggml's kernels)";
+        case CpuIsa::kNone:
+            break;
+    }
+    return "none (ggml's kernels only)";
+}
+
 }  // namespace dg

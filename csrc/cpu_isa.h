@@ -20,6 +20,10 @@ CpuIsa kernel_isa();
 // need (probed once; the switches above are for the caller to check with kernel_isa).
 bool cpu_has_avx512_bf16();
 
+// Which of our kernels run now, for `diffgemma-cpp info`: "AVX-512 BF16", "AVX-512", "AVX2" or "none", with
+// what each covers.
+const char * kernel_tier_description();
+
 // True when the environment variable is set to something other than "" or "0" (our A/B switches).
 bool env_flag(const char * name);
 

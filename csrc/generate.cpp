@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
-#include <thread>
 #include <vector>
 
 namespace dg {
@@ -33,11 +32,13 @@ void check_params(const diffgemma_sampler_params & p) {
 // Turns raw logits into the processed lg = raw / T in place (a true division, as HF does; lg is also the next
 // step's self-conditioning input) and computes the per-position statistics of lg, in parallel over
 // positions: each row is divided and then read again while it is still in cache, one pass over memory.
-void step_stats(float * lg, int32_t C, int32_t V, float temperature, const float * uniforms, int n_threads,
+void step_stats(float * lg, int32_t C, int32_t V, float temperature, const float * uniforms, ComputeThreads & threads,
                 std::vector<RowStats> & out) {
     out.resize(static_cast<size_t>(C));
-    auto work = [&](int32_t begin, int32_t end) {
-        for (int32_t j = begin; j < end; ++j) {
+    // Rows per thread at least: below ~64k logits a row range is done before a sleeping worker wakes.
+    const int64_t min_rows = std::max<int64_t>(1, 65536 / std::max<int32_t>(V, 1));
+    threads.parallel_for(C, min_rows, [&](int64_t begin, int64_t end) {
+        for (int64_t j = begin; j < end; ++j) {
             float * row = lg + static_cast<size_t>(j) * V;
             for (int32_t i = 0; i < V; ++i) {
                 row[i] = row[i] / temperature;
@@ -47,20 +48,7 @@ void step_stats(float * lg, int32_t C, int32_t V, float temperature, const float
                 out[static_cast<size_t>(j)].argmax = -1;
             }
         }
-    };
-    const int n = std::max(1, std::min<int>(n_threads, C));
-    std::vector<std::thread> threads;
-    const int32_t per = (C + n - 1) / n;
-    for (int t = 1; t < n; ++t) {
-        const int32_t b = t * per;
-        if (b < C) {
-            threads.emplace_back(work, b, std::min(C, b + per));
-        }
-    }
-    work(0, std::min(C, per));
-    for (auto & th : threads) {
-        th.join();
-    }
+    });
 }
 
 // Rows without a distribution (argmax -1 from either sampler). Finite weights and activations cannot produce
@@ -145,7 +133,7 @@ int32_t denoise_canvas(diffgemma_context * c, const diffgemma_sampler_params & p
         }
         const auto t_sampler = Clock::now();
         if (!on_gpu) {
-            step_stats(logits.data(), C, V, T, replay ? nullptr : uniforms.data(), c->n_threads, st);
+            step_stats(logits.data(), C, V, T, replay ? nullptr : uniforms.data(), *c->threads, st);
         }
         check_rows(st);
         const std::vector<bool> accept = accept_set(st, p.entropy_bound);

@@ -2,6 +2,7 @@
 #pragma once
 
 #include "diffgemma.h"
+#include "compute_threads.h"
 #include "hparams.h"
 #include "gpu_step_sampler.h"
 #include "kv_cache.h"
@@ -53,7 +54,7 @@ struct diffgemma_context {
     std::unique_ptr<dg::GpuStepSampler> gpu_sampler;  // with an offloaded head: sampling where the logits are
     int32_t n_past = 0;
     int32_t n_batch = 512;
-    int32_t n_threads = 1;
+    std::unique_ptr<dg::ComputeThreads> threads;  // the persistent pool and each pass's thread count
     dg::ScTopkParams sc_topk;             // top-k self-conditioning (k = 0: exact); read by decoder graphs
     std::vector<int32_t> cached_tokens;   // the ids whose K/V are in the cache, in order (prefix reuse)
     std::vector<uint8_t> graph_meta;      // storage for graph-building contexts

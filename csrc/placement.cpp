@@ -389,8 +389,9 @@ Placement plan_placement(const HParams & hp, const diffgemma_model_params & p) {
         }
         raise(DIFFGEMMA_ERR_BACKEND,
               "n_gpu_layers=%d requested, but ggml reports no GPU (backends in this build: %s). Hint: n_gpu_layers=0 "
-              "runs on the CPU; offload needs a GPU ggml (scripts/build_ggml.sh cuda|vulkan, then CMAKE_ARGS=\"-DDIFFGEMMA_CUDA=ON\" "
-              "pip install . for CUDA) or RPC servers (rpc_servers= / --rpc, with scripts/build_ggml.sh rpc)",
+              "runs on the CPU; offload needs a GPU ggml (USE_CUDA=1 pip install --no-binary libggml-python "
+              "'" DIFFGEMMA_GGML_PIN "', or scripts/build_ggml.sh cuda|vulkan) and for CUDA CMAKE_ARGS=\"-DDIFFGEMMA_CUDA=ON\" "
+              "pip install ., or RPC servers (rpc_servers= / --rpc, with scripts/build_ggml.sh rpc)",
               p.n_gpu_layers, backends.c_str());
     }
     std::vector<size_t> chosen;

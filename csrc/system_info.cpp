@@ -1,4 +1,5 @@
 // Version and build/system description.
+#include "cpu_isa.h"
 #include "cpu_threads.h"
 #include "errors.h"
 
@@ -48,10 +49,11 @@ std::string build_system_info() {
 #endif
     ggml_backend_reg_t cpu = ggml_backend_reg_by_name("CPU");
     if (cpu != nullptr) {
-        s += " | CPU features: " + backend_features(cpu);
+        s += " | ggml CPU backend compiled for: " + backend_features(cpu);
     }
-    s += dg::format(" | hardware threads: %u | default threads: %d", std::thread::hardware_concurrency(),
-                    dg::default_thread_count());
+    s += std::string(" | diffgemma CPU kernels: ") + dg::kernel_tier_description();
+    s += dg::format(" | hardware threads: %u | CPUs we may use: %d | default threads: %d",
+                    std::thread::hardware_concurrency(), dg::cpus_we_may_use(), dg::default_thread_count());
     return s;
 }
 

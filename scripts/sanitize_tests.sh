@@ -51,6 +51,9 @@ SANITIZE_TESTS=(
   "tests/test_engine_parity.py::test_generate_replay_matches_hf_token_for_token"
   tests/test_offload.py
   tests/test_offload_parity.py
+  # The persistent threadpool and the adaptive thread count (compute_threads.cpp), through the engine.
+  "tests/test_threads.py::test_more_threads_than_cpus_are_capped_with_one_warning"
+  "tests/test_threads.py::test_tokens_do_not_depend_on_the_threads_that_ran"
   # Tools the tests start inherit LD_PRELOAD; nvcc crashes with libasan preloaded.
   --deselect "tests/test_foundation.py::test_cuda_sources_compile"
 )

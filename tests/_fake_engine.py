@@ -91,7 +91,8 @@ class FakeModel(CompletionMixin):
         self._cancel.set()
 
     def generate_blocks(self, prompt_ids, max_new_tokens=256, steps=None, seed=None, t_min=None, t_max=None,
-                        entropy_bound=None, stability_threshold=None, confidence_threshold=None, on_step=None):
+                        entropy_bound=None, stability_threshold=None, confidence_threshold=None, on_step=None,
+                        budget_name="max_new_tokens"):
         self.calls.append(dict(prompt_ids=list(prompt_ids), max_new_tokens=max_new_tokens, steps=steps, seed=seed,
                                t_min=t_min, t_max=t_max, entropy_bound=entropy_bound,
                                stability_threshold=stability_threshold, confidence_threshold=confidence_threshold))

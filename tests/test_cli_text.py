@@ -91,6 +91,24 @@ def test_chat_reset_and_eof(fake, capsys, monkeypatch):
     assert "first" not in prompt_text(fake, 1) and "second" in prompt_text(fake, 1)
 
 
+def test_visual_writes_no_escape_codes_into_redirected_output(fake, capsys, monkeypatch):
+    """--visual draws the live canvas on a terminal only; a pipe or a file gets the plain answer."""
+    assert cli.main(["run", "-m", "x.gguf", "-p", "Why?", "--visual"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and out == "Blue light scatters more.\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO("Why?\n/exit\n"))
+    assert cli.main(["chat", "-m", "x.gguf", "--visual"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "Blue light scatters more." in out
+
+
+def test_visual_draws_on_a_terminal(fake, capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True)
+    assert cli.main(["run", "-m", "x.gguf", "-p", "Why?", "--visual"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b[" in out and "step 3/3" in out
+
+
 def test_serve_passes_options(fake, monkeypatch):
     seen = {}
     monkeypatch.setattr("diffgemma_cpp.server.serve", lambda model, host, port, **kw: seen.update(

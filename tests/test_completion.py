@@ -39,12 +39,48 @@ def test_completion_is_openai_shaped():
     assert model("Why?", max_tokens=64)["choices"][0]["text"] == "Blue light scatters most."  # __call__
 
 
-def test_max_tokens_rounds_up_to_whole_canvases_and_reports_length():
+def test_max_tokens_cuts_the_last_canvas_and_reports_length():
     model = FakeModel("x" * 100, eos=False, canvas_length=8)
     out = model.create_completion("p", max_tokens=9)
     assert out["choices"][0]["finish_reason"] == "length"
-    assert out["usage"]["completion_tokens"] == 16 and out["choices"][0]["text"] == "x" * 16
+    assert out["usage"]["completion_tokens"] == 9 and out["choices"][0]["text"] == "x" * 9
+    assert out["usage"]["canvases"] == 2  # the engine denoised two whole canvases; 9 tokens came back
     assert model.calls[0]["max_new_tokens"] == 9
+
+
+def _returned(chunks_or_out, chat):
+    """(text, finish_reason, usage) of a completion, streamed (a list of chunks) or not."""
+    if isinstance(chunks_or_out, dict):
+        choice = chunks_or_out["choices"][0]
+        text = choice["message"]["content"] if chat else choice["text"]
+        return text, choice["finish_reason"], chunks_or_out["usage"]
+    text = joined(chunks_or_out, "delta" if chat else "text")
+    return text, chunks_or_out[-1]["choices"][0]["finish_reason"], chunks_or_out[-1]["usage"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("chat", [False, True])
+def test_never_more_than_max_tokens_over_random_budgets_and_canvases(stream, chat):
+    """OpenAI clients rely on the cap: a budget that is not a whole number of canvases cuts the last one."""
+    rng = random.Random(17 + 2 * stream + chat)
+    for _ in range(200):
+        C = rng.randint(1, 12)
+        answer_len = rng.randint(0, 40)
+        eos = rng.random() < 0.5
+        max_tokens = rng.randint(1, 45)
+        model = FakeModel("y" * answer_len, eos=eos, canvas_length=C, steps=1, chat_template=GEMMA4_STYLE)
+        if chat:
+            out = model.create_chat_completion([{"role": "user", "content": "q"}], max_tokens=max_tokens, stream=stream)
+        else:
+            out = model.create_completion("q", max_tokens=max_tokens, stream=stream)
+        text, finish, usage = _returned(list(out) if stream else out, chat)
+        case = dict(C=C, answer_len=answer_len, eos=eos, max_tokens=max_tokens)
+        expected = min(answer_len, max_tokens)
+        assert text == "y" * expected, case
+        assert usage["completion_tokens"] == expected <= max_tokens, case
+        # "stop" when the EOS was committed: before the cap, or right at it inside the last canvas denoised.
+        ended_by_eos = eos and (answer_len < max_tokens or (answer_len == max_tokens and answer_len % C != 0))
+        assert finish == ("stop" if ended_by_eos else "length"), case
 
 
 def test_token_id_prompt_and_no_double_bos():

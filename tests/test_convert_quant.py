@@ -13,6 +13,7 @@ Error bounds (measured on the "wide" tiny model, weights ~N(0, 0.3) and norms ~N
   MXFP4  1.1e-1          1.8e-1                1.8e-1, 3e-1
 """
 import json
+import logging
 import math
 from collections import Counter
 from pathlib import Path
@@ -174,6 +175,22 @@ def test_q4_k_m_reproduces_the_published_unsloth_mix(tmp_path):
     assert types["self_cond_down.weight"] == "Q5_0"  # q4_K does not fit rows of 2112
     assert types["blk.0.ffn_gate_inp.weight"] == "F32"
     assert size_label(plan) == "128x2.6B"
+
+
+def test_tensors_written_at_another_type_are_named_in_one_warning(tmp_path, caplog):
+    """q4_K rows must be multiples of 256: at the release shapes 33 tensors become q5_0 and 28 q6_K ones q8_0,
+    as llama.cpp does; the user is told which, instead of silently getting another type than asked."""
+    with caplog.at_level(logging.WARNING, logger="diffgemma_cpp.convert"):
+        release_plan(tmp_path, "q4_k_m")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("61 tensor(s) written at another type than asked")
+    assert "Q4_K -> Q5_0: 33 tensor(s): " in warnings[0] and "Q6_K -> Q8_0: 28 tensor(s): " in warnings[0]
+    assert "self_cond_down.weight (rows of 2112)" in warnings[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="diffgemma_cpp.convert"):
+        release_plan(tmp_path, "q8_0")  # every row splits into blocks of 32
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
 
 
 @pytest.mark.parametrize("outtype,mix", [

@@ -1,6 +1,9 @@
 """Engine behaviour beyond numerics: determinism, cache semantics, argument and file errors."""
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import gguf
 import numpy as np
 import pytest
@@ -8,6 +11,8 @@ import pytest
 import engine_fixtures as fx
 from diffgemma_cpp import Model, errors
 from diffgemma_cpp._native import lib
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -122,8 +127,11 @@ def test_wrong_files_name_the_problem(model_path, tmp_path):
 def test_gpu_layers_without_a_gpu_build_say_how_to_get_one(model_path):
     if lib.diffgemma_gpu_count() > 0:
         pytest.skip("this machine has a GPU")
-    with pytest.raises(errors.BackendError, match="ggml reports no GPU.*n_gpu_layers=0 runs on the CPU.*DIFFGEMMA_CUDA=ON"):
+    with pytest.raises(errors.BackendError, match="ggml reports no GPU.*n_gpu_layers=0 runs on the CPU.*DIFFGEMMA_CUDA=ON") as err:
         Model(model_path, n_gpu_layers=-1)
+    # The install hint names the exact pinned ggml (pyproject.toml): an unpinned sdist would not match our ABI.
+    pin = re.search(r'"(libggml-python==[^"]+)"', (REPO / "pyproject.toml").read_text()).group(1)
+    assert f"pip install --no-binary libggml-python '{pin}'" in str(err.value)
 
 
 def test_chunked_encoding_of_a_long_prompt_matches_one_pass(model_path):

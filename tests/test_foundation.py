@@ -26,7 +26,20 @@ def test_system_info_names_pinned_ggml_and_cpu():
     info = diffgemma_cpp.system_info()
     assert "ggml 0.20.2 (8c63e70)" in info
     assert "backends: CPU" in info
-    assert "CPU features:" in info
+    assert "ggml CPU backend compiled for:" in info
+    assert "default threads: %d" % _native.lib.diffgemma_default_n_threads() in info
+
+
+def test_system_info_names_the_kernel_tier_that_runs():
+    """`info` must say which of our kernels run on this CPU, not only what ggml was compiled for."""
+    from kernel_tier import cpu_flags, kernel_tier
+
+    tier = kernel_tier()
+    words = {"avx512": "AVX-512", "avx2": "AVX2 (", "none": "none ("}[tier]
+    kernels = diffgemma_cpp.system_info().split("diffgemma CPU kernels: ")[1].split(" | ")[0]
+    assert kernels.startswith(words), kernels
+    if tier == "avx512":
+        assert ("BF16" in kernels) == (" avx512_bf16" in cpu_flags()), kernels
 
 
 def test_c_error_arrives_as_specific_python_exception():

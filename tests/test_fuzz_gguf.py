@@ -1,4 +1,5 @@
-"""Bounded fuzzing of the GGUF loader in the default suite (about a minute; DG_FUZZ_SECONDS to change it).
+"""Bounded fuzzing of the GGUF loader: a seconds-long smoke run in the default suite, and a minute-long run
+(DG_FUZZ_SECONDS to change it) in .ci/run's long step (`pytest -m long tests`).
 
 With clang + libFuzzer on the machine: scripts/fuzz_gguf.sh (coverage-guided, ASan + UBSan build of our
 sources). Without: tests/fuzz/mutation_fuzz.py (random structure-biased mutations against the installed
@@ -35,6 +36,7 @@ def test_seed_corpus_loads():
     assert len(out) >= 3 and all(r["outcome"] == "loaded" for r in out), out
 
 
+@pytest.mark.long
 def test_fuzz_loader_bounded(tmp_path):
     proc = _libfuzzer(SECONDS)
     if proc.returncode == 77:  # no clang/libFuzzer here: the portable fuzzer gets the same time

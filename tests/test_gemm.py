@@ -7,13 +7,13 @@ dg:: namespace is not exported from libdiffgemma. Shapes are chosen to hit every
 is not a multiple of the 32-row panel, a K of several 256-wide blocks, token counts that leave a partial
 6-token register tile."""
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from c_driver import build_or_skip
 from kernel_tier import cpu_flags
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,38 +23,17 @@ BF16_PATH_TYPES = ["bf16", "q8_0", "q4_K", "q6_K", "q5_0"]
 F32_PATH_TYPES = ["f32", "f16"]
 
 
-def _libggml():
-    try:
-        import libggml
-    except ImportError:
-        pytest.skip("libggml-python is not installed")
-    root = Path(libggml.__file__).resolve().parent
-    lib = next((d for d in (root / "lib64", root / "lib") if (d / "libggml-base.so").exists()), None)
-    if lib is None or not (root / "include" / "ggml.h").exists():
-        pytest.skip("libggml-python has no headers or libggml-base.so")
-    return root / "include", lib
-
-
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory):
-    cxx = next((c for c in ("c++", "g++", "clang++") if shutil.which(c)), None)
-    if cxx is None:
-        pytest.skip("no C++ compiler on PATH")
-    include, lib = _libggml()
-    exe = tmp_path_factory.mktemp("gemm") / "test_gemm"
-    csrc = REPO / "csrc"
-    # The library's flags for these files (Release is -O3; the ISA comes from target attributes, not -march;
-    # -ffp-contract=off is dequant_avx512.cpp's, harmless for the others).
+    # The library's flags for these files (the ISA comes from target attributes, not -march; -ffp-contract=off
+    # is dequant_avx512.cpp's, harmless for the others).
     sources = ["gemm_f32.cpp", "gemm_bf16.cpp", "gemm_bf16_rows.cpp", "dequant_avx512.cpp", "cpu_isa.cpp"]
     # Under scripts/sanitize_tests.sh the driver is instrumented too: it gives each tensor an exact-size heap
     # block, so a kernel's read or write past a weight, activation or output row is a report there.
     sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer", "-g"] \
         if os.environ.get("DG_SANITIZED") == "1" else []
-    subprocess.run([cxx, "-std=gnu++17", "-O3", "-ffp-contract=off", "-Wall", "-Wextra", "-Wno-unused-parameter", *sanitize,
-                    "-I", str(csrc), "-I", str(include), str(REPO / "tests" / "c" / "test_gemm.cpp"),
-                    *(str(csrc / f) for f in sources), "-L", str(lib), "-lggml-base", f"-Wl,-rpath,{lib}", "-o", str(exe)],
-                   check=True)
-    return exe
+    return build_or_skip(tmp_path_factory.mktemp("gemm") / "test_gemm", "test_gemm.cpp", sources,
+                         ("-O3", "-ffp-contract=off", "-Wno-unused-parameter", *sanitize), ggml_libs=("ggml-base",))
 
 
 @pytest.fixture(scope="module")

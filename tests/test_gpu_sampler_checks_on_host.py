@@ -2,8 +2,6 @@
 (tests/gpu/emulated_sampler_driver.py answers the GPU driver's file protocol). A GPU session is short and rare:
 a check that even a correct kernel cannot pass (a tolerance below the output type's rounding, a wrong expected
 id) fails here instead of there. What the real kernel does is still only tested on a GPU."""
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,18 +10,16 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "gpu"))
 import test_sampler_cuda as gpu_checks  # noqa: E402
+import c_driver  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def emulated_driver(tmp_path_factory):
-    cxx = next((c for c in ("c++", "g++", "clang++") if shutil.which(c)), None)
-    if cxx is None:
-        pytest.skip("no C++ compiler on PATH")
     work = tmp_path_factory.mktemp("emulated_gpu")
-    host = work / "test_sampler_math"
-    subprocess.run([cxx, "-std=gnu++17", "-O3", "-ffp-contract=off", "-fno-trapping-math", "-I", str(REPO / "csrc"),
-                    str(REPO / "tests" / "c" / "test_sampler_math.cpp"), str(REPO / "csrc" / "sampler_math.cpp"),
-                    "-o", str(host)], check=True)
+    try:
+        host = c_driver.build_sampler_driver(work)
+    except c_driver.Unavailable as exc:
+        pytest.skip(str(exc))
     exe = work / "sampler_cuda_driver"
     exe.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{REPO / "tests" / "gpu" / "emulated_sampler_driver.py"}" '
                    f'"{host}" "$@"\n')

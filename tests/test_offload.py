@@ -326,8 +326,9 @@ def test_cli_offload_options_reach_the_model(monkeypatch):
     parser = argparse.ArgumentParser()
     cli_text._add_model_options(parser)
     cli_text._load_model(parser.parse_args(["-m", "x.gguf", "-ngl", "-1", "-mg", "1", "--cpu-moe", "--n-cpu-moe", "4",
-                                          "--fit"]))
-    assert seen == dict(path="x.gguf", n_gpu_layers=-1, main_gpu=1, cpu_moe=True, n_cpu_moe=4, fit=True)
+                                          "--fit", "--fixed-threads"]))
+    assert seen == dict(path="x.gguf", n_gpu_layers=-1, main_gpu=1, cpu_moe=True, n_cpu_moe=4, fit=True,
+                        fixed_threads=True)
     seen.clear()
     cli_text._load_model(parser.parse_args(["-m", "x.gguf"]))
     assert seen == dict(path="x.gguf")  # unset options keep the library's defaults

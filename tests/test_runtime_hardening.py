@@ -47,6 +47,14 @@ def test_streamed_generation_overflow_is_refused_before_any_work(path):
         with pytest.raises(ContextOverflowError) as e:
             next(m.generate_blocks(list(range(1, 51)), max_new_tokens=2 * C, steps=2, seed=1))
         assert f"= {50 + 2 * C} positions exceed n_ctx = 64" in str(e.value), str(e.value)
+        assert "a smaller max_new_tokens" in str(e.value)
+
+
+def test_completion_overflow_hint_names_max_tokens(path):
+    """The OpenAI-shaped calls name their own parameter in the hint, not generate_blocks' max_new_tokens."""
+    with Model(path, n_threads=1, n_ctx=64) as m:
+        with pytest.raises(ContextOverflowError, match="a smaller max_tokens\\)"):
+            m.create_completion(list(range(1, 51)), max_tokens=2 * m.canvas_length, steps=2, seed=1)
 
 
 def test_encode_and_decoder_overflow_name_the_arithmetic(path):

@@ -1,6 +1,7 @@
 """The C library under AddressSanitizer + UndefinedBehaviorSanitizer: scripts/sanitize_tests.sh builds it with
 -DDIFFGEMMA_SANITIZE=ON into build/san-venv and runs its test subset there (a few minutes the first time, about
-one minute once the build is cached). Any sanitizer finding, in any process, fails this test."""
+one minute once the build is cached). Any sanitizer finding, in any process, fails this test. It is marked
+`long`: .ci/run runs it as its own step (`pytest -m long tests`), not the default suite."""
 from __future__ import annotations
 
 import os
@@ -22,6 +23,7 @@ def _have_asan() -> bool:
     return os.path.isabs(lib) and os.path.exists(lib)
 
 
+@pytest.mark.long
 @pytest.mark.skipif(os.environ.get("DG_SANITIZED") == "1", reason="this is the sanitized run itself")
 @pytest.mark.skipif(not _have_asan(), reason="no gcc with libasan on this machine")
 def test_subset_is_clean_under_asan_and_ubsan():

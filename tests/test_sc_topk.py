@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import engine_fixtures as fx
+from kernel_tier import kernel_tier
 from diffgemma_cpp import Model, demo, sudoku
 from diffgemma_cpp._native import ffi, lib
 from diffgemma_cpp.errors import InvalidArgumentError
@@ -76,13 +77,17 @@ def test_embedding_types_other_than_f32(outtype, monkeypatch):
     # The exact product runs on the f32 GEMM path here: on the bf16 path (csrc/gemm_bf16.h, a quantized
     # file's default) it rounds the probabilities and the copy to bf16 as well, measured 1.4e-2 (q8_0) and
     # 1.7e-2 (q4_k_m), which would hide an error of the top-k kernel of that size.
+    # Below the AVX-512 tier our GEMM does not take quantized weights: ggml's kernels round the activations of
+    # the quantized layers to 8 bits, which turns the same f16 rounding into up to 0.096 (q8_0, measured on a
+    # 2-core Zen 2 with AVX2 only); still far below the SC effect, so a top-k kernel ignoring its input fails.
     monkeypatch.setenv("DIFFGEMMA_NO_BF16", "1")
     path = fx.sudoku_gguf(outtype)
     prompt, canvas, plain, sc = _sc_case(path, seed=1, sudoku_prompt=True)
     exact = _logits(path, prompt, canvas, sc)
     topk = _logits(path, prompt, canvas, sc, sc_top_k=len(sc[0]))
     assert np.max(np.abs(exact - plain)) > 1.0
-    assert np.max(np.abs(topk - exact)) <= 2e-3
+    exact_products = outtype in ("f16", "bf16") or kernel_tier() == "avx512"
+    assert np.max(np.abs(topk - exact)) <= (2e-3 if exact_products else 0.2)
 
 
 def test_result_does_not_depend_on_the_thread_count():

@@ -314,3 +314,41 @@ def test_stop_cancels_running_generation_and_closes():
     assert time.monotonic() - start < 5
     status, raw, _ = results[0]
     assert status == 200 and json.loads(raw)["choices"][0]["finish_reason"] == "cancelled"
+
+
+# ---- the max_tokens cap and the access log ------------------------------------------------------
+
+
+def test_never_more_than_max_tokens_through_the_server(running):
+    """The cap holds over the wire too, streaming and not (canvases of 8; the answer is 46 tokens long)."""
+    import random
+
+    rng = random.Random(3)
+    for max_tokens in [1, 5, 7, 8, 9, 40] + [rng.randint(1, 60) for _ in range(6)]:
+        out = running.client.completions.create(model="x", prompt="p", max_tokens=max_tokens)
+        assert out.usage.completion_tokens <= max_tokens
+        assert len(out.choices[0].text.encode()) == out.usage.completion_tokens  # byte tokens in the fake
+        chunks = list(running.client.chat.completions.create(
+            model="x", messages=[{"role": "user", "content": "q"}], max_tokens=max_tokens, stream=True))
+        content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert len(content.encode()) <= max_tokens
+        finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+        assert finish == (["length"] if max_tokens < len(ANSWER.encode()) else ["stop"])
+
+
+def test_one_access_log_line_per_request(running, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="diffgemma_cpp.server"):
+        running.client.completions.create(model="x", prompt="p", max_tokens=5)
+        running.raw("GET", "/nope")
+        list(running.client.chat.completions.create(model="x", messages=[{"role": "user", "content": "q"}],
+                                                    max_tokens=64, stream=True))
+        deadline = time.monotonic() + 10  # a stream's line is written once the handler is done, after [DONE]
+        while time.monotonic() < deadline and sum(r.name == "diffgemma_cpp.server" for r in caplog.records) < 3:
+            time.sleep(0.02)
+    lines = [r.getMessage() for r in caplog.records if r.name == "diffgemma_cpp.server"]
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("POST /v1/completions 200 5 tokens ") and lines[0].endswith(" ms")
+    assert lines[1].startswith("GET /nope 404 - tokens ")
+    assert lines[2].startswith(f"POST /v1/chat/completions 200 {len(ANSWER.encode())} tokens ")

@@ -54,7 +54,7 @@ extern "C" {
 // cffi-begin
 
 /* Bumped on every incompatible change of this header. */
-#define DIFFGEMMA_API_VERSION 5
+#define DIFFGEMMA_API_VERSION 6
 
 /* ---- status codes ---- */
 enum diffgemma_status {
@@ -297,7 +297,12 @@ typedef struct diffgemma_model_params {
 typedef struct diffgemma_context_params {
     int32_t n_ctx;          /* positions of prompt + committed canvases + one canvas (<= 0: min(4096, trained)) */
     int32_t n_batch;        /* encoder chunk length for long prompts (<= 0: 512) */
-    int32_t n_threads;      /* compute threads (<= 0: one per physical core in our affinity mask and cgroup quota) */
+    int32_t n_threads;      /* compute threads at most (<= 0: one per physical core in our affinity mask and cgroup
+                               quota). More than the CPUs this process may use is capped there, with a warning.
+                               Each pass runs only as many as the machine has CPUs free just then (at least one):
+                               ggml's barriers spin, so threads that take turns on a busy CPU slow every pass */
+    int32_t fixed_threads;  /* 1 = every pass runs exactly n_threads threads, however busy the machine and however
+                               many CPUs we may use (scaling studies); 0 (default) = the adaptive rule above */
     int32_t kv_type;        /* a diffgemma_kv_type */
     int32_t sc_top_k;       /* self-conditioning: 0 = exact softmax(S) @ E (default); k in 1..n_vocab = an
                                approximation summing only each canvas row's k most probable embedding rows */
@@ -439,6 +444,8 @@ typedef struct diffgemma_timings {
     double head_ms;             /* final norm, tied LM head, softcap */
     int32_t n_steps;            /* denoising steps */
     double sampler_ms;          /* host sampler: lg = raw / T, per-row statistics, acceptance, renoise */
+    int32_t n_threads_last;     /* compute threads the last pass ran on (fewer than n_threads while other programs
+                                   keep CPUs busy; 0 before the first pass) */
 } diffgemma_timings;
 
 /* mode 0: counters only; 1: also time the three parts of each decoder pass (sc_ms, backbone_ms, head_ms);

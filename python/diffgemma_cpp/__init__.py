@@ -19,7 +19,8 @@ API_VERSION = _lib.DIFFGEMMA_API_VERSION
 
 
 def system_info() -> str:
-    """One line: library and ggml versions, backends compiled in, CPU features."""
+    """One line: library and ggml versions, backends compiled in, what ggml's CPU backend was compiled for, which
+    of our CPU kernels run here, the CPUs we may use and the default thread count."""
     return _ffi.string(_lib.diffgemma_system_info()).decode()
 
 

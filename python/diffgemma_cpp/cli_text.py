@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import signal
 import sys
 import threading
@@ -57,7 +58,12 @@ def offload_options(args: argparse.Namespace) -> dict:
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-m", "--model", required=True, help="GGUF model file")
     add_offload_options(parser)
-    parser.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    parser.add_argument("-t", "--threads", type=int, default=None,
+                        help="CPU threads at most (default: one per physical core); each pass uses only the CPUs "
+                             "free at that moment")
+    parser.add_argument("--fixed-threads", action="store_true", default=None,
+                        help="run exactly --threads threads on every pass, even above the CPUs we may use or "
+                             "while other programs keep them busy")
     parser.add_argument("-c", "--ctx-size", type=int, default=None, help="context size in tokens (default: model's)")
     parser.add_argument("--sc-top-k", type=int, default=None, metavar="K",
                         help="approximate self-conditioning with each position's K most probable tokens "
@@ -80,7 +86,7 @@ def _load_model(args: argparse.Namespace) -> Any:
     """Open the model with the options given (options left unset keep the library defaults)."""
     from . import Model  # the engine; imported here so `--help` works without loading anything
 
-    names = {"n_threads": "threads", "n_ctx": "ctx_size", "sc_top_k": "sc_top_k"}
+    names = {"n_threads": "threads", "fixed_threads": "fixed_threads", "n_ctx": "ctx_size", "sc_top_k": "sc_top_k"}
     options = {option: getattr(args, attr, None) for option, attr in names.items()}
     return Model(args.model, **offload_options(args), **{k: v for k, v in options.items() if v is not None})
 
@@ -169,6 +175,13 @@ def _on_step(view: Any) -> Any:
 # ---- run --------------------------------------------------------------------------------------
 
 
+def _canvas_view(args: argparse.Namespace) -> Any:
+    """The live canvas of --visual, on a terminal only: redirected output gets plain text, no cursor codes."""
+    from .visual import CanvasView
+
+    return CanvasView() if args.visual and sys.stdout.isatty() else None
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     prompt = args.prompt
     if prompt is None:
@@ -177,9 +190,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             return 2
         prompt = sys.stdin.read()
     model = _load_model(args)
-    from .visual import CanvasView
-
-    view = CanvasView() if args.visual else None
+    view = _canvas_view(args)
     kwargs = dict(_generation_kwargs(args), stream=True, on_step=_on_step(view))
     start = time.perf_counter()
     with _cancel_on_sigint(model):
@@ -209,8 +220,6 @@ CHAT_HELP = "commands: /exit (or Ctrl-D) quits, /reset forgets the conversation,
 def _cmd_chat(args: argparse.Namespace) -> int:
     model = _load_model(args)
     template = _read_template(args)
-    from .visual import CanvasView
-
     system = [{"role": "system", "content": args.system}] if args.system else []
     history: list[dict] = list(system)
     print(CHAT_HELP, file=sys.stderr)
@@ -234,7 +243,7 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         if not user.strip():
             continue
         history.append({"role": "user", "content": user})
-        view = CanvasView() if args.visual else None
+        view = _canvas_view(args)
         start = time.perf_counter()
         with _cancel_on_sigint(model):
             chunks = model.create_chat_completion(history, chat_template=template, stream=True,
@@ -254,8 +263,10 @@ def _cmd_chat(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from .server import log as server_log
     from .server import serve
 
+    server_log.setLevel(logging.INFO)  # the start line and one access line per request, whatever the CLI's level
     model = _load_model(args)
     serve(model, args.host, args.port, model_name=args.alias, max_body_bytes=args.max_body_bytes,
           max_queue=args.max_queue)
@@ -273,7 +284,7 @@ def add_text_commands(subparsers: Any) -> None:
     run.add_argument("-p", "--prompt", default=None, help="the prompt (default: read stdin)")
     _add_sampling_options(run)
     run.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")
-    run.add_argument("--visual", action="store_true", help="watch each canvas denoise live (ANSI terminal)")
+    run.add_argument("--visual", action="store_true", help="watch each canvas denoise live (on a terminal; plain text when redirected)")
     run.set_defaults(func=_friendly_errors(_cmd_run))
 
     chat = subparsers.add_parser("chat", help="interactive multi-turn chat",
@@ -281,7 +292,8 @@ def add_text_commands(subparsers: Any) -> None:
     _add_model_options(chat)
     _add_sampling_options(chat)
     chat.add_argument("--system", default=None, help="system prompt")
-    chat.add_argument("--visual", action="store_true", help="watch each canvas denoise live")
+    chat.add_argument("--visual", action="store_true",
+                      help="watch each canvas denoise live (on a terminal; plain text when redirected)")
     chat.add_argument("--verbose-stats", action="store_true", help="print timing after each answer")
     chat.set_defaults(func=_friendly_errors(_cmd_chat))
 

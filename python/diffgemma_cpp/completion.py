@@ -6,7 +6,8 @@
 
 Block diffusion commits a whole canvas (``canvas_length`` tokens, 256 for DiffusionGemma) at a time, so:
 
-- ``max_tokens`` is rounded up to whole canvases (``finish_reason == "length"`` when no EOS came);
+- the engine denoises whole canvases, but never more than ``max_tokens`` tokens come back: the last canvas
+  is cut there (``finish_reason == "length"`` when the cap, not an EOS or a stop string, ended the text);
 - ``stream=True`` yields one chunk per committed canvas, then a final chunk carrying
   ``finish_reason`` (and ``usage``);
 - ``on_step(step, total, canvas_text)`` previews the canvas being denoised after every step.
@@ -151,7 +152,7 @@ class CompletionMixin:
                 on_step(step, total, decode_preview(self.detokenize, canvas_ids, eos_ids))
 
         return self.generate_blocks(prompt_ids, max_new_tokens=max_tokens, steps=steps, seed=seed,
-                                    on_step=step_cb, **sampler)
+                                    on_step=step_cb, budget_name="max_tokens", **sampler)
 
     # ---- the generation core --------------------------------------------------------------
 
@@ -168,11 +169,14 @@ class CompletionMixin:
         try:
             for block in blocks:
                 n_canvases += 1
-                n_completion += len(block.ids)
                 n_steps += int(getattr(block, "steps", 0) or 0)
-                text = stream.push(self.detokenize(list(block.ids)))
-                if stream.stopped or block.eos:
+                ids = list(block.ids)[: max_tokens - n_completion]  # OpenAI clients rely on the cap
+                cut = len(ids) < len(block.ids)
+                n_completion += len(ids)
+                text = stream.push(self.detokenize(ids))
+                if stream.stopped or (block.eos and not cut):
                     finish = "stop"
+                if stream.stopped or block.eos or n_completion >= max_tokens:
                     yield text, None
                     break
                 yield text, None
@@ -213,7 +217,7 @@ class CompletionMixin:
         """Complete ``prompt`` (text, or token ids). Returns an OpenAI ``text_completion`` dict,
         or with ``stream=True`` an iterator of ``text_completion`` chunks (one per committed canvas).
 
-        ``max_tokens`` is rounded up to whole canvases. ``seed`` fixes the random draws (same seed,
+        At most ``max_tokens`` tokens come back (the last canvas is cut). ``seed`` fixes the random draws (same seed,
         same prompt, same settings -> same text). ``stop`` ends the text before the first stop string.
         ``steps`` caps denoising steps per canvas. Sampler overrides: ``t_min``, ``t_max``,
         ``entropy_bound``, ``stability_threshold``, ``confidence_threshold``.

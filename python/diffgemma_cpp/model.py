@@ -102,8 +102,8 @@ class Model(CompletionMixin, Closeable):
     """A DiffusionGemma GGUF loaded for generation (weights memory-mapped, one KV cache)."""
 
     def __init__(self, model_path, *, n_gpu_layers: int = 0, main_gpu: int = -1, tensor_split=None, devices=None,
-                 rpc_servers=None, cpu_moe: bool = False,
-                 n_cpu_moe: int = 0, fit: bool = False, n_threads: int | None = None, n_ctx: int | None = None,
+                 rpc_servers=None, cpu_moe: bool = False, n_cpu_moe: int = 0, fit: bool = False,
+                 n_threads: int | None = None, fixed_threads: bool = False, n_ctx: int | None = None,
                  n_batch: int | None = None, seed: int | None = None, kv_type: str = "f32", sc_top_k: int = 0,
                  sc_top_k_renormalize: bool = False, verbose: bool = False):
         """n_gpu_layers: 0 (default) runs on the CPU; k offloads the last k layers; -1 offloads every layer and the
@@ -122,7 +122,12 @@ class Model(CompletionMixin, Closeable):
         sc_top_k: 0 (default) runs the exact self-conditioning product softmax(S) @ E over the whole
         vocabulary; k in 1..n_vocab keeps only each canvas row's k most probable tokens (faster, approximate;
         bench/README.md lists the measured logit and token error). sc_top_k_renormalize rescales the kept
-        probabilities to sum to 1."""
+        probabilities to sum to 1.
+
+        n_threads: compute threads at most (default: one per physical core we may use). More than the CPUs this
+        process may use is capped there, with a warning, and each pass runs only as many threads as the machine
+        has CPUs free just then, so other busy programs never make us many times slower (ggml's barriers spin).
+        fixed_threads=True runs exactly n_threads on every pass instead (scaling studies)."""
         self._model = None
         self._ctx = None
         # Held by every call that uses the KV cache, for its whole run: a generate_blocks stream keeps it
@@ -140,7 +145,7 @@ class Model(CompletionMixin, Closeable):
         for name, value, low in (("n_gpu_layers", n_gpu_layers, -1), ("main_gpu", main_gpu, -1), ("n_cpu_moe", n_cpu_moe, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low or value >= 2**31:
                 raise errors.InvalidArgumentError(f"{name} must be an integer >= {low}, got {value!r}")
-        for name, value in (("cpu_moe", cpu_moe), ("fit", fit)):
+        for name, value in (("cpu_moe", cpu_moe), ("fit", fit), ("fixed_threads", fixed_threads)):
             if not isinstance(value, bool):
                 raise errors.InvalidArgumentError(f"{name} must be True or False, got {value!r}")
         if isinstance(sc_top_k, bool) or not isinstance(sc_top_k, int) or sc_top_k < 0:
@@ -178,6 +183,7 @@ class Model(CompletionMixin, Closeable):
         cp.n_ctx = n_ctx or 0
         cp.n_batch = n_batch or 0
         cp.n_threads = n_threads or 0
+        cp.fixed_threads = int(fixed_threads)
         cp.kv_type = _KV_TYPES[kv_type]
         cp.sc_top_k = min(sc_top_k, 2**31 - 1)  # the C side rejects k > n_vocab with the model's n_vocab in the message
         cp.sc_top_k_renormalize = int(bool(sc_top_k_renormalize))
@@ -397,9 +403,10 @@ class Model(CompletionMixin, Closeable):
 
     def generate_blocks(self, prompt_ids, max_new_tokens: int = 256, steps: int | None = None, seed: int | None = None,
                         t_min=None, t_max=None, entropy_bound=None, stability_threshold=None, confidence_threshold=None,
-                        on_step: Callable | None = None) -> Iterator[Block]:
+                        on_step: Callable | None = None, budget_name: str = "max_new_tokens") -> Iterator[Block]:
         """Yield each committed canvas as soon as it is denoised (see Block). The KV cache keeps the prompt
-        prefix between calls, so a chat's history is not re-encoded. Raises Cancelled after cancel()."""
+        prefix between calls, so a chat's history is not re-encoded. Raises Cancelled after cancel().
+        budget_name: what the caller's API calls max_new_tokens, for the hint of a context overflow."""
         prompt = _ids(prompt_ids, "prompt_ids")
         p = self._sampler_params(max_new_tokens, steps, seed, dict(t_min=t_min, t_max=t_max, entropy_bound=entropy_bound,
                                                                  stability_threshold=stability_threshold,
@@ -411,7 +418,7 @@ class Model(CompletionMixin, Closeable):
         if needed > self.n_ctx:
             raise errors.ContextOverflowError(
                 f"prompt ({len(prompt)} tokens) + {n_blocks} canvas(es) x {C} = {needed} positions exceed "
-                f"n_ctx = {self.n_ctx} (hint: a larger n_ctx or fewer max_new_tokens)")
+                f"n_ctx = {self.n_ctx} (hint: a larger n_ctx or a smaller {budget_name})")
         with self._exclusive():
             yield from self._stream_blocks(prompt, p, n_blocks, on_step)
 

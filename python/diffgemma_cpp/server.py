@@ -106,6 +106,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         self._body_read = False
+        self._status: int | None = None
+        self._tokens: int | None = None  # completion tokens sent, where a generation ran
+        started = time.perf_counter()
+        try:
+            self._handle()
+        finally:
+            tokens = "-" if self._tokens is None else self._tokens
+            log.info("%s %s %s %s tokens %.0f ms", self.command, self.path, self._status or "-", tokens,
+                     (time.perf_counter() - started) * 1e3)
+
+    def _handle(self) -> None:
         try:
             path, methods = self._route()
             if not methods:
@@ -126,7 +137,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _dispatch
 
-    def log_message(self, fmt: str, *args: Any) -> None:  # route http.server's access log to logging
+    def send_response(self, code: int, message: str | None = None) -> None:
+        self._status = code  # for the access-log line _dispatch writes when the request is done
+        super().send_response(code, message)
+
+    def log_request(self, code: Any = "-", size: Any = "-") -> None:
+        pass  # _dispatch logs one line per request, with its tokens and time, when it is done
+
+    def log_message(self, fmt: str, *args: Any) -> None:  # http.server's own complaints (bad request lines)
         log.info("%s - %s", self.address_string(), fmt % args)
 
     # ---- responses ----------------------------------------------------------------------------
@@ -220,6 +238,7 @@ class _Handler(BaseHTTPRequestHandler):
             if stream:
                 self._send_events(result)
             else:
+                self._tokens = result.get("usage", {}).get("completion_tokens")
                 self._send_json(200, result)
         finally:
             self.server.release_model()
@@ -237,6 +256,8 @@ class _Handler(BaseHTTPRequestHandler):
                     self.send_header("Connection", "close")
                     self.end_headers()
                     started = True
+                if "usage" in chunk:
+                    self._tokens = chunk["usage"].get("completion_tokens")
                 self._write_event(json.dumps(chunk, ensure_ascii=False))
             self._write_event("[DONE]")
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
@@ -270,7 +291,7 @@ def serve(model: Any, host: str = "127.0.0.1", port: int = 8080, **options: Any)
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, lambda *_: server.stop())
     host_shown, port_shown = server.server_address[:2]
-    log.warning("serving %s on http://%s:%d/v1 (Ctrl-C to stop)", server.model_name, host_shown, port_shown)
+    log.info("serving %s on http://%s:%d/v1 (Ctrl-C to stop)", server.model_name, host_shown, port_shown)
     try:
         server.serve_forever(poll_interval=0.25)
     finally:

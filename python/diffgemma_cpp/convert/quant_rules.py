@@ -11,7 +11,9 @@ the published unsloth Q4_K_M mix (gguf-format.md §8: f32 423, q4_K 194, q5_0 33
 """
 from __future__ import annotations
 
+import logging
 import re
+from collections import defaultdict
 from dataclasses import dataclass
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q, LlamaFileType as FT
@@ -43,6 +45,9 @@ FLOAT_TYPES = (Q.F32, Q.F16, Q.BF16)
 _ALWAYS_F32_ROLES = {"norm", "scalar", "scale", "rope_freqs", "router"}
 _EXPERT_ROLES = {"ffn_gate_up_exps", "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"}
 _FALLBACK = {Q.Q4_K: Q.Q5_0, Q.Q5_K: Q.Q5_1, Q.Q6_K: Q.Q8_0, Q.Q2_K: Q.Q4_0, Q.Q3_K: Q.Q4_0}
+_SHOWN_PER_FALLBACK = 6  # tensor names listed per (asked, written) pair in the fallback warning
+
+logger = logging.getLogger("diffgemma_cpp.convert")
 
 
 def parse_outtype(name: str, source_dtypes=()) -> OutType:
@@ -118,6 +123,7 @@ def assign_types(tensors, outtype: OutType, overrides=(), n_layer: int | None = 
     if n_layer is None:
         n_layer = 1 + max((t.layer for t in tensors if t.layer is not None), default=0)
     i_attn_v = 0
+    fell_back = defaultdict(list)  # (asked, written) -> names
     for t in tensors:
         if t.n_dims < 2 or t.role in _ALWAYS_F32_ROLES:
             qtype = Q.F32
@@ -129,5 +135,21 @@ def assign_types(tensors, outtype: OutType, overrides=(), n_layer: int | None = 
                     qtype = forced
                     break
         t.qtype = _fallback(qtype, t.ne[0])
+        if t.qtype != qtype:
+            fell_back[(qtype, t.qtype)].append(f"{t.name} (rows of {t.ne[0]})")
         if t.role == "attn_v":
             i_attn_v += 1
+    if fell_back:
+        _warn_fallbacks(fell_back)
+
+
+def _warn_fallbacks(fell_back: dict) -> None:
+    """One warning naming the tensors written at another type than the recipe or --tensor-type asked for."""
+    lines = []
+    for (asked, written), names in fell_back.items():
+        more = f", and {len(names) - _SHOWN_PER_FALLBACK} more" if len(names) > _SHOWN_PER_FALLBACK else ""
+        lines.append(f"  {asked.name} -> {written.name}: {len(names)} tensor(s): "
+                     f"{', '.join(names[:_SHOWN_PER_FALLBACK])}{more}")
+    total = sum(len(v) for v in fell_back.values())
+    logger.warning("%d tensor(s) written at another type than asked, as their rows do not split into whole blocks "
+                   "of it:\n%s", total, "\n".join(lines))
