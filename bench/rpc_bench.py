@@ -17,10 +17,8 @@ runs it.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -153,16 +151,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("rpc_out"))
     ap.add_argument("--model", action="append", default=[], help="another GGUF to compare (repeatable)")
     args = ap.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="dg-rpc-") as tmp:
-        try:
-            result = measure(Path(tmp), args.model)
-        except Exception as exc:  # report the reason in the json, not only on stderr
-            result = {"error": f"{type(exc).__name__}: {exc}", "failures": ["did not complete"]}
-            print(result["error"], file=sys.stderr)
-    (args.out / "rpc_bench.json").write_text(json.dumps(result, indent=2))
-    print("failures:", result["failures"] or "none")
-    return 1 if result["failures"] else 0
+    return gbp.run_and_report(args.out / "rpc_bench.json", lambda workdir: measure(workdir, args.model))
 
 
 if __name__ == "__main__":
