@@ -162,14 +162,20 @@ def main(argv=None) -> int:
     if args.generate:
         print(json.dumps(generate(args.generate, json.loads(args.prompts), seed=GENERATION_SEED, n_gpu_layers=-1)[0]))
         return 0
-    args.out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="dg-parity-") as tmp:
+    return run_and_report(args.out / "gpu_parity.json", measure)
+
+
+def run_and_report(json_path: Path, measure_in) -> int:
+    """Runs measure_in(workdir) in a temporary folder, writes its result (or the reason it did not complete) to
+    json_path, prints the failures; exit status 1 when there are any. Shared with rpc_bench.py."""
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="dg-bench-") as tmp:
         try:
-            result = measure(Path(tmp))
+            result = measure_in(Path(tmp))
         except Exception as exc:  # report the reason in the json, not only on stderr
             result = {"error": f"{type(exc).__name__}: {exc}", "failures": ["did not complete"]}
             print(result["error"], file=sys.stderr)
-    (args.out / "gpu_parity.json").write_text(json.dumps(result, indent=2))
+    json_path.write_text(json.dumps(result, indent=2))
     print("failures:", result["failures"] or "none")
     return 1 if result["failures"] else 0
 

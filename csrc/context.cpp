@@ -3,6 +3,7 @@
 #include "errors.h"
 #include "graph.h"
 #include "model.h"
+#include "rpc.h"
 
 #include "ggml-cpu.h"
 
@@ -109,10 +110,10 @@ void run(diffgemma_context * c, ggml_cgraph * gf, const char * what) {
 
 diffgemma_context::~diffgemma_context() {
     if (sched != nullptr) {
-        ggml_backend_sched_free(sched);
+        dg::free_remote_quietly([this] { ggml_backend_sched_free(sched); });  // its buffers may be on a lost server
     }
-    if (gpu != nullptr) {
-        ggml_backend_free(gpu);
+    for (ggml_backend_t b : gpus) {
+        ggml_backend_free(b);
     }
     if (cpu != nullptr) {
         ggml_backend_free(cpu);
@@ -366,18 +367,25 @@ int32_t diffgemma_context_new(diffgemma_model * model, const diffgemma_context_p
                           "the exact self-conditioning product runs on the GPU (use sc_top_k=0)");
             }
             for (int il = 0; il < hp.n_layer; ++il) {
-                if (pl.layer_on_gpu[il]) {
-                    kv_buft[static_cast<size_t>(il)] = dg::gpu_buffer_type(pl.gpu);
+                if (pl.layer_device[il] >= 0) {  // each layer's cache where the layer is
+                    kv_buft[static_cast<size_t>(il)] = dg::gpu_buffer_type(pl.devices[static_cast<size_t>(pl.layer_device[il])]);
                 }
             }
-            dg::check_context_fits(hp, model->w, pl, n_ctx, [&](int32_t n) {
-                return dg::KvCache::bytes_for(hp, n, slack, kv_type, pl.layer_on_gpu);
+            dg::check_context_fits(hp, model->w, pl, n_ctx, [&](int32_t n, int d) {
+                return dg::KvCache::bytes_for(hp, n, slack, kv_type, pl.layers_on(d));
             });
-            c->gpu = dg::gpu_backend_init(pl.gpu);
+            for (size_t d = 0; d < pl.devices.size(); ++d) {
+                const bool holds_something = pl.head_device == static_cast<int>(d) ||
+                    std::find(pl.layer_device.begin(), pl.layer_device.end(), static_cast<int>(d)) != pl.layer_device.end();
+                ggml_backend_t b = holds_something ? dg::gpu_backend_init(pl.devices[d]) : nullptr;
+                if (b != nullptr) {
+                    c->gpus.push_back(b);
+                }
+            }
             // The stand-in keeps our exact CPU element-wise ops unless a test asks for the real GPU's graph (the
             // only difference: ggml's GEGLU, on strided views for fused gate/up experts), so that graph is built
             // and run before a GPU ever sees it.
-            c->gpu_graph = c->gpu != nullptr || dg::env_flag("DIFFGEMMA_TEST_GPU_GRAPH");
+            c->gpu_graph = !c->gpus.empty() || dg::env_flag("DIFFGEMMA_TEST_GPU_GRAPH");
         }
         c->kv.init(hp, n_ctx, slack, kv_type, kv_buft);
         if (pl.head_on_gpu && dg::GpuStepSampler::available(pl)) {
@@ -386,18 +394,20 @@ int32_t diffgemma_context_new(diffgemma_model * model, const diffgemma_context_p
                                          : embd_t->type == GGML_TYPE_BF16 ? GGML_TYPE_BF16 : GGML_TYPE_F16;
             c->gpu_sampler = std::make_unique<dg::GpuStepSampler>(hp, pl, probs_type);
         } else if (pl.head_on_gpu) {
-            dg::log(DIFFGEMMA_LOG_WARN, "the head is on %s, but this build has no diffgemma CUDA sampler for it: each "
-                    "denoising step reads %.0f MiB of logits back to the host (build with CMAKE_ARGS=\"-DDIFFGEMMA_CUDA=ON\")",
-                    pl.gpu.name.c_str(), 4.0 * hp.n_vocab * hp.canvas_length / 1048576.0);
+            dg::log(DIFFGEMMA_LOG_WARN, "the head is on %s, but this build has no diffgemma sampler for it: each "
+                    "denoising step reads %.0f MiB of logits back to the host (a CUDA GPU takes CMAKE_ARGS=\"-DDIFFGEMMA_CUDA=ON\")",
+                    pl.head_gpu().name.c_str(), 4.0 * hp.n_vocab * hp.canvas_length / 1048576.0);
         }
-        // The GPU first: ggml's scheduler prefers earlier backends. No op offload: weights the user kept in
+        // The devices first: ggml's scheduler prefers earlier backends. No op offload: weights the user kept in
         // host memory (cpu_moe, layers on the CPU) are multiplied there instead of being copied over each pass.
-        ggml_backend_t backends[2] = {c->gpu != nullptr ? c->gpu : c->cpu, c->cpu};
-        const int n_backends = c->gpu != nullptr ? 2 : 1;
-        c->sched = ggml_backend_sched_new(backends, nullptr, n_backends, kGraphNodes, false, false);
+        std::vector<ggml_backend_t> backends = c->gpus;
+        backends.push_back(c->cpu);
+        c->sched = ggml_backend_sched_new(backends.data(), nullptr, static_cast<int>(backends.size()), kGraphNodes,
+                                          false, false);
         if (c->sched == nullptr) {
             dg::raise(DIFFGEMMA_ERR_BACKEND, "cannot create the ggml scheduler");
         }
+        dg::set_rpc_socket_timeouts();  // ggml connects lazily: the KV cache may have opened a server's socket
         *out = c.release();
         return DIFFGEMMA_OK;
     });

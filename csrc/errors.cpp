@@ -160,6 +160,24 @@ std::string GgmlErrorCapture::text() const {
     return out;
 }
 
+std::vector<std::string> split_list(const char * text) {
+    std::vector<std::string> items;
+    const std::string s = text != nullptr ? text : "";
+    size_t start = 0;
+    while (start <= s.size()) {
+        size_t comma = s.find(',', start);
+        comma = comma == std::string::npos ? s.size() : comma;
+        std::string item = s.substr(start, comma - start);
+        item.erase(0, item.find_first_not_of(" \t"));
+        item.erase(item.find_last_not_of(" \t") + 1);
+        if (!item.empty()) {
+            items.push_back(item);
+        }
+        start = comma + 1;
+    }
+    return items;
+}
+
 }  // namespace dg
 
 extern "C" {

@@ -7,6 +7,7 @@
 #include "diffgemma.h"
 
 #include <string>
+#include <vector>
 
 namespace dg {
 
@@ -22,6 +23,10 @@ void log(int32_t level, const char * fmt, ...) __attribute__((format(printf, 2, 
 // A message the user should see whatever the log level (the offload memory plan): INFO through the log
 // callback, or stderr when none is set.
 void announce(const char * text);
+
+// "a, b,,c" -> {"a", "b", "c"}: the comma-separated lists of the C API (devices, RPC endpoints), items trimmed
+// of blanks, empty ones dropped; {} for NULL.
+std::vector<std::string> split_list(const char * text);
 
 // printf into a std::string.
 std::string format(const char * fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -48,10 +53,21 @@ class GgmlErrorCapture {
     std::string text() const;
 };
 
+// While alive on a thread, a ggml abort raised by ggml-rpc (a lost or misbehaving RPC server) throws dg::Error
+// instead of killing the process (rpc.h says why and what follows). Defined in rpc.cpp.
+class RemoteFaultScope {
+  public:
+    RemoteFaultScope();
+    ~RemoteFaultScope();
+    RemoteFaultScope(const RemoteFaultScope &) = delete;
+    RemoteFaultScope & operator=(const RemoteFaultScope &) = delete;
+};
+
 // Runs `fn` and turns any escaping exception into a recorded status, so no C++ exception crosses the C API.
 template <typename Fn>
 int32_t guard(Fn && fn) {
     try {
+        RemoteFaultScope remote_faults;
         return fn();
     } catch (const Error & e) {
         return fail(e.status, "%s", e.message.c_str());

@@ -3,6 +3,7 @@
 #include "errors.h"
 
 #include <cstdlib>
+#include <cstring>
 #include <string>
 
 namespace dg {
@@ -11,32 +12,47 @@ namespace {
 
 constexpr const char * kStandInVar = "DIFFGEMMA_TEST_GPU_MIB";
 
-// The stand-in's memory in bytes, or 0 when the variable is unset or not a positive number of MiB.
-size_t stand_in_bytes() {
+// The stand-ins' memory in bytes ("4096" or "4096,2048" MiB), or none when the variable is unset or malformed.
+std::vector<size_t> stand_in_sizes() {
+    std::vector<size_t> sizes;
     const char * v = std::getenv(kStandInVar);
     if (v == nullptr || *v == '\0') {
-        return 0;
+        return sizes;
     }
-    char * end = nullptr;
-    const unsigned long long mib = std::strtoull(v, &end, 10);
-    if (*end != '\0' || mib == 0 || mib > (1ull << 30)) {
-        log(DIFFGEMMA_LOG_WARN, "ignoring %s=%s: it must be a positive number of MiB", kStandInVar, v);
-        return 0;
+    const char * p = v;
+    while (true) {
+        char * end = nullptr;
+        const unsigned long long mib = std::strtoull(p, &end, 10);
+        if (end == p || (*end != '\0' && *end != ',') || mib == 0 || mib > (1ull << 30)) {
+            log(DIFFGEMMA_LOG_WARN, "ignoring %s=%s: it must be positive numbers of MiB, separated by commas",
+                kStandInVar, v);
+            return {};
+        }
+        sizes.push_back(static_cast<size_t>(mib) << 20);
+        if (*end == '\0') {
+            return sizes;
+        }
+        p = end + 1;
     }
-    return static_cast<size_t>(mib) << 20;
 }
 
 }  // namespace
 
 std::vector<Gpu> list_gpus() {
     std::vector<Gpu> gpus;
-    if (stand_in_bytes() > 0) {
-        Gpu g;
-        g.dev = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
-        g.stand_in = true;
-        g.name = std::string("stand-in GPU (the CPU, ") + kStandInVar + ")";
-        if (g.dev != nullptr) {
-            gpus.push_back(g);
+    const std::vector<size_t> stand_ins = stand_in_sizes();
+    if (!stand_ins.empty()) {
+        for (size_t i = 0; i < stand_ins.size(); ++i) {
+            Gpu g;
+            g.dev = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
+            g.stand_in = true;
+            g.stand_in_bytes = stand_ins[i];
+            g.id = format("StandIn%zu", i);
+            g.name = stand_ins.size() == 1 ? std::string("stand-in GPU (the CPU, ") + kStandInVar + ")"
+                                           : format("stand-in GPU %zu (the CPU, %s)", i, kStandInVar);
+            if (g.dev != nullptr) {
+                gpus.push_back(g);
+            }
         }
         return gpus;
     }
@@ -48,6 +64,9 @@ std::vector<Gpu> list_gpus() {
         }
         Gpu g;
         g.dev = dev;
+        g.id = ggml_backend_dev_name(dev);
+        // The RPC backend's own registry; its devices' names are RPC0, RPC1, ... in registration order.
+        g.remote = std::strcmp(ggml_backend_reg_name(ggml_backend_dev_backend_reg(dev)), "RPC") == 0;
         g.name = format("%s (%s)", ggml_backend_dev_name(dev), ggml_backend_dev_description(dev));
         gpus.push_back(g);
     }
@@ -57,7 +76,7 @@ std::vector<Gpu> list_gpus() {
 GpuMemory gpu_memory(const Gpu & gpu) {
     GpuMemory m;
     if (gpu.stand_in) {
-        m.free = m.total = stand_in_bytes();
+        m.free = m.total = gpu.stand_in_bytes;
         return m;
     }
     ggml_backend_dev_memory(gpu.dev, &m.free, &m.total);

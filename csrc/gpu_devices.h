@@ -1,9 +1,11 @@
-// The GPUs the engine can offload to: ggml's devices of type GPU (discrete or integrated), in ggml's order.
+// The devices the engine can offload to: ggml's devices of type GPU (discrete or integrated), in ggml's order;
+// registered RPC servers' devices (rpc.h) are among them, after the local ones ("RPC0 (127.0.0.1:50052)").
 //
 // Machines without a GPU can still exercise every offload path (placement, device buffers, the graphs
 // without CPU custom ops, the memory plan and its errors): with DIFFGEMMA_TEST_GPU_MIB=N set, the list is one
 // stand-in "GPU" with N MiB of free memory whose buffers are host memory and whose work runs on the CPU
-// backend. It exists for the tests; nothing else should set it. DIFFGEMMA_TEST_GPU_GRAPH=1 also gives the
+// backend; N,M,... makes several stand-ins (the multi-device planning). It exists for the tests; nothing else
+// should set it. DIFFGEMMA_TEST_GPU_GRAPH=1 also gives the
 // stand-in the exact graph a real GPU gets (ggml's GEGLU instead of our exact CPU one; diffgemma_context).
 #pragma once
 
@@ -18,6 +20,9 @@ namespace dg {
 struct Gpu {
     ggml_backend_dev_t dev = nullptr;  // the ggml device (the CPU device for the stand-in)
     bool stand_in = false;
+    size_t stand_in_bytes = 0;         // the stand-in's memory
+    bool remote = false;               // an RPC server's device (rpc.h)
+    std::string id;                    // what `devices` names it by: ggml's device name ("CUDA0", "RPC1"), "StandIn0"
     std::string name;                  // "CUDA0 (NVIDIA H100 80GB HBM3)"
 };
 

@@ -17,17 +17,17 @@ class CudaSampler {};
 #endif
 
 bool GpuStepSampler::available(const Placement & pl) {
-    if (pl.gpu.stand_in) {
+    if (pl.head_gpu().stand_in) {
         return true;
     }
 #ifdef DIFFGEMMA_WITH_CUDA
-    return pl.gpu.dev != nullptr && std::strncmp(ggml_backend_dev_name(pl.gpu.dev), "CUDA", 4) == 0;
+    return pl.head_gpu().dev != nullptr && std::strncmp(ggml_backend_dev_name(pl.head_gpu().dev), "CUDA", 4) == 0;
 #else
     return false;
 #endif
 }
 
-GpuStepSampler::GpuStepSampler(const HParams & hp, const Placement & pl, ggml_type probs_type) : stand_in_(pl.gpu.stand_in) {
+GpuStepSampler::GpuStepSampler(const HParams & hp, const Placement & pl, ggml_type probs_type) : stand_in_(pl.head_gpu().stand_in) {
 #ifdef DIFFGEMMA_WITH_CUDA
     if (!stand_in_) {
         cuda_ = std::make_unique<CudaSampler>();
@@ -49,11 +49,11 @@ GpuStepSampler::GpuStepSampler(const HParams & hp, const Placement & pl, ggml_ty
     ggml_set_name(probs_, "sc_probs");
     {
         GgmlErrorCapture quiet_ggml;
-        buf_ = ggml_backend_alloc_ctx_tensors_from_buft(ctx_, gpu_buffer_type(pl.gpu));
+        buf_ = ggml_backend_alloc_ctx_tensors_from_buft(ctx_, gpu_buffer_type(pl.head_gpu()));
     }
     if (buf_ == nullptr) {
         raise(DIFFGEMMA_ERR_OUT_OF_MEMORY, "cannot allocate %.1f MiB on %s for the self-conditioning probabilities",
-              ggml_nbytes(probs_) / 1048576.0, pl.gpu.name.c_str());
+              ggml_nbytes(probs_) / 1048576.0, pl.head_gpu().name.c_str());
     }
 }
 

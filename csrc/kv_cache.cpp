@@ -2,6 +2,7 @@
 
 #include "errors.h"
 #include "host_memory.h"
+#include "rpc.h"
 
 #include <algorithm>
 
@@ -9,7 +10,7 @@ namespace dg {
 
 KvCache::~KvCache() {
     for (ggml_backend_buffer_t b : bufs_) {
-        ggml_backend_buffer_free(b);
+        free_remote_quietly([b] { ggml_backend_buffer_free(b); });  // an RPC server may be gone (rpc.h)
     }
     for (ggml_context * c : ctxs_) {
         ggml_free(c);

@@ -1,5 +1,6 @@
 // diffgemma_model: open, validate and map a DiffusionGemma GGUF.
 #include "model.h"
+#include "rpc.h"
 
 #include "cpu_threads.h"
 #include "errors.h"
@@ -93,11 +94,15 @@ void diffgemma_model_default_params(diffgemma_model_params * params) {
         return;
     }
     params->n_gpu_layers = 0;
-    params->main_gpu = 0;
+    params->main_gpu = -1;
     params->n_threads = 0;
     params->cpu_moe = 0;
     params->n_cpu_moe = 0;
     params->fit = 0;
+    params->tensor_split = nullptr;
+    params->n_tensor_split = 0;
+    params->devices = nullptr;
+    params->rpc_servers = nullptr;
 }
 
 int32_t diffgemma_model_load(const char * path, const diffgemma_model_params * params, diffgemma_model ** out) {
@@ -137,6 +142,9 @@ int32_t diffgemma_model_load(const char * path, const diffgemma_model_params * p
         }
         // The placement needs only the layer count; it is decided (and its parameters checked) before the
         // weights are read, and the memory plan is checked before anything is uploaded to the GPU.
+        for (const std::string & endpoint : dg::parse_rpc_endpoints(p.rpc_servers)) {
+            dg::add_rpc_server(endpoint);  // its devices join the offload devices before the placement
+        }
         model->placement = dg::plan_placement(model->hp, p);
         model->store.load(path, model->gguf, model->meta_ctx, model->hp, model->w,
                           p.n_threads > 0 ? p.n_threads : dg::default_thread_count());

@@ -45,8 +45,9 @@ struct diffgemma_model {
 struct diffgemma_context {
     diffgemma_model * model = nullptr;
     ggml_backend_t cpu = nullptr;
-    ggml_backend_t gpu = nullptr;         // the offload GPU's backend (nullptr: CPU only, or the test stand-in)
-    bool gpu_graph = false;               // graphs as a real GPU gets them (GraphBuilder::real_gpu): with `gpu`, or
+    std::vector<ggml_backend_t> gpus;     // the backends of the placement's devices that hold something, in layer
+                                          // order (none: CPU only, or the test stand-ins, whose work runs on `cpu`)
+    bool gpu_graph = false;               // graphs as a real GPU gets them (GraphBuilder::real_gpu): with `gpus`, or
                                           // on the stand-in with DIFFGEMMA_TEST_GPU_GRAPH=1 (tests of that graph)
     ggml_backend_sched_t sched = nullptr;
     dg::KvCache kv;

@@ -3,6 +3,7 @@
 #include "errors.h"
 #include "names.h"
 #include "placement.h"
+#include "rpc.h"
 
 #include "ggml-cpu.h"
 #include "gguf.h"
@@ -279,11 +280,11 @@ void upload_f16_as_bf16(const ggml_tensor * src, ggml_tensor * dst) {
 }  // namespace
 
 WeightStore::~WeightStore() {
-    if (gpu_buf_ != nullptr) {
-        ggml_backend_buffer_free(gpu_buf_);
+    for (ggml_backend_buffer_t buf : gpu_bufs_) {
+        free_remote_quietly([buf] { ggml_backend_buffer_free(buf); });  // an RPC server may be gone (rpc.h)
     }
-    if (gpu_ctx_ != nullptr) {
-        ggml_free(gpu_ctx_);
+    for (ggml_context * ctx : gpu_ctxs_) {
+        ggml_free(ctx);
     }
     if (derived_buf_ != nullptr) {
         ggml_backend_buffer_free(derived_buf_);
@@ -380,58 +381,69 @@ void WeightStore::place(const HParams & hp, const Placement & pl, Weights & w) {
     if (!pl.use_gpu) {
         return;
     }
-    // The slots to repoint: the offloaded layers' tensors (their experts unless kept on the host), and the head.
-    std::vector<ggml_tensor **> slots;
-    for (int il = 0; il < hp.n_layer; ++il) {
-        if (!pl.layer_on_gpu[il]) {
-            continue;
-        }
-        LayerWeights & l = w.layers[static_cast<size_t>(il)];
-        for (ggml_tensor * LayerWeights::* m : kLayerTensors) {
-            if (l.*m != nullptr && pl.offloads(il, m)) {
-                slots.push_back(&(l.*m));
+    for (int d = 0; d < static_cast<int>(pl.devices.size()); ++d) {
+        // The slots to repoint: device d's layers' tensors (their experts unless kept on the host), and the head.
+        std::vector<ggml_tensor **> slots;
+        for (int il = 0; il < hp.n_layer; ++il) {
+            LayerWeights & l = w.layers[static_cast<size_t>(il)];
+            for (ggml_tensor * LayerWeights::* m : kLayerTensors) {
+                if (l.*m != nullptr && pl.offloads_to(il, m, d)) {
+                    slots.push_back(&(l.*m));
+                }
             }
         }
-    }
-    if (pl.head_on_gpu) {
-        slots.push_back(&w.head);
-        for (ggml_tensor * Weights::* m : kHeadTensors) {
-            if (w.*m != nullptr) {
-                slots.push_back(&(w.*m));
+        if (pl.head_on_gpu && pl.head_device == d) {
+            slots.push_back(&w.head);
+            for (ggml_tensor * Weights::* m : kHeadTensors) {
+                if (w.*m != nullptr) {
+                    slots.push_back(&(w.*m));
+                }
             }
         }
+        if (!slots.empty()) {
+            place_on(pl.devices[static_cast<size_t>(d)], slots, w);
+        }
     }
-    if (slots.empty()) {
-        return;
+    // The host copy of the transposed embedding has no reader left once the head is offloaded.
+    if (pl.head_on_gpu && derived_buf_ != nullptr) {
+        ggml_backend_buffer_free(derived_buf_);
+        derived_buf_ = nullptr;
     }
+    set_rpc_socket_timeouts();
+}
+
+void WeightStore::place_on(const Gpu & gpu, const std::vector<ggml_tensor **> & slots, Weights & w) {
     ggml_init_params params = {ggml_tensor_overhead() * slots.size(), nullptr, true};
-    gpu_ctx_ = ggml_init(params);
-    if (gpu_ctx_ == nullptr) {
+    ggml_context * ctx = ggml_init(params);
+    if (ctx == nullptr) {
         raise(DIFFGEMMA_ERR_OUT_OF_MEMORY, "cannot create the context of the offloaded weights");
     }
+    gpu_ctxs_.push_back(ctx);
     std::vector<ggml_tensor *> copies;
     for (ggml_tensor ** slot : slots) {
         // The self-conditioning product on the GPU runs bf16 x bf16 (f32 accumulation on tensor cores; ggml-cuda
         // would accumulate f16 x f16 in f16 over the whole vocabulary), so an f16 embd_t goes there as bf16.
         const bool to_bf16 = slot == &w.embd_t && (*slot)->type == GGML_TYPE_F16;
-        ggml_tensor * copy = to_bf16 ? ggml_new_tensor(gpu_ctx_, GGML_TYPE_BF16, GGML_MAX_DIMS, (*slot)->ne)
-                                     : ggml_dup_tensor(gpu_ctx_, *slot);
+        ggml_tensor * copy = to_bf16 ? ggml_new_tensor(ctx, GGML_TYPE_BF16, GGML_MAX_DIMS, (*slot)->ne)
+                                     : ggml_dup_tensor(ctx, *slot);
         ggml_set_name(copy, ggml_get_name(*slot));
         copies.push_back(copy);
     }
+    ggml_backend_buffer_t buf;
     {
         GgmlErrorCapture quiet_ggml;  // the error below says it once, with the size
-        gpu_buf_ = ggml_backend_alloc_ctx_tensors_from_buft(gpu_ctx_, gpu_buffer_type(pl.gpu));
+        buf = ggml_backend_alloc_ctx_tensors_from_buft(ctx, gpu_buffer_type(gpu));
     }
-    if (gpu_buf_ == nullptr) {
+    if (buf == nullptr) {
         size_t total = 0;
         for (const ggml_tensor * t : copies) {
             total += ggml_nbytes(t);
         }
         raise(DIFFGEMMA_ERR_OUT_OF_MEMORY, "cannot allocate %.1f MiB of weights on %s (hint: a smaller n_gpu_layers, or "
-              "cpu_moe / n_cpu_moe to keep expert weights in host memory)", total / 1048576.0, pl.gpu.name.c_str());
+              "cpu_moe / n_cpu_moe to keep expert weights in host memory)", total / 1048576.0, gpu.name.c_str());
     }
-    ggml_backend_buffer_set_usage(gpu_buf_, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+    gpu_bufs_.push_back(buf);
+    ggml_backend_buffer_set_usage(buf, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
     for (size_t i = 0; i < slots.size(); ++i) {
         if (copies[i]->type == (*slots[i])->type) {
             ggml_backend_tensor_set(copies[i], (*slots[i])->data, 0, ggml_nbytes(copies[i]));
@@ -440,11 +452,9 @@ void WeightStore::place(const HParams & hp, const Placement & pl, Weights & w) {
         }
         *slots[i] = copies[i];
         w.gpu_tensors.insert(copies[i]);
-    }
-    // The host copy of the transposed embedding has no reader left once the head is offloaded.
-    if (pl.head_on_gpu && derived_buf_ != nullptr) {
-        ggml_backend_buffer_free(derived_buf_);
-        derived_buf_ = nullptr;
+        if (gpu.remote) {
+            w.remote_tensors.insert(copies[i]);
+        }
     }
 }
 

@@ -95,6 +95,7 @@ struct Weights {
     ggml_tensor * head = nullptr;          // the tied LM head: tok_embd, or its GPU copy when the head is offloaded
     std::vector<LayerWeights> layers;
     std::unordered_set<const ggml_tensor *> gpu_tensors;  // the offloaded copies (WeightStore::place)
+    std::unordered_set<const ggml_tensor *> remote_tensors;  // those of them on an RPC server's device
 
     // True for a weight (or a view of one) offloaded to the GPU: the graph then builds it with ggml's own ops,
     // which every backend has, instead of our CPU custom ops. (Kept as a set rather than compared by buffer:
@@ -104,6 +105,13 @@ struct Weights {
             t = t->view_src;
         }
         return t != nullptr && gpu_tensors.count(t) != 0;
+    }
+    // True for a weight on an RPC device, whose backend (possibly a CPU) this process cannot see.
+    bool on_remote(const ggml_tensor * t) const {
+        if (t != nullptr && t->view_src != nullptr) {
+            t = t->view_src;
+        }
+        return t != nullptr && remote_tensors.count(t) != 0;
     }
 };
 
@@ -115,6 +123,7 @@ inline constexpr ggml_tensor * Weights::* kHeadTensors[] = {
 };
 
 struct Placement;
+struct Gpu;
 
 // Owns the mapping, the ggml contexts and buffers behind Weights.
 class WeightStore {
@@ -131,18 +140,21 @@ class WeightStore {
 
     size_t mapped_bytes() const { return map_size_; }
 
-    // Copies the weights `pl` offloads into one GPU buffer and repoints `w` at the copies (the mapping keeps
-    // the originals: the host layers and the input embedding read them there). Throws dg::Error.
+    // Copies the weights `pl` offloads into one buffer per device and repoints `w` at the copies (the mapping
+    // keeps the originals: the host layers and the input embedding read them there). Throws dg::Error.
     void place(const HParams & hp, const Placement & pl, Weights & w);
 
   private:
+    // One device's share: copies of the tensors behind `slots` in one buffer there.
+    void place_on(const Gpu & gpu, const std::vector<ggml_tensor **> & slots, Weights & w);
+
     void * map_ = nullptr;
     size_t map_size_ = 0;
     ggml_backend_buffer_t weights_buf_ = nullptr;
     ggml_context * derived_ctx_ = nullptr;
     ggml_backend_buffer_t derived_buf_ = nullptr;
-    ggml_context * gpu_ctx_ = nullptr;
-    ggml_backend_buffer_t gpu_buf_ = nullptr;
+    std::vector<ggml_context *> gpu_ctxs_;           // one per offload device that holds weights
+    std::vector<ggml_backend_buffer_t> gpu_bufs_;
 };
 
 }  // namespace dg

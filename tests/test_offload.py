@@ -273,7 +273,7 @@ def test_kv_cache_is_split_by_layer_placement(stand_in):
 @pytest.mark.parametrize("kwargs,needle", [
     (dict(n_gpu_layers=-2), "n_gpu_layers must be an integer >= -1"),
     (dict(n_cpu_moe=-1), "n_cpu_moe must be an integer >= 0"),
-    (dict(main_gpu=-1), "main_gpu must be an integer >= 0"),
+    (dict(main_gpu=-2), "main_gpu must be an integer >= -1"),
     (dict(cpu_moe=1), "cpu_moe must be True or False"),
     (dict(fit=1), "fit must be True or False"),
 ])

@@ -54,7 +54,7 @@ extern "C" {
 // cffi-begin
 
 /* Bumped on every incompatible change of this header. */
-#define DIFFGEMMA_API_VERSION 5
+#define DIFFGEMMA_API_VERSION 6
 
 /* ---- status codes ---- */
 enum diffgemma_status {
@@ -95,10 +95,34 @@ DIFFGEMMA_API int32_t diffgemma_api_version(void);
 /* One line: our version, ggml version and commit, backends compiled in, CPU features. Static storage. */
 DIFFGEMMA_API const char * diffgemma_system_info(void);
 
-/* GPUs this build can offload to (0 on a CPU-only build), and a description of GPU i ("NAME (DESCRIPTION),
- * FREE of TOTAL MiB free"), or NULL for an index out of range. The text stays valid until the next call. */
+/* Devices this build can offload to (0 on a CPU-only build): ggml's GPUs, then the devices of registered RPC
+ * servers ("RPC0 (127.0.0.1:50052)"); and a description of device i ("NAME (DESCRIPTION), FREE of TOTAL MiB
+ * free"), or NULL for an index out of range. The text stays valid until the next call. */
 DIFFGEMMA_API int32_t diffgemma_gpu_count(void);
 DIFFGEMMA_API const char * diffgemma_gpu_description(int32_t i);
+
+/* ---- ggml RPC: devices of other machines (or processes) ----
+ * ggml RPC has NO authentication and NO encryption: a peer that reaches a server's port can read and write
+ * that machine's device memory. Serve on 127.0.0.1 and reach it through an SSH tunnel, or on a private network.
+ * A client's faults (server unreachable, wrong protocol on the port, server lost mid-call) come back as
+ * DIFFGEMMA_ERR_BACKEND within seconds instead of ggml's abort() or an endless wait; after a server was lost,
+ * the models using it fail every call and must be freed and loaded again. Registering a server sets SIGPIPE to
+ * ignored if it was at its default (a write to a lost server would otherwise kill the process). */
+
+/* 1 when the installed ggml has the RPC backend (built with GGML_RPC=ON), else 0. */
+DIFFGEMMA_API int32_t diffgemma_rpc_available(void);
+
+/* Registers the devices of the RPC servers in `endpoints` ("host:port,host:port"), each probed first (a TCP
+ * connect and the ggml RPC hello within 5 s). Idempotent per endpoint. They then count among the offload
+ * devices (diffgemma_gpu_count). diffgemma_model_params.rpc_servers does the same at load. */
+DIFFGEMMA_API int32_t diffgemma_rpc_add_servers(const char * endpoints);
+
+/* Serves this machine's devices (`devices`: ggml device names, "CUDA0,CUDA1"; NULL or "": every GPU, else the
+ * CPU) to RPC clients on host:port, with n_threads CPU threads (<= 0: the default). Blocks while serving; returns
+ * only on an error (port in use, no RPC in this ggml, a bad device). A host outside 127.0.0.0/8 is refused unless
+ * allow_remote is 1 (see the warning above). ggml's server takes one client at a time. */
+DIFFGEMMA_API int32_t diffgemma_rpc_serve(const char * host, int32_t port, const char * devices, int32_t n_threads,
+                                          int32_t allow_remote);
 
 /* Compute threads used when a params struct leaves n_threads <= 0: one per physical core among the CPUs this
  * process may run on (affinity mask), capped by a cgroup v2 CPU quota. */
@@ -247,16 +271,27 @@ enum diffgemma_kv_type {
 };
 
 typedef struct diffgemma_model_params {
-    int32_t n_gpu_layers;   /* layers on the GPU, counted from the last one: 0 = CPU only; k = the last k layers;
+    int32_t n_gpu_layers;   /* layers offloaded, counted from the last one: 0 = CPU only; k = the last k layers;
                                -1 or more than n_layer = every layer plus the head (output norm, tied LM head,
-                               self-conditioning), which keeps the logits and the sampler on the GPU */
-    int32_t main_gpu;       /* index of the GPU among those ggml reports (diffgemma_gpu_count) */
+                               self-conditioning), which keeps the logits and the sampler on the last layer's device */
+    int32_t main_gpu;       /* -1 (default) = share the offloaded layers over the devices (below); k >= 0 = every
+                               offloaded layer on device k (diffgemma_gpu_description(k)), like llama.cpp's
+                               --split-mode none --main-gpu k */
     int32_t n_threads;      /* threads for load-time work (<= 0: one per physical core we may use) */
     int32_t cpu_moe;        /* 1 = the expert weights of every layer stay in host memory (the MoE runs on the CPU) */
     int32_t n_cpu_moe;      /* the expert weights of the first k layers stay in host memory (llama.cpp's --n-cpu-moe) */
     int32_t fit;            /* 1 = when the offload asked for does not fit the GPU, take the least reduction that
                                fits with the default n_ctx (more expert weights in host memory, then fewer layers),
-                               log it and load; 0 (default) = fail with DIFFGEMMA_ERR_OUT_OF_MEMORY naming it */
+                               log it and load; 0 (default) = fail with DIFFGEMMA_ERR_OUT_OF_MEMORY naming it. Over
+                               several devices, another tensor_split is tried first */
+    const float * tensor_split;  /* with main_gpu -1: each device's share of the offloaded layers, in device order
+                               (e.g. {3, 1}: three quarters on the first); earlier layers go to earlier devices.
+                               NULL = by each device's free memory. Copied during the load */
+    int32_t n_tensor_split; /* values in tensor_split (at most the number of devices; missing ones are 0) */
+    const char * devices;   /* with main_gpu -1: the devices to share the layers over, by ggml name in layer order
+                               ("RPC0,CUDA0"); NULL or "" = every device */
+    const char * rpc_servers;  /* "host:port,host:port": RPC servers whose devices are registered before placing
+                               (diffgemma_rpc_add_servers); NULL or "" = none */
 } diffgemma_model_params;
 
 typedef struct diffgemma_context_params {

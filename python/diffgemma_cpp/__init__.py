@@ -25,9 +25,15 @@ def system_info() -> str:
 
 
 def gpus() -> list:
-    """The GPUs this build can offload to (n_gpu_layers / main_gpu index this list), described with their free
-    memory; empty on a CPU-only build or machine."""
+    """The devices this build can offload to (main_gpu indexes this list): its GPUs, then the devices of the RPC
+    servers registered so far (Model(rpc_servers=...)), described with their free memory; empty on a CPU-only
+    build or machine."""
     return [_ffi.string(_lib.diffgemma_gpu_description(i)).decode() for i in range(_lib.diffgemma_gpu_count())]
+
+
+def rpc_available() -> bool:
+    """True when the installed ggml has the RPC backend (Model(rpc_servers=...), `diffgemma-cpp rpc-server`)."""
+    return bool(_lib.diffgemma_rpc_available())
 
 
 def library_version() -> str:
@@ -45,7 +51,7 @@ def get_library_dir() -> str:
     return str(Path(__file__).parent)
 
 
-__all__ = ["__version__", "API_VERSION", "system_info", "gpus", "library_version", "get_include", "get_library_dir",
+__all__ = ["__version__", "API_VERSION", "system_info", "gpus", "rpc_available", "library_version", "get_include", "get_library_dir",
            "errors", "DiffGemmaError"]
 
 from .model import Block, Model  # noqa: E402  (after the bindings are loaded)

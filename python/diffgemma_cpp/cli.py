@@ -12,6 +12,10 @@ from .errors import DiffGemmaError
 
 def _cmd_info(args) -> int:
     print(system_info())
+    if args.rpc_servers:
+        from ._native import check, lib
+
+        check(lib.diffgemma_rpc_add_servers(args.rpc_servers.encode()))
     for i, gpu in enumerate(gpus()):
         print(f"GPU {i}: {gpu}")
     if args.model:
@@ -29,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="system info, and a model's GGUF metadata with -m")
     info.add_argument("-m", "--model", help="GGUF file to describe")
+    info.add_argument("--rpc", dest="rpc_servers", default=None, metavar="HOST:PORT,...",
+                      help="also list the devices of these ggml RPC servers")
     info.set_defaults(func=_cmd_info)
 
     from .cli_text import add_text_commands
@@ -47,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import add_bench_parser
 
     add_bench_parser(sub)
+
+    from .rpc_server import register as add_rpc_server_parser
+
+    add_rpc_server_parser(sub)
     return parser
 
 

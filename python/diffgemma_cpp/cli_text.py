@@ -26,10 +26,20 @@ __all__ = ["add_text_commands", "add_offload_options", "offload_options"]
 
 
 def add_offload_options(parser: argparse.ArgumentParser) -> None:
-    """-ngl, -mg, --cpu-moe, --n-cpu-moe, --fit (the Model arguments of the same names; unset = the default)."""
+    """-ngl, -mg, -ts, -dev, --rpc, --cpu-moe, --n-cpu-moe, --fit (the Model arguments of the same names; unset =
+    the default)."""
     parser.add_argument("-ngl", "--n-gpu-layers", type=int, default=None,
-                        help="layers to offload to the GPU, counted from the last (-1 = all and the head; default 0)")
-    parser.add_argument("-mg", "--main-gpu", type=int, default=None, help="index of the GPU to use (default 0)")
+                        help="layers to offload, counted from the last (-1 = all and the head; default 0)")
+    parser.add_argument("-mg", "--main-gpu", type=int, default=None,
+                        help="put every offloaded layer on this device (index in `diffgemma-cpp info`); default: "
+                             "share them over the devices")
+    parser.add_argument("-ts", "--tensor-split", default=None, metavar="N0,N1,...",
+                        help="each device's share of the offloaded layers, e.g. 3,1 (default: by free memory)")
+    parser.add_argument("-dev", "--device", dest="devices", default=None, metavar="DEV1,DEV2",
+                        help="the devices to offload to, in layer order (ggml names: CUDA0, Vulkan0, RPC0; default all)")
+    parser.add_argument("--rpc", dest="rpc_servers", default=None, metavar="HOST:PORT,...",
+                        help="use the devices of these ggml RPC servers (`diffgemma-cpp rpc-server`; no "
+                             "authentication: loopback, an SSH tunnel or a private network only)")
     parser.add_argument("--cpu-moe", action="store_true", default=None,
                         help="keep every layer's expert weights in host memory (runs the MoE on the CPU)")
     parser.add_argument("--n-cpu-moe", type=int, default=None, metavar="N",
@@ -41,7 +51,7 @@ def add_offload_options(parser: argparse.ArgumentParser) -> None:
 
 def offload_options(args: argparse.Namespace) -> dict:
     """The offload options given on the command line, as Model keyword arguments."""
-    names = ("n_gpu_layers", "main_gpu", "cpu_moe", "n_cpu_moe", "fit")
+    names = ("n_gpu_layers", "main_gpu", "tensor_split", "devices", "rpc_servers", "cpu_moe", "n_cpu_moe", "fit")
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 

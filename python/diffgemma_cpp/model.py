@@ -74,16 +74,46 @@ def _ids(values, what: str):
     return np.ascontiguousarray(arr, dtype=np.int32)
 
 
+def _float_list(name: str, value) -> list:
+    """tensor_split as a list of floats ([3, 1], or "3,1" as the CLI gives it); [] for None."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [v for v in value.replace("/", ",").split(",") if v.strip()]
+    try:
+        values = [float(v) for v in value]
+    except (TypeError, ValueError):
+        raise errors.InvalidArgumentError(f"{name} must be a list of numbers (each device's share), got {value!r}") from None
+    if not values or any(not (v >= 0.0) or v == float("inf") for v in values) or sum(values) <= 0:
+        raise errors.InvalidArgumentError(f"{name} must hold finite shares >= 0, not all zero, got {value!r}")
+    return values
+
+
+def _name_list(name: str, value) -> str:
+    """devices / rpc_servers as the C library's comma-separated text (a list, or already a string)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) and v and "," not in v for v in value):
+        return ",".join(value)
+    raise errors.InvalidArgumentError(f"{name} must be a list of names or a comma-separated string, got {value!r}")
+
+
 class Model(CompletionMixin, Closeable):
     """A DiffusionGemma GGUF loaded for generation (weights memory-mapped, one KV cache)."""
 
-    def __init__(self, model_path, *, n_gpu_layers: int = 0, main_gpu: int = 0, cpu_moe: bool = False,
-                 n_cpu_moe: int = 0, fit: bool = False, n_threads: int | None = None, fixed_threads: bool = False,
-                 n_ctx: int | None = None,
+    def __init__(self, model_path, *, n_gpu_layers: int = 0, main_gpu: int = -1, tensor_split=None, devices=None,
+                 rpc_servers=None, cpu_moe: bool = False, n_cpu_moe: int = 0, fit: bool = False,
+                 n_threads: int | None = None, fixed_threads: bool = False, n_ctx: int | None = None,
                  n_batch: int | None = None, seed: int | None = None, kv_type: str = "f32", sc_top_k: int = 0,
                  sc_top_k_renormalize: bool = False, verbose: bool = False):
-        """n_gpu_layers: 0 (default) runs on the CPU; k offloads the last k layers to GPU `main_gpu`; -1 offloads
-        every layer and the head, which keeps the logits and the sampler on the GPU. cpu_moe=True keeps every
+        """n_gpu_layers: 0 (default) runs on the CPU; k offloads the last k layers; -1 offloads every layer and the
+        head, which keeps the logits and the sampler on the last layer's device. The offloaded layers are shared
+        over the offload devices (`diffgemma_cpp.gpus()`, in that order, or those `devices` names, e.g.
+        ["RPC0", "CUDA0"]) in consecutive runs, earlier layers on earlier devices: by `tensor_split` (each
+        device's share, e.g. [3, 1]) or, without it, by each device's free memory. main_gpu=k puts every
+        offloaded layer on device k instead. rpc_servers (["host:port", ...]) registers the devices of ggml RPC
+        servers (`diffgemma-cpp rpc-server`) first: unauthenticated, so loopback, an SSH tunnel or a private
+        network only. cpu_moe=True keeps every
         layer's expert weights in host memory (the MoE then runs on the CPU), n_cpu_moe=k those of the first k
         layers. The memory plan is printed before the weights are uploaded; a model that does not fit fails
         with OutOfMemoryError saying how much is missing and which setting fits, or with fit=True loads with
@@ -112,7 +142,7 @@ class Model(CompletionMixin, Closeable):
         for name, value in (("n_threads", n_threads), ("n_ctx", n_ctx), ("n_batch", n_batch)):
             if value is not None and (not isinstance(value, int) or value <= 0):
                 raise errors.InvalidArgumentError(f"{name} must be a positive integer or None, got {value!r}")
-        for name, value, low in (("n_gpu_layers", n_gpu_layers, -1), ("main_gpu", main_gpu, 0), ("n_cpu_moe", n_cpu_moe, 0)):
+        for name, value, low in (("n_gpu_layers", n_gpu_layers, -1), ("main_gpu", main_gpu, -1), ("n_cpu_moe", n_cpu_moe, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low or value >= 2**31:
                 raise errors.InvalidArgumentError(f"{name} must be an integer >= {low}, got {value!r}")
         for name, value in (("cpu_moe", cpu_moe), ("fit", fit), ("fixed_threads", fixed_threads)):
@@ -131,6 +161,15 @@ class Model(CompletionMixin, Closeable):
         mp.n_cpu_moe = n_cpu_moe
         mp.fit = int(fit)
         mp.n_threads = n_threads or 0
+        # The C strings and the split array must outlive the load call: keep them in locals until it returns.
+        split = _float_list("tensor_split", tensor_split)
+        split_c = ffi.new("float[]", split) if split else ffi.NULL
+        devices_c = ffi.new("char[]", _name_list("devices", devices).encode()) if devices else ffi.NULL
+        rpc_c = ffi.new("char[]", _name_list("rpc_servers", rpc_servers).encode()) if rpc_servers else ffi.NULL
+        mp.tensor_split = split_c
+        mp.n_tensor_split = len(split)
+        mp.devices = devices_c
+        mp.rpc_servers = rpc_c
         out = ffi.new("diffgemma_model **")
         check(lib.diffgemma_model_load(self.model_path.encode(), mp, out))
         self._model = out[0]
