@@ -277,7 +277,8 @@ typedef struct diffgemma_model_params {
     int32_t main_gpu;       /* -1 (default) = share the offloaded layers over the devices (below); k >= 0 = every
                                offloaded layer on device k (diffgemma_gpu_description(k)), like llama.cpp's
                                --split-mode none --main-gpu k */
-    int32_t n_threads;      /* threads for load-time work (<= 0: one per physical core we may use) */
+    int32_t n_threads;      /* threads for load-time work (<= 0: one per physical core we may use; at most the CPUs
+                               we may use) */
     int32_t cpu_moe;        /* 1 = the expert weights of every layer stay in host memory (the MoE runs on the CPU) */
     int32_t n_cpu_moe;      /* the expert weights of the first k layers stay in host memory (llama.cpp's --n-cpu-moe) */
     int32_t fit;            /* 1 = when the offload asked for does not fit the GPU, take the least reduction that
