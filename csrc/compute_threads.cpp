@@ -35,8 +35,8 @@ ComputeThreads::ComputeThreads(int32_t n_threads, bool fixed) : fixed_(fixed) {
     n_cpus_ = cpus_we_may_use();
     n_max_ = n_threads > 0 ? n_threads : default_thread_count();
     if (n_max_ > n_cpus_ && !fixed) {
-        log(DIFFGEMMA_LOG_WARN, "n_threads=%d is more than the %d CPUs this process may use: running at most %d threads "
-            "(more can only take turns on the CPUs, which makes every pass slower; fixed_threads=1 insists)",
+        log(DIFFGEMMA_LOG_WARN, "n_threads=%d is more than the %d CPUs this process may use: running at most %d "
+            "threads (more can only take turns on the CPUs, which makes every pass slower; fixed_threads=1 insists)",
             n_max_, n_cpus_, n_cpus_);
         n_max_ = n_cpus_;
     }
@@ -100,7 +100,8 @@ void ComputeThreads::parallel_for(int64_t n, int64_t min_items, const std::funct
     const ggml_status st = plan.work_size == 0 ? ggml_graph_compute(gf, &plan) : GGML_STATUS_FAILED;
     ggml_free(ctx);
     if (st != GGML_STATUS_SUCCESS) {
-        raise(DIFFGEMMA_ERR_BACKEND, "a parallel loop on the compute threads failed (ggml status %d)", static_cast<int>(st));
+        raise(DIFFGEMMA_ERR_BACKEND, "a parallel loop on the compute threads failed (ggml status %d)",
+              static_cast<int>(st));
     }
 }
 

@@ -33,7 +33,6 @@ class ComputeThreads {
     // min_items long (small work stays on the calling thread). Exceptions must not leave fn.
     void parallel_for(int64_t n, int64_t min_items, const std::function<void(int64_t, int64_t)> & fn);
 
-
   private:
     int32_t threads_free_now() const;
 

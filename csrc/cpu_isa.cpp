@@ -58,7 +58,7 @@ const char * kernel_tier_description() {
                        ? "AVX-512 BF16 (every weight type; quantized and bf16 weights through VDPBF16PS)"
                        : "AVX-512 (every weight type, f32 products)";
         case CpuIsa::kAvx2:
-            return "AVX2 (f32/f16/bf16 weights; quantized weights and attention use ggml's kernels)";
+            return "AVX2 (f32/f16/bf16 and NVFP4 weights; other quantized weights and attention use ggml's kernels)";
         case CpuIsa::kNone:
             break;
     }

@@ -8,7 +8,7 @@ namespace dg {
 
 enum class CpuIsa : int {
     kNone = 0,    // ggml's kernels only
-    kAvx2 = 1,    // AVX2 + FMA: the f32 GEMM (f32, f16 and bf16 weights)
+    kAvx2 = 1,    // AVX2 + FMA: the f32 GEMM (f32, f16, bf16 and NVFP4 weights)
     kAvx512 = 2,  // AVX-512F: every kernel (GEMM of any type, attention op, bf16 path where AVX512_BF16)
 };
 

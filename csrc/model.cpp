@@ -148,7 +148,8 @@ int32_t diffgemma_model_load(const char * path, const diffgemma_model_params * p
         }
         model->placement = dg::plan_placement(model->hp, p);
         // Load-time work is one short graph: no warning, but never more threads than CPUs (ggml's barriers spin).
-        const int32_t load_threads = p.n_threads > 0 ? std::min(p.n_threads, dg::cpus_we_may_use()) : dg::default_thread_count();
+        const int32_t load_threads =
+            p.n_threads > 0 ? std::min(p.n_threads, dg::cpus_we_may_use()) : dg::default_thread_count();
         model->store.load(path, model->gguf, model->meta_ctx, model->hp, model->w, load_threads);
         model->memory_plan = dg::check_and_announce_plan(model->hp, model->w, model->placement, p);
         model->store.place(model->hp, model->placement, model->w);

@@ -10,8 +10,8 @@ def cpu_flags() -> str:
 
 
 def kernel_tier() -> str:
-    """"avx512" (all our kernels), "avx2" (the f32 GEMM for f32, f16 and bf16 weights; quantized weights use
-    ggml's int8 kernels) or "none", after the DIFFGEMMA_NO_GEMM / DIFFGEMMA_CPU_ISA switches."""
+    """"avx512" (all our kernels), "avx2" (the f32 GEMM for f32, f16, bf16 and NVFP4 weights; other quantized
+    weights use ggml's int8 kernels) or "none", after the DIFFGEMMA_NO_GEMM / DIFFGEMMA_CPU_ISA switches."""
     flags = cpu_flags()
     if os.environ.get("DIFFGEMMA_NO_GEMM", "0") not in ("", "0"):
         return "none"

@@ -107,7 +107,8 @@ def test_tokens_do_not_depend_on_the_threads_that_ran(monkeypatch):
     puzzle, _ = sudoku.generate(50, random.Random(5))
     prompt = sudoku.prompt_ids(puzzle)
     runs = {}
-    for label, kwargs, others in (("1", dict(n_threads=1), "0"), ("2 fixed", dict(n_threads=2, fixed_threads=True), "0"),
+    for label, kwargs, others in (("1", dict(n_threads=1), "0"),
+                                  ("2 fixed", dict(n_threads=2, fixed_threads=True), "0"),
                                   ("2 busy", dict(n_threads=2), "500")):
         monkeypatch.setenv("DIFFGEMMA_TEST_OTHER_TASKS", others)
         with Model(SUDOKU, **kwargs) as m:
