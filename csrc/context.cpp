@@ -2,7 +2,7 @@
 #include "cpu_isa.h"
 #include "errors.h"
 #include "graph.h"
-#include "model.h"
+#include "context.h"
 #include "rpc.h"
 
 #include "ggml-cpu.h"
@@ -122,15 +122,26 @@ diffgemma_context::~diffgemma_context() {
 
 namespace dg {
 
-BusyGuard::BusyGuard(diffgemma_context * ctx) : ctx_(ctx) {
+int32_t exclusive_call(diffgemma_context * ctx, CallKind kind, const std::function<void()> & body) {
     bool expected = false;
-    acquired_ = ctx_->busy.compare_exchange_strong(expected, true);
-}
-
-BusyGuard::~BusyGuard() {
-    if (acquired_) {
-        ctx_->busy.store(false);
+    if (!ctx->busy.compare_exchange_strong(expected, true)) {
+        return fail(DIFFGEMMA_ERR_BUSY, "the context is in use by another thread (one call at a time per context)");
     }
+    struct Release {
+        diffgemma_context * ctx;
+        ~Release() { ctx->busy.store(false); }
+    } release{ctx};
+    if (kind == CallKind::kTouchesCache) {
+        if (ctx->generation.open) {
+            return fail(DIFFGEMMA_ERR_BUSY, "a generation is open on this context: step it with diffgemma_generate_next "
+                        "until done, or end it with diffgemma_generate_end");
+        }
+        ctx->cancel.store(false);  // a generation's steps keep a cancel asked for between its canvases
+    }
+    return guard([&]() -> int32_t {
+        body();
+        return DIFFGEMMA_OK;
+    });
 }
 
 int32_t draw_token(std::mt19937_64 & rng, int32_t n_vocab) {
@@ -425,13 +436,8 @@ int32_t diffgemma_kv_truncate(diffgemma_context * ctx, int32_t n_keep) {
     if (ctx == nullptr || n_keep < 0) {
         return dg::fail(DIFFGEMMA_ERR_INVALID_ARGUMENT, "diffgemma_kv_truncate: bad context or n_keep %d", n_keep);
     }
-    dg::BusyGuard guard(ctx);
-    if (!guard.acquired()) {
-        return dg::fail(DIFFGEMMA_ERR_BUSY, "the context is in use by another thread (one call at a time per context)");
-    }
-    return dg::guard([&]() -> int32_t {
-        dg::rewind(ctx, std::min(ctx->n_past, n_keep));
-        return DIFFGEMMA_OK;
+    return dg::exclusive_call(ctx, dg::CallKind::kTouchesCache, [&] {
+    dg::rewind(ctx, std::min(ctx->n_past, n_keep));
     });
 }
 
@@ -439,14 +445,8 @@ int32_t diffgemma_encode(diffgemma_context * ctx, const int32_t * tokens, int32_
     if (ctx == nullptr || (tokens == nullptr && n_tokens > 0) || n_tokens < 0) {
         return dg::fail(DIFFGEMMA_ERR_INVALID_ARGUMENT, "diffgemma_encode: bad arguments");
     }
-    dg::BusyGuard guard(ctx);
-    if (!guard.acquired()) {
-        return dg::fail(DIFFGEMMA_ERR_BUSY, "the context is in use by another thread (one call at a time per context)");
-    }
-    ctx->cancel.store(false);
-    return dg::guard([&]() -> int32_t {
-        dg::encode_tokens(ctx, tokens, n_tokens);
-        return DIFFGEMMA_OK;
+    return dg::exclusive_call(ctx, dg::CallKind::kTouchesCache, [&] {
+    dg::encode_tokens(ctx, tokens, n_tokens);
     });
 }
 
@@ -454,26 +454,14 @@ int32_t diffgemma_decoder_logits(diffgemma_context * ctx, const int32_t * canvas
     if (ctx == nullptr || canvas == nullptr || out_logits == nullptr) {
         return dg::fail(DIFFGEMMA_ERR_INVALID_ARGUMENT, "diffgemma_decoder_logits: ctx, canvas and out_logits must not be NULL");
     }
-    dg::BusyGuard guard(ctx);
-    if (!guard.acquired()) {
-        return dg::fail(DIFFGEMMA_ERR_BUSY, "the context is in use by another thread (one call at a time per context)");
-    }
-    ctx->cancel.store(false);
-    return dg::guard([&]() -> int32_t {
-        dg::decoder_pass(ctx, canvas, sc_logits, 1.0f, out_logits);
-        return DIFFGEMMA_OK;
+    return dg::exclusive_call(ctx, dg::CallKind::kTouchesCache, [&] {
+    dg::decoder_pass(ctx, canvas, sc_logits, 1.0f, out_logits);
     });
 }
 
 void diffgemma_cancel(diffgemma_context * ctx) {
     if (ctx != nullptr) {
         ctx->cancel.store(true);
-    }
-}
-
-void diffgemma_seed(diffgemma_context * ctx, uint64_t seed) {
-    if (ctx != nullptr) {
-        ctx->rng.seed(seed);
     }
 }
 

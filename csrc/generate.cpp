@@ -1,7 +1,8 @@
-// The block-diffusion sampler (spec 5): denoise one canvas with entropy-bound acceptance and renoising,
-// then the block loop that commits argmax canvases and re-encodes them into the KV cache.
+// The block-diffusion sampler (spec 5): denoise one canvas with entropy-bound acceptance and renoising. The block
+// loop around it is generation.cpp.
 #include "errors.h"
-#include "model.h"
+#include "context.h"
+#include "generation.h"
 #include "sampler_math.h"
 #include "tokenizer.h"
 
@@ -12,9 +13,7 @@
 
 namespace dg {
 
-namespace {
-
-void check_params(const diffgemma_sampler_params & p) {
+void check_sampler_params(const diffgemma_sampler_params & p) {
     if (p.steps <= 0 || p.steps > 100000) {
         raise(DIFFGEMMA_ERR_INVALID_ARGUMENT, "steps must be in 1..100000, got %d", p.steps);
     }
@@ -28,6 +27,8 @@ void check_params(const diffgemma_sampler_params & p) {
         raise(DIFFGEMMA_ERR_INVALID_ARGUMENT, "max_new_tokens must be positive, got %d", p.max_new_tokens);
     }
 }
+
+namespace {
 
 // Turns raw logits into the processed lg = raw / T in place (a true division, as HF does; lg is also the next
 // step's self-conditioning input) and computes the per-position statistics of lg, in parallel over
@@ -83,7 +84,6 @@ std::vector<bool> accept_set(const std::vector<RowStats> & st, float bound) {
 
 }  // namespace
 
-// Denoises one canvas; returns the argmax canvas of the last executed step and the steps used.
 int32_t denoise_canvas(diffgemma_context * c, const diffgemma_sampler_params & p, const diffgemma_replay * replay,
                        int32_t block, diffgemma_step_callback on_step, void * user_data, int32_t * out_canvas) {
     const HParams & hp = c->model->hp;
@@ -176,131 +176,3 @@ int32_t denoise_canvas(diffgemma_context * c, const diffgemma_sampler_params & p
 }
 
 }  // namespace dg
-
-namespace dg {
-
-void prefill(diffgemma_context * c, const int32_t * prompt, int32_t n_prompt) {
-    if (n_prompt <= 0) {
-        raise(DIFFGEMMA_ERR_INVALID_ARGUMENT, "the prompt is empty (it must hold at least the BOS token)");
-    }
-    size_t common = 0;
-    while (common < c->cached_tokens.size() && common < static_cast<size_t>(n_prompt) &&
-           c->cached_tokens[common] == prompt[common]) {
-        ++common;
-    }
-    // A fully cached prompt needs no encoder pass: its K/V are already there, computed exactly as before, so
-    // repeating a request reproduces it bit for bit (re-encoding a suffix alone would round differently).
-    // When the sliding rings no longer hold the window at the common prefix (the cache ran more than their
-    // slack past it), the whole prompt is encoded again, chunked exactly as a fresh context would.
-    if (!c->kv.holds_window_at(c->model->hp, static_cast<int32_t>(common))) {
-        common = 0;
-    }
-    rewind(c, static_cast<int32_t>(common));
-    encode_tokens(c, prompt + common, n_prompt - static_cast<int32_t>(common));
-}
-
-}  // namespace dg
-
-extern "C" {
-
-int32_t diffgemma_prefill(diffgemma_context * ctx, const int32_t * prompt, int32_t n_prompt) {
-    if (ctx == nullptr || prompt == nullptr || n_prompt < 0) {
-        return dg::fail(DIFFGEMMA_ERR_INVALID_ARGUMENT, "diffgemma_prefill: bad arguments");
-    }
-    dg::BusyGuard guard(ctx);
-    if (!guard.acquired()) {
-        return dg::fail(DIFFGEMMA_ERR_BUSY, "the context is in use by another thread (one call at a time per context)");
-    }
-    ctx->cancel.store(false);
-    return dg::guard([&]() -> int32_t {
-        dg::prefill(ctx, prompt, n_prompt);
-        return DIFFGEMMA_OK;
-    });
-}
-
-int32_t diffgemma_denoise(diffgemma_context * ctx, const diffgemma_sampler_params * params, const diffgemma_replay * replay,
-                          int32_t block, diffgemma_step_callback on_step, void * user_data, int32_t * out_canvas,
-                          int32_t * out_steps) {
-    if (ctx == nullptr || params == nullptr || out_canvas == nullptr || block < 0) {
-        return dg::fail(DIFFGEMMA_ERR_INVALID_ARGUMENT, "diffgemma_denoise: ctx, params and out_canvas must not be NULL");
-    }
-    dg::BusyGuard guard(ctx);
-    if (!guard.acquired()) {
-        return dg::fail(DIFFGEMMA_ERR_BUSY, "the context is in use by another thread (one call at a time per context)");
-    }
-    ctx->cancel.store(false);
-    return dg::guard([&]() -> int32_t {
-        dg::check_params(*params);
-        const int32_t steps = dg::denoise_canvas(ctx, *params, replay, block, on_step, user_data, out_canvas);
-        if (out_steps != nullptr) {
-            *out_steps = steps;
-        }
-        return DIFFGEMMA_OK;
-    });
-}
-
-int32_t diffgemma_generate(diffgemma_context * ctx, const int32_t * prompt, int32_t n_prompt,
-                           const diffgemma_sampler_params * params, const diffgemma_replay * replay,
-                           diffgemma_step_callback on_step, void * user_data, int32_t * out_tokens, size_t out_capacity,
-                           size_t * n_out, int32_t * out_steps_total) {
-    if (ctx == nullptr || params == nullptr || n_out == nullptr || (prompt == nullptr && n_prompt > 0) || n_prompt < 0) {
-        return dg::fail(DIFFGEMMA_ERR_INVALID_ARGUMENT, "diffgemma_generate: bad arguments");
-    }
-    *n_out = 0;
-    dg::BusyGuard guard(ctx);
-    if (!guard.acquired()) {
-        return dg::fail(DIFFGEMMA_ERR_BUSY, "the context is in use by another thread (one call at a time per context)");
-    }
-    ctx->cancel.store(false);
-    return dg::guard([&]() -> int32_t {
-        const dg::HParams & hp = ctx->model->hp;
-        const int32_t C = hp.canvas_length;
-        const diffgemma_sampler_params & p = *params;
-        dg::check_params(p);
-        const int32_t n_blocks = (p.max_new_tokens + C - 1) / C;
-        const int64_t needed = static_cast<int64_t>(n_prompt) + static_cast<int64_t>(n_blocks) * C;
-        if (needed > ctx->kv.n_ctx()) {
-            dg::raise(DIFFGEMMA_ERR_CONTEXT_OVERFLOW,
-                      "prompt (%d tokens) + %d canvas(es) x %d = %lld positions exceed n_ctx = %d (hint: a larger n_ctx or "
-                      "fewer max_new_tokens)", n_prompt, n_blocks, C, static_cast<long long>(needed), ctx->kv.n_ctx());
-        }
-        if (out_capacity < static_cast<size_t>(n_blocks) * C || (out_tokens == nullptr && n_blocks > 0)) {
-            *n_out = static_cast<size_t>(n_blocks) * C;
-            dg::raise(DIFFGEMMA_ERR_BUFFER_TOO_SMALL, "the output buffer holds %zu tokens, %d canvas(es) need %d", out_capacity,
-                      n_blocks, n_blocks * C);
-        }
-        ctx->rng.seed(p.seed);
-        dg::prefill(ctx, prompt, n_prompt);
-
-        const diffgemma_vocab * vocab = ctx->model->vocab.get();
-        const int32_t pad = vocab && vocab->pad() >= 0 ? vocab->pad() : 0;
-        int32_t total_steps = 0;
-        size_t produced = 0;
-        for (int32_t b = 0; b < n_blocks; ++b) {
-            if (b > 0) {
-                dg::encode_tokens(ctx, out_tokens + produced - C, C);
-            }
-            int32_t * block = out_tokens + produced;
-            total_steps += dg::denoise_canvas(ctx, p, replay, b, on_step, user_data, block);
-            produced += static_cast<size_t>(C);
-            bool finished = false;
-            for (int32_t i = 0; i < C; ++i) {
-                if (finished) {
-                    block[i] = pad;
-                } else if (vocab != nullptr && vocab->is_eog(block[i])) {
-                    finished = true;
-                }
-            }
-            if (finished) {
-                break;
-            }
-        }
-        *n_out = produced;
-        if (out_steps_total != nullptr) {
-            *out_steps_total = total_steps;
-        }
-        return DIFFGEMMA_OK;
-    });
-}
-
-}  // extern "C"

@@ -2,7 +2,7 @@
 #include "timing.h"
 
 #include "errors.h"
-#include "model.h"
+#include "context.h"
 
 #include <algorithm>
 #include <cstring>
@@ -75,18 +75,15 @@ int32_t diffgemma_timings_enable(diffgemma_context * ctx, int32_t mode) {
     if (ctx == nullptr) {
         return dg::fail(DIFFGEMMA_ERR_INVALID_ARGUMENT, "diffgemma_timings_enable: ctx must not be NULL");
     }
-    dg::BusyGuard guard(ctx);
-    if (!guard.acquired()) {
-        return dg::fail(DIFFGEMMA_ERR_BUSY, "the context is in use by another thread (one call at a time per context)");
-    }
     if (mode < 0 || mode > 2) {
         return dg::fail(DIFFGEMMA_ERR_INVALID_ARGUMENT, "diffgemma_timings_enable: mode %d is not 0, 1 or 2", mode);
     }
-    ctx->timing.split_decoder = mode != 0;
-    ctx->timing.per_op = mode == 2;
-    ggml_backend_sched_set_eval_callback(ctx->sched, mode != 0 ? dg::Timings::eval_callback : nullptr,
-                                         mode != 0 ? &ctx->timing : nullptr);
-    return DIFFGEMMA_OK;
+    return dg::exclusive_call(ctx, dg::CallKind::kDuringGeneration, [&] {
+        ctx->timing.split_decoder = mode != 0;
+        ctx->timing.per_op = mode == 2;
+        ggml_backend_sched_set_eval_callback(ctx->sched, mode != 0 ? dg::Timings::eval_callback : nullptr,
+                                             mode != 0 ? &ctx->timing : nullptr);
+    });
 }
 
 int32_t diffgemma_timings_get(const diffgemma_context * ctx, diffgemma_timings * out) {

@@ -1,9 +1,9 @@
 """A tiny stand-in for the block-diffusion engine, for testing the text layer without a model.
 
-It speaks the engine API that ``Model`` implements (tokenize / detokenize / generate_blocks / cancel,
-eos_ids, metadata, chat_template, canvas_length, n_vocab) and "generates" a scripted answer:
-each canvas is revealed over ``steps`` denoising steps (the preview shows noise being replaced),
-then committed. It records every call and flags any overlapping generations.
+It speaks the engine API the completion layer needs (``diffgemma_cpp.completion.Engine``, which ``Model``
+implements) and "generates" a scripted answer: each canvas is revealed over ``steps`` denoising steps (the
+preview shows noise being replaced), then committed. Like the engine it checks steps and seed when the blocks are
+made and refuses a second generation while one runs (ModelBusyError); it records every generation.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 
 from diffgemma_cpp.completion import CompletionMixin
-from diffgemma_cpp.errors import Cancelled
+from diffgemma_cpp.errors import Cancelled, InvalidArgumentError, ModelBusyError
 from diffgemma_cpp.names import key
 
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<turn|>", "<|turn>", "<|channel>", "<channel|>", "<|think|>",
@@ -28,6 +28,7 @@ class Block:
     ids: list
     eos: bool
     steps: int
+    canvas: list
 
 
 class FakeModel(CompletionMixin):
@@ -41,11 +42,11 @@ class FakeModel(CompletionMixin):
                          key("TOKENIZER_PAD_ID"): PAD, key("TOKENIZER_UNK_ID"): UNK}
         self.chat_template = chat_template
         self.model_path = model_path
+        self.tokenizer = None  # the special ids come from the metadata
         self.steps = steps
         self.step_delay = step_delay
         self.set_answer(answer, eos=eos)
         self.calls: list[dict] = []
-        self.overlaps = 0
         self._running = 0
         self._running_lock = threading.Lock()
         self._cancel = threading.Event()
@@ -93,16 +94,20 @@ class FakeModel(CompletionMixin):
     def generate_blocks(self, prompt_ids, max_new_tokens=256, steps=None, seed=None, t_min=None, t_max=None,
                         entropy_bound=None, stability_threshold=None, confidence_threshold=None, on_step=None,
                         budget_name="max_new_tokens"):
-        self.calls.append(dict(prompt_ids=list(prompt_ids), max_new_tokens=max_new_tokens, steps=steps, seed=seed,
-                               t_min=t_min, t_max=t_max, entropy_bound=entropy_bound,
-                               stability_threshold=stability_threshold, confidence_threshold=confidence_threshold))
-        return self._generate(max_new_tokens, steps or self.steps, seed, on_step)
+        for name, value, low in (("steps", steps, 1), ("seed", seed, 0)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise InvalidArgumentError(f"{name} must be an integer >= {low}, got {value!r}")
+        call = dict(prompt_ids=list(prompt_ids), max_new_tokens=max_new_tokens, steps=steps, seed=seed, t_min=t_min,
+                    t_max=t_max, entropy_bound=entropy_bound, stability_threshold=stability_threshold,
+                    confidence_threshold=confidence_threshold)
+        return self._generate(call, max_new_tokens, steps or self.steps, seed, on_step)
 
-    def _generate(self, max_new_tokens, steps, seed, on_step):
+    def _generate(self, call, max_new_tokens, steps, seed, on_step):
         with self._running_lock:
+            if self._running:
+                raise ModelBusyError("the fake engine is already generating")
             self._running += 1
-            if self._running > 1:
-                self.overlaps += 1
+            self.calls.append(call)
         self._cancel.clear()
         try:
             rng = random.Random(seed)
@@ -124,11 +129,11 @@ class FakeModel(CompletionMixin):
                 ids = truth
                 eos_at = next((i for i, t in enumerate(ids) if t in self.eos_ids), None)
                 if eos_at is not None:
-                    yield Block(ids=ids[:eos_at], eos=True, steps=steps)
+                    yield Block(ids=ids[:eos_at], eos=True, steps=steps, canvas=truth)
                     return
                 if b * C + C >= len(self.answer_ids):  # ran out of script: pad like a real model would not
                     ids = [t for t in ids if t != PAD]
-                yield Block(ids=ids, eos=False, steps=steps)
+                yield Block(ids=ids, eos=False, steps=steps, canvas=truth)
         finally:
             with self._running_lock:
                 self._running -= 1

@@ -1,4 +1,4 @@
-"""The checks of tests/gpu/test_sampler_cuda.py, run on the CPU against the emulated kernel
+"""The checks of tests/gpu/test_sampler_cuda.py (tests/gpu/sampler_kernel_checks.py), run on the CPU against the emulated kernel
 (tests/gpu/emulated_sampler_driver.py answers the GPU driver's file protocol). A GPU session is short and rare:
 a check that even a correct kernel cannot pass (a tolerance below the output type's rounding, a wrong expected
 id) fails here instead of there. What the real kernel does is still only tested on a GPU."""
@@ -9,7 +9,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "gpu"))
-import test_sampler_cuda as gpu_checks  # noqa: E402
+import sampler_kernel_checks as checks  # noqa: E402
 import c_driver  # noqa: E402
 
 
@@ -29,21 +29,21 @@ def emulated_driver(tmp_path_factory):
 
 @pytest.mark.parametrize("probs_type,pad", [("bf16", 0), ("f16", 0), ("bf16", 1)])
 def test_full_vocab_checks(emulated_driver, tmp_path, probs_type, pad):
-    gpu_checks.test_kernel_matches_reference_on_full_vocab(emulated_driver, tmp_path, probs_type, pad)
+    checks.full_vocab(emulated_driver, tmp_path, probs_type, pad)
 
 
 def test_bf16_of_bf16_logits_checks(emulated_driver, tmp_path):
-    gpu_checks.test_probs_of_bf16_rounded_logits_follow_the_hf_numerics(emulated_driver, tmp_path)
+    checks.probs_of_bf16_rounded_logits(emulated_driver, tmp_path)
 
 
 @pytest.mark.parametrize("vocab", [3, 2049])
 def test_ragged_vocab_checks(emulated_driver, tmp_path, vocab):
-    gpu_checks.test_ragged_vocab_sizes(emulated_driver, tmp_path, vocab)
+    checks.ragged_vocab(emulated_driver, tmp_path, vocab)
 
 
 def test_edge_row_checks(emulated_driver, tmp_path):
-    gpu_checks.test_edge_rows_match_the_host_rules(emulated_driver, tmp_path)
+    checks.edge_rows(emulated_driver, tmp_path)
 
 
 def test_no_distribution_checks(emulated_driver, tmp_path):
-    gpu_checks.test_rows_without_a_distribution(emulated_driver, tmp_path)
+    checks.rows_without_a_distribution(emulated_driver, tmp_path)

@@ -11,7 +11,12 @@
  *     if (diffgemma_model_load("model.gguf", &mp, &model) != DIFFGEMMA_OK) {
  *         fprintf(stderr, "%s\n", diffgemma_last_error());
  *     }
- *     ... diffgemma_context_new(model, &cp, &ctx); diffgemma_generate(ctx, ...); ...
+ *     ... diffgemma_context_new(model, &cp, &ctx);
+ *     diffgemma_generate_begin(ctx, prompt, n_prompt, &sp, NULL);       // or diffgemma_generate(...): the whole loop
+ *     for (diffgemma_canvas_info info = {0}; !info.done;) {
+ *         if (diffgemma_generate_next(ctx, NULL, NULL, canvas, &info) != DIFFGEMMA_OK) break;
+ *         ... use canvas[0 .. info.n_content) ...
+ *     }
  *     diffgemma_context_free(ctx);
  *     diffgemma_model_free(model);
  *
@@ -25,7 +30,9 @@
  * Thread contract:
  *   - A diffgemma_model holds read-only weights and may be shared by several threads.
  *   - A diffgemma_context (KV cache, canvas, scratch) is used by one thread at a time. A second thread
- *     entering a busy context gets DIFFGEMMA_ERR_BUSY instead of undefined behaviour.
+ *     entering a busy context gets DIFFGEMMA_ERR_BUSY instead of undefined behaviour. While a generation is
+ *     open (diffgemma_generate_begin until its last canvas or diffgemma_generate_end) the calls that change
+ *     the cache (prefill, encode, decoder_logits, kv_truncate, another begin) get DIFFGEMMA_ERR_BUSY too.
  *   - diffgemma_cancel() is the one call that may be made from any thread at any time.
  *
  * The part between cffi-begin and cffi-end is also fed verbatim (minus DIFFGEMMA_API) to cffi to build the
@@ -54,7 +61,7 @@ extern "C" {
 // cffi-begin
 
 /* Bumped on every incompatible change of this header. */
-#define DIFFGEMMA_API_VERSION 6
+#define DIFFGEMMA_API_VERSION 7
 
 /* ---- status codes ---- */
 enum diffgemma_status {
@@ -396,24 +403,56 @@ DIFFGEMMA_API int32_t diffgemma_decoder_logits(diffgemma_context * ctx, const in
                                                float * out_logits);
 
 /* Makes the KV cache hold exactly `prompt`: keeps the longest prefix it shares with the cached tokens (so a
- * multi-turn chat does not re-encode its history) and encodes the rest. */
+ * multi-turn chat does not re-encode its history) and encodes the rest. diffgemma_generate_begin does this
+ * itself; call it alone to warm the cache for a prompt. */
 DIFFGEMMA_API int32_t diffgemma_prefill(diffgemma_context * ctx, const int32_t * prompt, int32_t n_prompt);
 
-/* Seeds the context's RNG (canvas init, sampling uniforms, renoise ids), used by diffgemma_denoise. */
-DIFFGEMMA_API void diffgemma_seed(diffgemma_context * ctx, uint64_t seed);
+/* ---- generation ---- */
+/*
+ * Block-diffusion generation (HF DiffusionGemmaForBlockDiffusion.generate semantics), one canvas per call:
+ *
+ *   diffgemma_generate_begin   checks the settings and that prompt + canvases fit n_ctx, seeds the RNG with
+ *                              params->seed and prefills the prompt (reusing the cached prefix).
+ *   diffgemma_generate_next    re-encodes the previous canvas (KV reuse), denoises the next one and writes its
+ *                              committed (argmax) ids. After the first end-of-generation token the rest of that
+ *                              canvas is the pad id and the generation is done; it is also done after the last
+ *                              canvas max_new_tokens asks for (rounded up to whole canvases).
+ *   diffgemma_generate_end     ends an open generation early (a consumer that stops reading); a generation that
+ *                              is done, failed or was cancelled has already ended. Safe to call at any time.
+ *
+ * A failing or cancelled diffgemma_generate_next ends the generation and leaves the context usable; the cache
+ * then holds the prompt and the canvases committed before. `replay` (or NULL: the context's RNG) must stay valid
+ * until the generation ends.
+ */
 
-/* Denoises one canvas at positions [n_past, n_past + C) without changing the cache and writes the committed
- * (argmax) canvas to out_canvas (C ids) and the steps used to *out_steps. `block` selects the replay draws
- * (replay may be NULL: the context RNG is used) and is passed to on_step. */
-DIFFGEMMA_API int32_t diffgemma_denoise(diffgemma_context * ctx, const diffgemma_sampler_params * params,
-                                        const diffgemma_replay * replay, int32_t block,
-                                        diffgemma_step_callback on_step, void * user_data,
-                                        int32_t * out_canvas, int32_t * out_steps);
+/* One committed canvas. */
+typedef struct diffgemma_canvas_info {
+    int32_t block;      /* its index in this generation, from 0 */
+    int32_t steps;      /* denoising steps it took */
+    int32_t n_content;  /* ids before its first end-of-generation token (canvas_length when it has none) */
+    int32_t eos;        /* 1 = an end-of-generation token ended the generation in this canvas */
+    int32_t done;       /* 1 = the generation has ended (eos, or the last canvas asked for) */
+} diffgemma_canvas_info;
 
-/* Block-diffusion generation after the prompt (HF DiffusionGemmaForBlockDiffusion.generate semantics):
- * encodes the prompt (reusing the cached prefix it shares with earlier calls), denoises canvases, commits
- * each argmax canvas and re-encodes it. Writes the generated tokens (whole canvases; after the first EOS the
- * canvas is padded with the pad id) to out_tokens and their count to *n_out. replay may be NULL. */
+/* The checks diffgemma_generate_begin makes before it touches the cache: the sampler settings
+ * (DIFFGEMMA_ERR_INVALID_ARGUMENT) and whether a prompt of n_prompt tokens plus the canvases fit n_ctx
+ * (DIFFGEMMA_ERR_CONTEXT_OVERFLOW, with the arithmetic). Reads the context only; callable at any time. */
+DIFFGEMMA_API int32_t diffgemma_generate_check(const diffgemma_context * ctx, int32_t n_prompt,
+                                               const diffgemma_sampler_params * params);
+
+DIFFGEMMA_API int32_t diffgemma_generate_begin(diffgemma_context * ctx, const int32_t * prompt, int32_t n_prompt,
+                                               const diffgemma_sampler_params * params, const diffgemma_replay * replay);
+
+/* Writes canvas_length ids to out_canvas and fills *info. on_step (may be NULL) sees every denoising step. */
+DIFFGEMMA_API int32_t diffgemma_generate_next(diffgemma_context * ctx, diffgemma_step_callback on_step, void * user_data,
+                                              int32_t * out_canvas, diffgemma_canvas_info * info);
+
+DIFFGEMMA_API int32_t diffgemma_generate_end(diffgemma_context * ctx);
+
+/* The whole generation in one call (a loop over the three above): writes the committed canvases (whole
+ * canvases, padded after the first end-of-generation token) to out_tokens, their count to *n_out and the
+ * denoising steps to *out_steps_total (may be NULL). out_capacity must hold max_new_tokens rounded up to whole
+ * canvases (DIFFGEMMA_ERR_BUFFER_TOO_SMALL with that count in *n_out). */
 DIFFGEMMA_API int32_t diffgemma_generate(diffgemma_context * ctx, const int32_t * prompt, int32_t n_prompt,
                                          const diffgemma_sampler_params * params, const diffgemma_replay * replay,
                                          diffgemma_step_callback on_step, void * user_data,
@@ -421,7 +460,8 @@ DIFFGEMMA_API int32_t diffgemma_generate(diffgemma_context * ctx, const int32_t 
                                          int32_t * out_steps_total);
 
 /* Asks a running call on ctx to stop (returns DIFFGEMMA_ERR_CANCELLED there) within one denoising step or
- * encoder graph. Safe from any thread. */
+ * encoder graph; asked between two canvases of an open generation, the next diffgemma_generate_next stops.
+ * Safe from any thread. */
 DIFFGEMMA_API void diffgemma_cancel(diffgemma_context * ctx);
 
 /* ---- timing ---- */

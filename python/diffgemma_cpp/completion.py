@@ -1,8 +1,7 @@
 """OpenAI-shaped completions on top of the block-diffusion engine (the llama-cpp-python surface).
 
-``CompletionMixin`` is mixed into ``Model``. It needs these engine members (see ``Model``):
-``tokenize``, ``detokenize``, ``eos_ids``, ``metadata``, ``chat_template``, ``generate_blocks`` and
-``cancel``. It adds ``create_completion`` (also ``__call__``) and ``create_chat_completion``.
+``CompletionMixin`` is mixed into ``Model``; what it needs from the engine is the ``Engine`` protocol below. It
+adds ``create_completion`` (also ``__call__``) and ``create_chat_completion``.
 
 Block diffusion commits a whole canvas (``canvas_length`` tokens, 256 for DiffusionGemma) at a time, so:
 
@@ -14,9 +13,9 @@ Block diffusion commits a whole canvas (``canvas_length`` tokens, 256 for Diffus
 
 Thread contract
 ---------------
-One generation at a time per ``Model``. A second call made while one is running (from another
-thread, or by starting a new call while iterating a stream) raises ``ModelBusyError`` at once; it
-never blocks, corrupts state or crashes. A non-streaming call holds the model for its whole run; a
+One generation at a time per ``Model`` (the engine decides: ``generate_blocks`` refuses a second one). A second
+call made while one is running (from another thread, or by starting a new call while iterating a stream) raises
+``ModelBusyError`` at once; it never blocks, corrupts state or crashes. A non-streaming call holds the model for its whole run; a
 stream holds it from its first ``next()`` until it is exhausted, closed (``.close()``, ``break`` out of
 a ``for`` loop then dropping it) or garbage-collected. ``Model.cancel()`` may be called from any
 thread (or a signal handler): the running generation stops within one denoising step and returns with
@@ -27,18 +26,17 @@ may run in parallel threads. Servers that want queueing put their own lock in fr
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 from .chat import ChatTemplate
-from .errors import Cancelled, InvalidArgumentError, ModelBusyError
+from .errors import Cancelled, InvalidArgumentError
 from .textstream import ReasoningSplitter, StopTextStream, decode_preview, normalise_stop
 from .tool_calls import ToolCallSplitter, messages_for_template, openai_tool_call, split_tool_calls
 
-__all__ = ["CompletionMixin", "SAMPLER_OVERRIDES", "TOOL_CHOICES"]
+__all__ = ["CompletionMixin", "Engine", "SAMPLER_OVERRIDES", "TOOL_CHOICES"]
 
 # Sampler settings a call may override; None keeps the model's (GGUF / built-in) default.
 SAMPLER_OVERRIDES = ("t_min", "t_max", "entropy_bound", "stability_threshold", "confidence_threshold")
@@ -50,60 +48,58 @@ TOOL_CHOICES = ("auto", "none")
 THOUGHT_OPEN = "<|channel>thought"
 THOUGHT_CLOSE = "<channel|>"
 
-_lock_guard = threading.Lock()  # creates each model's busy lock exactly once
+class Engine(Protocol):
+    """What the completion layer needs from the engine it is mixed into (``Model``; the tests' fake engine)."""
+
+    model_path: str
+    metadata: dict
+    chat_template: str | None
+    tokenizer: Any  # a Tokenizer (token_text, bos_id ...), or None: the special ids then come from metadata
+    n_vocab: int
+    eos_ids: list
+
+    def tokenize(self, text: str, add_bos: bool = True, special: bool = True) -> list: ...
+
+    def detokenize(self, ids) -> bytes: ...
+
+    def generate_blocks(self, prompt_ids, max_new_tokens: int, *, steps, seed, on_step, budget_name: str,
+                        **sampler) -> Iterator[Any]:
+        """Checks the settings at once (InvalidArgumentError, ContextOverflowError); the returned iterator begins
+        the generation at its first next() (ModelBusyError when another one runs) and yields committed canvases
+        (``ids``, ``eos``, ``steps``); closing it ends the generation."""
+        ...
+
+    def cancel(self) -> None: ...
 
 
 class CompletionMixin:
-    """Text in, text out. See the module docstring for the thread contract."""
-
-    # ---- thread contract ------------------------------------------------------------------
-
-    def _busy_lock(self) -> threading.Lock:
-        lock = self.__dict__.get("_dg_busy_lock")
-        if lock is None:
-            with _lock_guard:
-                lock = self.__dict__.setdefault("_dg_busy_lock", threading.Lock())
-        return lock
-
-    def _claim(self) -> None:
-        if not self._busy_lock().acquire(blocking=False):
-            raise ModelBusyError(
-                "this Model is already generating (one generation at a time per Model); "
-                "wait for the other call, cancel() it, or load a second Model for parallel work")
-
-    def _release(self) -> None:
-        self._busy_lock().release()
+    """Text in, text out, over an ``Engine``. See the module docstring for the thread contract."""
 
     # ---- small helpers --------------------------------------------------------------------
 
-    def _model_name(self) -> str:
-        name = getattr(self, "model_name", None)
-        if name:
-            return str(name)
-        path = getattr(self, "model_path", None)
-        return Path(path).name if path else "diffgemma"
+    def _model_name(self: Engine) -> str:
+        name = getattr(self, "model_name", None)  # optional: the server's --alias
+        return str(name) if name else Path(self.model_path).name
 
-    def _special_id(self, name: str) -> int | None:
+    def _special_id(self: Engine, name: str) -> int | None:
         """``bos`` / ``eos`` / ``unk`` / ``pad`` id: from the tokenizer when there is one, else the metadata."""
         from .names import key
 
-        tokenizer = getattr(self, "tokenizer", None)
-        value = getattr(tokenizer, f"{name}_id", None) if tokenizer is not None else None
+        value = getattr(self.tokenizer, f"{name}_id", None) if self.tokenizer is not None else None
         if value is None:
             ident = {"bos": "TOKENIZER_BOS_ID", "eos": "TOKENIZER_EOS_ID", "unk": "TOKENIZER_UNK_ID",
                      "pad": "TOKENIZER_PAD_ID"}[name]
-            value = (getattr(self, "metadata", None) or {}).get(key(ident))
+            value = (self.metadata or {}).get(key(ident))
         if isinstance(value, str) and value.strip().isdigit():
             value = int(value)  # metadata read back as text
         return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
-    def _special_token_text(self, token_id: int | None) -> str | None:
+    def _special_token_text(self: Engine, token_id: int | None) -> str | None:
         if token_id is None:
             return None
         try:
-            tokenizer = getattr(self, "tokenizer", None)
-            if tokenizer is not None and hasattr(tokenizer, "token_text"):
-                return tokenizer.token_text(token_id)  # the token's spelling, as HF's special_tokens_map has it
+            if self.tokenizer is not None:
+                return self.tokenizer.token_text(token_id)  # the token's spelling, as HF's special_tokens_map has it
             return self.detokenize([token_id]).decode("utf-8", errors="replace")
         except Exception:  # noqa: BLE001 - a missing token only means the template cannot name it
             return None
@@ -131,9 +127,8 @@ class CompletionMixin:
             ids = ids[1:]  # a template or prompt that already starts with <bos>: don't double it
         if not ids:
             raise InvalidArgumentError("prompt is empty: give at least one token of text")
-        n_vocab = getattr(self, "n_vocab", None)
-        if isinstance(n_vocab, int) and any(t < 0 or t >= n_vocab for t in ids):
-            raise InvalidArgumentError(f"prompt token ids must be in [0, {n_vocab})")
+        if any(t < 0 or t >= self.n_vocab for t in ids):
+            raise InvalidArgumentError(f"prompt token ids must be in [0, {self.n_vocab})")
         return ids
 
     @staticmethod
@@ -142,30 +137,26 @@ class CompletionMixin:
             raise InvalidArgumentError(f"max_tokens must be a positive integer, got {max_tokens!r}")
         return max_tokens
 
-    def _blocks(self, prompt_ids: list[int], max_tokens: int, steps: Any, seed: Any, sampler: dict,
+    def _blocks(self: Engine, prompt_ids: list[int], max_tokens: int, steps: Any, seed: Any, sampler: dict,
                 on_step: Callable[[int, int, str], None] | None) -> Iterator[Any]:
         step_cb = None
         if on_step is not None:
-            eos_ids = list(getattr(self, "eos_ids", []) or [])
+            eos_ids = list(self.eos_ids)
 
             def step_cb(step: int, total: int, canvas_ids: list[int]) -> None:
                 on_step(step, total, decode_preview(self.detokenize, canvas_ids, eos_ids))
 
-        return self.generate_blocks(prompt_ids, max_new_tokens=max_tokens, steps=steps, seed=seed,
-                                    on_step=step_cb, budget_name="max_tokens", **sampler)
+        return self.generate_blocks(prompt_ids, max_tokens, steps=steps, seed=seed, on_step=step_cb,
+                                    budget_name="max_tokens", **sampler)
 
     # ---- the generation core --------------------------------------------------------------
 
-    def _run(self, prompt_ids: list[int], *, max_tokens: int, stop: tuple[str, ...], steps: Any, seed: Any,
-             sampler: dict, on_step: Any) -> Iterator[tuple[str, dict | None]]:
-        """Yield ``(text, None)`` per committed canvas, then ``(tail_text, summary)`` once.
-
-        Must be called with the model claimed.
-        """
+    def _run(self, prompt_ids: list[int], *, max_tokens: int, stop: tuple[str, ...],
+             blocks: Iterator[Any]) -> Iterator[tuple[str, dict | None]]:
+        """Yield ``(text, None)`` per committed canvas of ``blocks``, then ``(tail_text, summary)`` once."""
         stream = StopTextStream(stop)
         n_completion, n_steps, n_canvases = 0, 0, 0
         finish = "length"
-        blocks = self._blocks(prompt_ids, max_tokens, steps, seed, sampler, on_step)
         try:
             for block in blocks:
                 n_canvases += 1
@@ -183,9 +174,7 @@ class CompletionMixin:
         except Cancelled:
             finish = "cancelled"
         finally:
-            close = getattr(blocks, "close", None)
-            if close is not None:
-                close()  # stop the engine at this canvas when the consumer stops early
+            blocks.close()  # stop the engine at this canvas when the consumer stops early
         tail = stream.finish()
         usage = {"prompt_tokens": len(prompt_ids), "completion_tokens": n_completion,
                  "total_tokens": len(prompt_ids) + n_completion,
@@ -193,13 +182,8 @@ class CompletionMixin:
         yield tail, {"finish_reason": finish, "usage": usage, "text": stream.text}
 
     def _run_to_end(self, settings: dict) -> dict:
-        """Run a whole non-streaming generation with the model claimed; return _run's summary."""
-        self._claim()
-        try:
-            parts = list(self._run(**settings))
-        finally:
-            self._release()
-        return parts[-1][1]
+        """Run a whole non-streaming generation; return _run's summary."""
+        return list(self._run(**settings))[-1][1]
 
     @staticmethod
     def _sampler(kwargs: dict) -> dict:
@@ -235,29 +219,25 @@ class CompletionMixin:
     __call__ = create_completion
 
     def _settings(self, prompt, max_tokens, stop, steps, seed, sampler, on_step, add_bos) -> dict:
-        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-            raise InvalidArgumentError(f"steps must be a positive integer, got {steps!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-            raise InvalidArgumentError(f"seed must be a non-negative integer, got {seed!r}")
+        """Everything checked before any work (the engine checks its own settings when the blocks are made; the
+        generation itself begins at the first canvas asked for)."""
         if on_step is not None and not callable(on_step):
             raise InvalidArgumentError("on_step must be callable as on_step(step, total, canvas_text)")
-        return dict(prompt_ids=self._prompt_ids(prompt, add_bos), max_tokens=self._check_max_tokens(max_tokens),
-                    stop=normalise_stop(stop), steps=steps, seed=seed, sampler=self._sampler(sampler),
-                    on_step=on_step)
+        prompt_ids = self._prompt_ids(prompt, add_bos)
+        max_tokens = self._check_max_tokens(max_tokens)
+        stop = normalise_stop(stop)
+        blocks = self._blocks(prompt_ids, max_tokens, steps, seed, self._sampler(sampler), on_step)
+        return dict(prompt_ids=prompt_ids, max_tokens=max_tokens, stop=stop, blocks=blocks)
 
     def _stream_completion(self, settings: dict, meta: dict) -> Iterator[dict]:
-        self._claim()
-        try:
-            with contextlib.closing(self._run(**settings)) as parts:
-                for text, summary in parts:
-                    chunk = {**meta, "object": "text_completion",
-                             "choices": [{"text": text, "index": 0, "logprobs": None,
-                                          "finish_reason": summary and summary["finish_reason"]}]}
-                    if summary:
-                        chunk["usage"] = summary["usage"]
-                    yield chunk
-        finally:
-            self._release()
+        with contextlib.closing(self._run(**settings)) as parts:
+            for text, summary in parts:
+                chunk = {**meta, "object": "text_completion",
+                         "choices": [{"text": text, "index": 0, "logprobs": None,
+                                      "finish_reason": summary and summary["finish_reason"]}]}
+                if summary:
+                    chunk["usage"] = summary["usage"]
+                yield chunk
 
     # ---- create_chat_completion -----------------------------------------------------------
 
@@ -265,7 +245,7 @@ class CompletionMixin:
                             tools: list[dict] | None = None, add_generation_prompt: bool = True,
                             enable_thinking: bool | None = None, **template_kwargs: Any) -> str:
         """Render ``messages`` with ``chat_template`` or, by default, the GGUF's ``tokenizer.chat_template``."""
-        source = chat_template if chat_template is not None else getattr(self, "chat_template", None)
+        source = chat_template if chat_template is not None else self.chat_template
         if not source:
             raise InvalidArgumentError("this model has no chat template (tokenizer.chat_template); "
                                        "pass chat_template=... or use create_completion with your own prompt")
@@ -321,43 +301,39 @@ class CompletionMixin:
                 "usage": summary["usage"]}
 
     def _stream_chat(self, settings: dict, meta: dict, parse_calls: bool) -> Iterator[dict]:
-        self._claim()
-        try:
-            first = True
-            splitter = ReasoningSplitter(THOUGHT_OPEN, THOUGHT_CLOSE)
-            call_splitter = ToolCallSplitter() if parse_calls else None
-            n_calls = 0
-            with contextlib.closing(self._run(**settings)) as parts:
-                for text, summary in parts:
-                    reasoning, content = splitter.push(text)
+        first = True
+        splitter = ReasoningSplitter(THOUGHT_OPEN, THOUGHT_CLOSE)
+        call_splitter = ToolCallSplitter() if parse_calls else None
+        n_calls = 0
+        with contextlib.closing(self._run(**settings)) as parts:
+            for text, summary in parts:
+                reasoning, content = splitter.push(text)
+                if summary:
+                    more_reasoning, more_content = splitter.finish()
+                    reasoning, content = reasoning + more_reasoning, content + more_content
+                calls = []
+                if call_splitter is not None:
+                    content, calls = call_splitter.push(content)
                     if summary:
-                        more_reasoning, more_content = splitter.finish()
-                        reasoning, content = reasoning + more_reasoning, content + more_content
-                    calls = []
-                    if call_splitter is not None:
-                        content, calls = call_splitter.push(content)
-                        if summary:
-                            more_content, more_calls = call_splitter.finish()
-                            content, calls = content + more_content, calls + more_calls
-                    delta = {"role": "assistant"} if first else {}
-                    if reasoning:
-                        delta["reasoning_content"] = reasoning
-                    delta["content"] = content
-                    if calls:
-                        delta["tool_calls"] = [{"index": n_calls + i, **openai_tool_call(name, arguments)}
-                                               for i, (name, arguments) in enumerate(calls)]
-                        n_calls += len(calls)
-                    first = False
-                    finish = summary and summary["finish_reason"]
-                    if finish and n_calls:
-                        finish = _tool_calls_finish(finish)
-                    chunk = {**meta, "object": "chat.completion.chunk",
-                             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
-                    if summary:
-                        chunk["usage"] = summary["usage"]
-                    yield chunk
-        finally:
-            self._release()
+                        more_content, more_calls = call_splitter.finish()
+                        content, calls = content + more_content, calls + more_calls
+                delta = {"role": "assistant"} if first else {}
+                if reasoning:
+                    delta["reasoning_content"] = reasoning
+                delta["content"] = content
+                if calls:
+                    delta["tool_calls"] = [{"index": n_calls + i, **openai_tool_call(name, arguments)}
+                                           for i, (name, arguments) in enumerate(calls)]
+                    n_calls += len(calls)
+                first = False
+                finish = summary and summary["finish_reason"]
+                if finish and n_calls:
+                    finish = _tool_calls_finish(finish)
+                chunk = {**meta, "object": "chat.completion.chunk",
+                         "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+                if summary:
+                    chunk["usage"] = summary["usage"]
+                yield chunk
 
 
 def _tool_calls_finish(finish_reason: str) -> str:

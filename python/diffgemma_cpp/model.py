@@ -26,23 +26,23 @@ import numpy as np
 from . import errors
 from ._lifetime import Closeable
 from ._native import check, ffi, lib, string
-from .completion import CompletionMixin
+from .completion import SAMPLER_OVERRIDES, CompletionMixin
 from .tokenizer import Tokenizer
 
 __all__ = ["Model", "Block"]
 
 _KV_TYPES = {"f32": lib.DIFFGEMMA_KV_F32, "f16": lib.DIFFGEMMA_KV_F16}
-_SAMPLER_FIELDS = ("t_min", "t_max", "entropy_bound", "stability_threshold", "confidence_threshold")
 
 
 @dataclass
 class Block:
-    """One committed canvas: ids cut after the first EOS (EOS excluded), whether EOS ended generation,
-    and the denoising steps it took."""
+    """One committed canvas: ids cut before the first EOS (EOS excluded), whether EOS ended generation,
+    the denoising steps it took, and the whole canvas as HF's generate returns it (padded after the EOS)."""
 
     ids: list
     eos: bool
     steps: int
+    canvas: list
 
 
 class _StepRelay:
@@ -63,6 +63,13 @@ def _dg_py_step_callback(block, step, n_steps, canvas, canvas_length, user_data)
     except BaseException as exc:  # includes KeyboardInterrupt: Ctrl-C cancels within one step
         relay.error = exc
         return 1
+
+
+def _c_int(name: str, value) -> int:
+    """A Python int for an int32_t field (bool and other types refused); the range is the C library's check."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise errors.InvalidArgumentError(f"{name} must be an integer, got {value!r}")
+    return max(min(value, 2**31 - 1), -(2**31))
 
 
 def _ids(values, what: str):
@@ -130,10 +137,12 @@ class Model(CompletionMixin, Closeable):
         fixed_threads=True runs exactly n_threads on every pass instead (scaling studies)."""
         self._model = None
         self._ctx = None
-        # Held by every call that uses the KV cache, for its whole run: a generate_blocks stream keeps it
-        # between its blocks too (the C side guards only one C call at a time, and another call's prefill
-        # between two blocks would silently replace the stream's cache).
-        self._cache_lock = threading.Lock()
+        # The calls and open streams using the C handles right now (see _using). Whether a call may run at
+        # all is the C library's decision: one call at a time per context, none that touches the cache while a
+        # generation is open (DIFFGEMMA_ERR_BUSY -> ModelBusyError).
+        self._users_lock = threading.Lock()
+        self._users = 0
+        self._close_pending = False
         self.model_path = str(model_path)
         if not Path(model_path).is_file():
             raise errors.ModelFileError(f"no such model file: {model_path}")
@@ -204,17 +213,16 @@ class Model(CompletionMixin, Closeable):
         """Free the context and the weights (idempotent). Called while a generation runs (from another thread,
         from its on_step callback, or with a generate_blocks stream still open), it cancels that generation and
         the memory is freed as soon as the generation lets go of the model."""
-        lock = getattr(self, "_cache_lock", None)
-        if lock is not None and not lock.acquire(blocking=False):
-            # Freeing now would pull the KV cache and weights from under the running C call (a crash).
-            self._close_pending = True
-            self.cancel()
+        lock = getattr(self, "_users_lock", None)
+        if lock is None:  # __init__ failed before the handles existed
             return
-        try:
+        with lock:
+            in_use = self._users > 0
+            self._close_pending = True  # no new user from here on
+        if in_use:
+            self.cancel()  # freeing now would pull the cache and weights from under the running C call
+        else:
             self._free()
-        finally:
-            if lock is not None:
-                lock.release()
 
     def _free(self) -> None:
         # The tokenizer borrows the model's vocab: detach it first, so a Tokenizer kept by the caller raises
@@ -230,21 +238,24 @@ class Model(CompletionMixin, Closeable):
             self._model = None
 
     @contextlib.contextmanager
-    def _exclusive(self):
-        if not self._cache_lock.acquire(blocking=False):
-            raise errors.ModelBusyError(
-                "this Model is in use by another call (another thread, or an unfinished generate_blocks stream); "
-                "one call at a time per Model: wait for it, cancel() it, or close the stream")
+    def _using(self):
+        """Holds the C handles for a call or a stream: a close() meanwhile frees them when the last user leaves."""
+        with self._users_lock:
+            if self._ctx is None or self._close_pending:
+                raise errors.InvalidArgumentError("this Model is closed")
+            self._users += 1
         try:
-            yield
+            yield self._ctx
         finally:
-            if self.__dict__.pop("_close_pending", False):  # close() was called meanwhile: free on the way out
+            with self._users_lock:
+                self._users -= 1
+                free_now = self._users == 0 and self._close_pending
+            if free_now:
                 self._free()
-            self._cache_lock.release()
 
     @property
     def _c(self):
-        if self._ctx is None or self.__dict__.get("_close_pending"):
+        if self._ctx is None or self._close_pending:
             raise errors.InvalidArgumentError("this Model is closed")
         return self._ctx
 
@@ -280,14 +291,14 @@ class Model(CompletionMixin, Closeable):
     # ---- low-level passes (tests, tools) -----------------------------------------------------------
     def reset(self) -> None:
         """Empty the KV cache."""
-        with self._exclusive():
-            check(lib.diffgemma_kv_truncate(self._c, 0))
+        with self._using() as ctx:
+            check(lib.diffgemma_kv_truncate(ctx, 0))
 
     def encode(self, ids) -> None:
         """Encoder pass: append clean tokens to the KV cache."""
         arr = _ids(ids, "ids")
-        with self._exclusive():
-            check(lib.diffgemma_encode(self._c, ffi.from_buffer("int32_t[]", arr), len(arr)))
+        with self._using() as ctx:
+            check(lib.diffgemma_encode(ctx, ffi.from_buffer("int32_t[]", arr), len(arr)))
 
     def decoder_logits(self, canvas_ids, sc_logits=None) -> np.ndarray:
         """Softcapped logits [canvas_length, n_vocab] of one decoder pass; the KV cache is unchanged.
@@ -308,34 +319,43 @@ class Model(CompletionMixin, Closeable):
                 raise errors.InvalidArgumentError(f"sc_logits must have shape ({C}, {V}), got {sc.shape}")
             sc_ptr = ffi.from_buffer("float[]", sc)
         out = np.empty((C, V), dtype=np.float32)
-        with self._exclusive():
-            check(lib.diffgemma_decoder_logits(self._c, ffi.from_buffer("int32_t[]", canvas), sc_ptr,
+        with self._using() as ctx:
+            check(lib.diffgemma_decoder_logits(ctx, ffi.from_buffer("int32_t[]", canvas), sc_ptr,
                                                ffi.from_buffer("float[]", out)))
         return out
 
     # ---- generation ------------------------------------------------------------------------------
-    def _sampler_params(self, max_new_tokens, steps, seed, overrides: dict):
-        self._c  # a closed Model says so here, before its zeroed facts (canvas_length 0) are used
+    def generation_params(self, n_prompt: int, max_new_tokens, steps=None, seed=None, sampler: dict | None = None,
+                          budget_name: str = "max_new_tokens"):
+        """The C sampler settings of one generation, checked by the C library as diffgemma_generate_begin will
+        check them (settings, and whether n_prompt tokens plus the canvases fit n_ctx), before any work.
+        sampler: overrides of SAMPLER_OVERRIDES (None keeps the model's default). seed None: the Model's, else a
+        fresh one. budget_name: what the caller's API calls max_new_tokens, for the hint of a context overflow."""
+        ctx = self._c  # a closed Model says so here, before its zeroed facts are used
         p = ffi.new("diffgemma_sampler_params *")
         lib.diffgemma_sampler_default_params(self._model, p)
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
-            raise errors.InvalidArgumentError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-        p.max_new_tokens = max_new_tokens
+        # Python's side only converts values to C's types; their ranges are the C library's to check.
+        p.max_new_tokens = _c_int("max_new_tokens", max_new_tokens)
         if steps is not None:
-            if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
-                raise errors.InvalidArgumentError(f"steps must be a positive integer, got {steps!r}")
-            p.steps = steps
-        for name in _SAMPLER_FIELDS:
-            value = overrides.get(name)
+            p.steps = _c_int("steps", steps)
+        for name, value in (sampler or {}).items():
+            if name not in SAMPLER_OVERRIDES:
+                raise TypeError(f"unexpected sampler setting {name!r}; the overrides are {', '.join(SAMPLER_OVERRIDES)}")
             if value is not None:
                 setattr(p, name, value)
         if seed is None:
             seed = self.seed
         if seed is None:
             seed = int.from_bytes(os.urandom(8), "little")
-        if not isinstance(seed, int) or seed < 0:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise errors.InvalidArgumentError(f"seed must be a non-negative integer, got {seed!r}")
         p.seed = seed % (1 << 64)
+        try:
+            check(lib.diffgemma_generate_check(ctx, n_prompt, p))
+        except errors.ContextOverflowError as exc:
+            if budget_name == "max_new_tokens":
+                raise
+            raise errors.ContextOverflowError(str(exc).replace("max_new_tokens", budget_name)) from None
         return p
 
     def _replay(self, replay, n_steps_max: int, keep: list):
@@ -378,73 +398,52 @@ class Model(CompletionMixin, Closeable):
                      replay=None, on_step: Callable | None = None) -> list:
         """Prompt plus the committed canvases, exactly as HF's ``generate(...).sequences[0]`` (whole canvases;
         after the first EOS the rest of its canvas is pad)."""
-        prompt = _ids(prompt_ids, "prompt_ids")
-        p = self._sampler_params(max_new_tokens, steps, seed, dict(t_min=t_min, t_max=t_max, entropy_bound=entropy_bound,
-                                                                 stability_threshold=stability_threshold,
-                                                                 confidence_threshold=confidence_threshold))
-        keep: list = []
-        rp = self._replay(replay, p.steps, keep)
-        C = self.canvas_length
-        cap = -(-p.max_new_tokens // C) * C
-        out = np.empty(cap, dtype=np.int32)
-        n_out = ffi.new("size_t *")
-        n_steps = ffi.new("int32_t *")
-        relay = _StepRelay(on_step)
-        handle = ffi.new_handle(relay)
-        with self._exclusive():
-            status = lib.diffgemma_generate(self._c, ffi.from_buffer("int32_t[]", prompt), len(prompt), p, rp,
-                                            lib._dg_py_step_callback, handle, ffi.from_buffer("int32_t[]", out), cap,
-                                            n_out, n_steps)
-        if relay.error is not None:
-            raise relay.error
-        check(status)
-        self.last_steps = int(n_steps[0])
-        return prompt.tolist() + out[: n_out[0]].tolist()
+        prompt = _ids(prompt_ids, "prompt_ids").tolist()
+        blocks = list(self.generate_blocks(prompt, max_new_tokens, steps=steps, seed=seed, t_min=t_min, t_max=t_max,
+                                           entropy_bound=entropy_bound, stability_threshold=stability_threshold,
+                                           confidence_threshold=confidence_threshold, replay=replay, on_step=on_step))
+        self.last_steps = sum(b.steps for b in blocks)
+        return prompt + [t for b in blocks for t in b.canvas]
 
     def generate_blocks(self, prompt_ids, max_new_tokens: int = 256, steps: int | None = None, seed: int | None = None,
                         t_min=None, t_max=None, entropy_bound=None, stability_threshold=None, confidence_threshold=None,
-                        on_step: Callable | None = None, budget_name: str = "max_new_tokens") -> Iterator[Block]:
+                        on_step: Callable | None = None, replay=None, budget_name: str = "max_new_tokens") -> Iterator[Block]:
         """Yield each committed canvas as soon as it is denoised (see Block). The KV cache keeps the prompt
         prefix between calls, so a chat's history is not re-encoded. Raises Cancelled after cancel().
+        The settings are checked now; the generation begins at the first next(). replay: recorded draws
+        {"init", "sampled", "renoise"} per block (reproduces another implementation token for token).
         budget_name: what the caller's API calls max_new_tokens, for the hint of a context overflow."""
         prompt = _ids(prompt_ids, "prompt_ids")
-        p = self._sampler_params(max_new_tokens, steps, seed, dict(t_min=t_min, t_max=t_max, entropy_bound=entropy_bound,
-                                                                 stability_threshold=stability_threshold,
-                                                                 confidence_threshold=confidence_threshold))
-        C = self.canvas_length
-        n_blocks = -(-p.max_new_tokens // C)
-        # Checked up front, as diffgemma_generate does, rather than failing after some blocks were streamed.
-        needed = len(prompt) + n_blocks * C
-        if needed > self.n_ctx:
-            raise errors.ContextOverflowError(
-                f"prompt ({len(prompt)} tokens) + {n_blocks} canvas(es) x {C} = {needed} positions exceed "
-                f"n_ctx = {self.n_ctx} (hint: a larger n_ctx or a smaller {budget_name})")
-        with self._exclusive():
-            yield from self._stream_blocks(prompt, p, n_blocks, on_step)
+        p = self.generation_params(len(prompt), max_new_tokens, steps, seed,
+                                   dict(t_min=t_min, t_max=t_max, entropy_bound=entropy_bound,
+                                        stability_threshold=stability_threshold,
+                                        confidence_threshold=confidence_threshold), budget_name)
+        keep: list = []
+        rp = self._replay(replay, p.steps, keep)
+        return self._canvases(prompt, p, rp, keep, on_step)
 
-    def _stream_blocks(self, prompt, p, n_blocks: int, on_step) -> Iterator[Block]:
+    def _canvases(self, prompt, p, rp, keep: list, on_step) -> Iterator[Block]:
+        """The C generation as an iterator: begin at the first next(), one diffgemma_generate_next per canvas, and
+        diffgemma_generate_end when the consumer stops early. `keep` holds the replay arrays alive meanwhile."""
         C = self.canvas_length
-        eos = set(self.eos_ids)
-        check(lib.diffgemma_prefill(self._c, ffi.from_buffer("int32_t[]", prompt), len(prompt)))
-        lib.diffgemma_seed(self._c, p.seed)
         relay = _StepRelay(on_step)
         handle = ffi.new_handle(relay)
         canvas = np.empty(C, dtype=np.int32)
-        n_steps = ffi.new("int32_t *")
-        for b in range(n_blocks):
-            status = lib.diffgemma_denoise(self._c, p, ffi.NULL, b, lib._dg_py_step_callback, handle,
-                                           ffi.from_buffer("int32_t[]", canvas), n_steps)
-            if relay.error is not None:
-                raise relay.error
-            check(status)
-            ids = canvas.tolist()
-            cut = next((i for i, t in enumerate(ids) if t in eos), None)
-            if cut is not None:
-                yield Block(ids[:cut], True, int(n_steps[0]))
-                return
-            yield Block(ids, False, int(n_steps[0]))
-            if b + 1 < n_blocks:
-                check(lib.diffgemma_encode(self._c, ffi.from_buffer("int32_t[]", canvas), C))
+        info = ffi.new("diffgemma_canvas_info *")
+        with self._using() as ctx:
+            check(lib.diffgemma_generate_begin(ctx, ffi.from_buffer("int32_t[]", prompt), len(prompt), p, rp))
+            try:
+                while not info.done:
+                    self._c  # close() was called while the stream was paused: end it with that reason
+                    status = lib.diffgemma_generate_next(ctx, lib._dg_py_step_callback, handle,
+                                                         ffi.from_buffer("int32_t[]", canvas), info)
+                    if relay.error is not None:
+                        raise relay.error
+                    check(status)
+                    ids = canvas.tolist()
+                    yield Block(ids[: info.n_content], bool(info.eos), int(info.steps), ids)
+            finally:
+                lib.diffgemma_generate_end(ctx)
 
     def cancel(self) -> None:
         """Stop the running generation within one denoising step (safe from any thread)."""
