@@ -140,3 +140,15 @@ def read_results(path: Path, n_rows: int, vocab: int) -> DriverResult:
     assert probs.size == n_rows * vocab, f"driver wrote {probs.size} probabilities, expected {n_rows * vocab}"
     return DriverResult(head["ok"].copy(), head["argmax"].copy(), head["sampled"].copy(), head["log_z"].copy(),
                         head["entropy"].copy(), probs.reshape(n_rows, vocab))
+
+
+def assert_row_statistics(res: DriverResult, r: int, ref: RefStats, u: float, entropy_abs: float) -> None:
+    """What every sampler implementation must give for row r: accepted, the reference's argmax and sampled id,
+    its log Z and entropy."""
+    import pytest
+
+    assert res.ok[r] == 1, f"row {r} rejected"
+    assert res.argmax[r] == ref.argmax, f"row {r}: argmax"
+    assert res.sampled[r] == ref.sampled, f"row {r}: sampled id for u={u}"
+    assert res.log_z[r] == pytest.approx(ref.log_z, rel=1e-6, abs=1e-6), f"row {r}: log_z"
+    assert res.entropy[r] == pytest.approx(ref.entropy, rel=1e-4, abs=entropy_abs), f"row {r}: entropy"
