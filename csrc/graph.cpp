@@ -3,7 +3,6 @@
 #include "attention_cpu.h"
 #include "cpu_ops.h"
 #include "gemm_f32.h"
-#include "timing.h"
 
 #include <cmath>
 #include <limits>

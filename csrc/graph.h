@@ -14,6 +14,10 @@
 
 namespace dg {
 
+// Names of the decoder's boundary nodes (set here, found by the timing split callback, timing.h).
+inline constexpr const char * kNodeScOut = "dg_sc_out";      // canvas input after self-conditioning
+inline constexpr const char * kNodeHeadIn = "dg_head_in";    // residual stream after the last layer
+
 // Graph inputs the caller fills after allocation (nullptr when unused).
 struct GraphInputs {
     ggml_tensor * ids = nullptr;        // [T] i32 token ids

@@ -152,7 +152,7 @@ int32_t diffgemma_model_load(const char * path, const diffgemma_model_params * p
             p.n_threads > 0 ? std::min(p.n_threads, dg::cpus_we_may_use()) : dg::default_thread_count();
         model->store.load(path, model->gguf, model->meta_ctx, model->hp, model->w, load_threads);
         model->memory_plan = dg::check_and_announce_plan(model->hp, model->w, model->placement, p);
-        model->store.place(model->hp, model->placement, model->w);
+        dg::place_weights(model->hp, model->placement, model->store, model->w);
         if (model->vocab && model->vocab->n_tokens() != model->hp.n_vocab) {
             // The head and embeddings define the id space; a tokenizer beyond it would produce invalid ids.
             if (model->vocab->n_tokens() > model->hp.n_vocab) {

@@ -88,6 +88,10 @@ size_t estimate_gpu_kv_bytes(const HParams & hp, const Placement & pl, int32_t n
 std::string check_and_announce_plan(const HParams & hp, const Weights & w, Placement & pl,
                                     const diffgemma_model_params & p);
 
+// Copies the weights `pl` offloads into one buffer per device and repoints `w` at the copies (the mapping keeps
+// the originals: the host layers and the input embedding read them there). Throws dg::Error.
+void place_weights(const HParams & hp, const Placement & pl, WeightStore & store, Weights & w);
+
 // Before a context allocates its KV cache: each device's share of the cache (kv_bytes_at(n_ctx, d)) and its
 // compute buffers must fit in what it has free now (a stand-in: its size less its weights). The error names
 // the device and the largest n_ctx that fits.

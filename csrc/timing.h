@@ -1,6 +1,6 @@
 // Per-phase wall-clock accounting of a context (diffgemma_timings in the public header): cheap counters that
 // are always on, plus an optional split of the decoder graph at the self-conditioning / backbone / head
-// boundaries (ggml's scheduler eval callback stops after the two named boundary nodes).
+// boundaries (ggml's scheduler eval callback stops after the two named boundary nodes of graph.h).
 #pragma once
 
 #include "diffgemma.h"
@@ -12,10 +12,6 @@
 #include <string>
 
 namespace dg {
-
-// Names of the decoder's boundary nodes (set by the graph builder, found by the split callback).
-inline constexpr const char * kNodeScOut = "dg_sc_out";      // canvas input after self-conditioning
-inline constexpr const char * kNodeHeadIn = "dg_head_in";    // residual stream after the last layer
 
 using Clock = std::chrono::steady_clock;
 

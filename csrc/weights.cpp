@@ -2,7 +2,7 @@
 
 #include "errors.h"
 #include "names.h"
-#include "placement.h"
+#include "gpu_devices.h"
 #include "rpc.h"
 
 #include "ggml-cpu.h"
@@ -377,39 +377,11 @@ void WeightStore::load(const std::string & path, gguf_context * gguf, ggml_conte
     w.head = w.tok_embd;
 }
 
-void WeightStore::place(const HParams & hp, const Placement & pl, Weights & w) {
-    if (!pl.use_gpu) {
-        return;
-    }
-    for (int d = 0; d < static_cast<int>(pl.devices.size()); ++d) {
-        // The slots to repoint: device d's layers' tensors (their experts unless kept on the host), and the head.
-        std::vector<ggml_tensor **> slots;
-        for (int il = 0; il < hp.n_layer; ++il) {
-            LayerWeights & l = w.layers[static_cast<size_t>(il)];
-            for (ggml_tensor * LayerWeights::* m : kLayerTensors) {
-                if (l.*m != nullptr && pl.offloads_to(il, m, d)) {
-                    slots.push_back(&(l.*m));
-                }
-            }
-        }
-        if (pl.head_on_gpu && pl.head_device == d) {
-            slots.push_back(&w.head);
-            for (ggml_tensor * Weights::* m : kHeadTensors) {
-                if (w.*m != nullptr) {
-                    slots.push_back(&(w.*m));
-                }
-            }
-        }
-        if (!slots.empty()) {
-            place_on(pl.devices[static_cast<size_t>(d)], slots, w);
-        }
-    }
-    // The host copy of the transposed embedding has no reader left once the head is offloaded.
-    if (pl.head_on_gpu && derived_buf_ != nullptr) {
+void WeightStore::free_host_embd_t() {
+    if (derived_buf_ != nullptr) {
         ggml_backend_buffer_free(derived_buf_);
         derived_buf_ = nullptr;
     }
-    set_rpc_socket_timeouts();
 }
 
 void WeightStore::place_on(const Gpu & gpu, const std::vector<ggml_tensor **> & slots, Weights & w) {

@@ -122,7 +122,6 @@ inline constexpr ggml_tensor * Weights::* kHeadTensors[] = {
     &Weights::sc_gate_s, &Weights::sc_up_s, &Weights::sc_down_s,
 };
 
-struct Placement;
 struct Gpu;
 
 // Owns the mapping, the ggml contexts and buffers behind Weights.
@@ -140,13 +139,14 @@ class WeightStore {
 
     size_t mapped_bytes() const { return map_size_; }
 
-    // Copies the weights `pl` offloads into one buffer per device and repoints `w` at the copies (the mapping
-    // keeps the originals: the host layers and the input embedding read them there). Throws dg::Error.
-    void place(const HParams & hp, const Placement & pl, Weights & w);
+    // One device's share of an offload (place_weights, placement.h): copies of the tensors behind `slots` in one
+    // buffer there, and `w` repointed at them (the mapping keeps the originals). Throws dg::Error.
+    void place_on(const Gpu & gpu, const std::vector<ggml_tensor **> & slots, Weights & w);
+
+    // Frees the host copy of the transposed embedding (no reader is left once the head is offloaded).
+    void free_host_embd_t();
 
   private:
-    // One device's share: copies of the tensors behind `slots` in one buffer there.
-    void place_on(const Gpu & gpu, const std::vector<ggml_tensor **> & slots, Weights & w);
 
     void * map_ = nullptr;
     size_t map_size_ = 0;
