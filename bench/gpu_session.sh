@@ -103,7 +103,7 @@ build() {
         return 1
 
     # GGML_CUDA_FA=OFF compiles ggml's ~90 flash-attention kernel files empty, about half the CUDA build: the
-    # engine's graphs (csrc/graph.cpp) use soft_max_ext, not ggml_flash_attn_ext. Override if that changes.
+    # engine's graphs (csrc/graph/graph.cpp) use soft_max_ext, not ggml_flash_attn_ext. Override if that changes.
     local ggml_extra=${GGML_EXTRA_CMAKE_ARGS--DGGML_CUDA_FA=OFF}
     if ! ls "$site"/libggml/lib*/libggml-cuda.so >/dev/null 2>&1; then
         step ggml_cuda 420 "USE_CUDA=1 SETUPTOOLS_SCM_PRETEND_VERSION=$GGML_VERSION \
@@ -133,7 +133,7 @@ measure() {
     step tests 180 "export DIFFGEMMA_CUDA_ARCH=sm_90; python3 -m pytest tests -m gpu -v -p no:cacheprovider \
         --continue-on-collection-errors --junitxml=$out/gpu_tests.xml"
     step kernel_bench 90 "nvcc -std=c++17 -O3 -arch=sm_90 -I csrc -I csrc/include -Xcompiler -ffp-contract=off,-fno-trapping-math \
-        tests/gpu/sampler_cuda_driver.cu csrc/cuda/sampler.cu csrc/sampler_math.cpp -o /tmp/sampler_cuda_driver && \
+        tests/gpu/sampler_cuda_driver.cu csrc/offload/cuda/sampler.cu csrc/kernels/sampler_math.cpp -o /tmp/sampler_cuda_driver && \
         /tmp/sampler_cuda_driver --probe && /tmp/sampler_cuda_driver --bench 262144 256 20 | tee $out/kernel_bench.txt"
     echo "done in ${SECONDS}s" | tee -a "$summary"
     cat "$summary"

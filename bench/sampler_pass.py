@@ -1,4 +1,4 @@
-"""The host sampler's fused statistics pass (csrc/sampler_math.cpp row_stats: max, log-sum-exp, entropy, argmax
+"""The host sampler's fused statistics pass (csrc/kernels/sampler_math.cpp row_stats: max, log-sum-exp, entropy, argmax
 and an inverse-CDF sample in one pass) against a naive two-pass libm baseline (max, then sum of expf), on rows
 of DiffusionGemma's 262,144-token vocabulary, one thread.
 

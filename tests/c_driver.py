@@ -30,7 +30,7 @@ def ggml_dirs() -> tuple[Path, Path]:
 
 
 def build(exe: Path, driver: str, sources, flags=("-O3",), ggml_libs=()) -> Path:
-    """Compiles tests/c/DRIVER with csrc/SOURCES into EXE; ggml_libs (e.g. "ggml-base") links the installed ggml."""
+    """Compiles tests/c/DRIVER with csrc/SOURCES (paths from csrc/, e.g. "core/errors.cpp") into EXE; ggml_libs (e.g. "ggml-base") links the installed ggml."""
     cxx = next((c for c in ("c++", "g++", "clang++") if shutil.which(c)), None)
     if cxx is None:
         raise Unavailable("no C++ compiler on PATH")
@@ -45,8 +45,8 @@ def build(exe: Path, driver: str, sources, flags=("-O3",), ggml_libs=()) -> Path
 
 
 def build_sampler_driver(out_dir: Path) -> Path:
-    """tests/c/test_sampler_math.cpp over csrc/sampler_math.cpp (tests, the emulated GPU checks, the bench)."""
-    return build(out_dir / "test_sampler_math", "test_sampler_math.cpp", ["sampler_math.cpp"],
+    """tests/c/test_sampler_math.cpp over csrc/kernels/sampler_math.cpp (tests, the emulated GPU checks, the bench)."""
+    return build(out_dir / "test_sampler_math", "test_sampler_math.cpp", ["kernels/sampler_math.cpp"],
                  (*SAMPLER_FLAGS, "-Werror"))
 
 

@@ -1,4 +1,4 @@
-"""The CPUs this process may use, computed independently of csrc/cpu_threads.cpp: the oracle its tests compare
+"""The CPUs this process may use, computed independently of csrc/core/cpu_threads.cpp: the oracle its tests compare
 with (affinity mask, physical cores from sysfs topology, cgroup v2 quota)."""
 from __future__ import annotations
 

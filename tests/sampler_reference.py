@@ -1,4 +1,4 @@
-"""NumPy float64 reference of the per-position sampler statistics (csrc/sampler_math.h semantics), shared by
+"""NumPy float64 reference of the per-position sampler statistics (csrc/kernels/sampler_math.h semantics), shared by
 the CPU test (tests/test_sampler_math.py) and the CUDA test (tests/gpu/test_sampler_cuda.py), plus the file
 format of the C drivers."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The fused CPU attention op (csrc/attention_cpu.cpp) against ggml's mul_mat/soft_max chain on the same
+"""The fused CPU attention op (csrc/kernels/attention_cpu.cpp) against ggml's mul_mat/soft_max chain on the same
 model: causal + sliding masks in the encoder (chunks straddling the window), GQA, bidirectional decoder with
 and without self-conditioning. Both are float32; they differ only in summation order."""
 import os

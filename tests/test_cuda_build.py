@@ -90,12 +90,13 @@ def test_cuda_sources_compile_through_cmake(tmp_path):
                      f"-DCMAKE_CUDA_COMPILER={nvcc}")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "ggml-cuda" in res.stdout
-    sources = sorted((REPO / "csrc" / "cuda").glob("*.cu"))
+    sources = sorted((REPO / "csrc" / "offload" / "cuda").glob("*.cu"))
     assert sources
-    objects = [f"CMakeFiles/diffgemma.dir/csrc/cuda/{src.name}.o" for src in sources]
-    objects.append("CMakeFiles/diffgemma.dir/csrc/sampler_math.cpp.o")
+    objects = [f"CMakeFiles/diffgemma.dir/csrc/offload/cuda/{src.name}.o" for src in sources]
+    objects.append("CMakeFiles/diffgemma.dir/csrc/kernels/sampler_math.cpp.o")
     # The engine's CUDA-only code paths (DIFFGEMMA_WITH_CUDA): the device sampler behind the offloaded head.
-    objects += [f"CMakeFiles/diffgemma.dir/csrc/{name}.cpp.o" for name in ("gpu_step_sampler", "context", "generate")]
+    objects += [f"CMakeFiles/diffgemma.dir/csrc/{name}.cpp.o"
+                for name in ("offload/gpu_step_sampler", "runtime/context", "runtime/denoise")]
     if not shutil.which("ninja"):
         pytest.skip("per-object build targets need the Ninja generator")
     res = subprocess.run([_cmake(), "--build", str(build), "--target", *objects, "--", "-v"],
@@ -115,7 +116,7 @@ def test_sampler_launchers_reject_bad_arguments_without_a_gpu(tmp_path):
     exe = tmp_path / "sampler_cuda_driver"
     subprocess.run([nvcc, "-std=c++17", "-O2", "-arch=sm_90", "-I", str(REPO / "csrc"), "-I", str(REPO / "csrc" / "include"),
                     "-Xcompiler", "-ffp-contract=off,-fno-trapping-math", str(REPO / "tests" / "gpu" / "sampler_cuda_driver.cu"),
-                    str(REPO / "csrc" / "cuda" / "sampler.cu"), str(REPO / "csrc" / "sampler_math.cpp"), "-o", str(exe)],
+                    str(REPO / "csrc" / "offload" / "cuda" / "sampler.cu"), str(REPO / "csrc" / "kernels" / "sampler_math.cpp"), "-o", str(exe)],
                    check=True)
     res = subprocess.run([str(exe), "--check-args"], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr

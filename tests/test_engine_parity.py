@@ -115,7 +115,7 @@ def test_quantized_engine_matches_hf_on_dequantized_weights(outtype, monkeypatch
     name = "wide"
     prompt, c1, c2, sc, ref = _hf_decoder_pair(name, weights_as=outtype)
     *_, original = _hf_decoder_pair(name)
-    # The bf16 path (csrc/gemm_bf16.h) rounds the activations of quantized products on purpose; with it off,
+    # The bf16 path (csrc/kernels/gemm_bf16.h) rounds the activations of quantized products on purpose; with it off,
     # this checks the graph and the dequantizing GEMM exactly. The bf16 kernels are checked against NumPy in
     # test_gemm.py, their effect on the logits by the trained-model bounds below.
     monkeypatch.setenv("DIFFGEMMA_NO_BF16", "1")

@@ -107,12 +107,12 @@ def _nvcc():
 
 
 def test_cuda_sources_compile(tmp_path):
-    """CUDA code must never rot silently: every csrc/cuda/*.cu compiles with nvcc (no GPU needed)."""
+    """CUDA code must never rot silently: every csrc/offload/cuda/*.cu compiles with nvcc (no GPU needed)."""
     nvcc = _nvcc()
     if nvcc is None:
         pytest.skip("nvcc not installed on this machine")
-    sources = sorted((REPO / "csrc" / "cuda").glob("*.cu"))
-    assert sources, "csrc/cuda has no .cu sources"
+    sources = sorted((REPO / "csrc" / "offload" / "cuda").glob("*.cu"))
+    assert sources, "csrc/offload/cuda has no .cu sources"
     ggml_include = Path(diffgemma_cpp.get_include()).parent.parent / "libggml" / "include"
     for src in sources:
         obj = tmp_path / (src.stem + ".o")

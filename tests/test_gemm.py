@@ -1,6 +1,6 @@
-"""Our CPU GEMM (csrc/gemm_f32.cpp) and its bf16 dot-product path for quantized weights (csrc/gemm_bf16.cpp)
+"""Our CPU GEMM (csrc/kernels/gemm_f32.cpp) and its bf16 dot-product path for quantized weights (csrc/kernels/gemm_bf16.cpp)
 against NumPy, on random weights quantized by ggml, for the dense and the expert (mul_mat_id) kernels; and our
-AVX-512 dequantizers (csrc/dequant_avx512.cpp) against ggml's to_float, bit for bit.
+AVX-512 dequantizers (csrc/kernels/dequant_avx512.cpp) against ggml's to_float, bit for bit.
 
 The C++ is compiled here into a small driver (tests/c/test_gemm.cpp) with the library's flags, because the
 dg:: namespace is not exported from libdiffgemma. Shapes are chosen to hit every edge: a feature count that
@@ -27,7 +27,8 @@ F32_PATH_TYPES = ["f32", "f16"]
 def driver(tmp_path_factory):
     # The library's flags for these files (the ISA comes from target attributes, not -march; -ffp-contract=off
     # is dequant_avx512.cpp's, harmless for the others).
-    sources = ["gemm_f32.cpp", "gemm_bf16.cpp", "gemm_bf16_rows.cpp", "dequant_avx512.cpp", "cpu_isa.cpp"]
+    sources = ["kernels/gemm_f32.cpp", "kernels/gemm_bf16.cpp", "kernels/gemm_bf16_rows.cpp", "kernels/dequant_avx512.cpp",
+               "kernels/cpu_isa.cpp"]
     # Under scripts/sanitize_tests.sh the driver is instrumented too: it gives each tensor an exact-size heap
     # block, so a kernel's read or write past a weight, activation or output row is a report there.
     sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer", "-g"] \
@@ -104,7 +105,7 @@ def test_dense_gemm_matches_numpy(driver, has_bf16, tmp_path, wtype, N, K, T):
 @pytest.mark.parametrize("wtype", ["f32", "f16", "bf16", "nvfp4"])
 @pytest.mark.parametrize("N,K,T", [(80, 768, 13), (40, 1536, 7), (33, 256, 8)])
 def test_avx2_tier_matches_numpy(driver, tmp_path, wtype, N, K, T):
-    """CPUs without AVX-512 run the AVX2 register tile (csrc/gemm_f32.cpp) for f32/f16/bf16 and NVFP4 weights
+    """CPUs without AVX-512 run the AVX2 register tile (csrc/kernels/gemm_f32.cpp) for f32/f16/bf16 and NVFP4 weights
     with f32 activations; DIFFGEMMA_CPU_ISA=avx2 selects it here. Partial last panels (N=33, 40, 80) and token counts
     that leave a partial 3-token tile."""
     out = tmp_path / "out.bin"
@@ -179,7 +180,7 @@ def test_expert_gemm_matches_numpy(driver, has_bf16, tmp_path, wtype):
     check_experts(driver, has_bf16, tmp_path, wtype, 80, 512, 23, 8, 3)
 
 
-# Odd shapes for the few-token row tiles (csrc/gemm_bf16_rows.cpp): K not a multiple of the 32-value step
+# Odd shapes for the few-token row tiles (csrc/kernels/gemm_bf16_rows.cpp): K not a multiple of the 32-value step
 # (bf16: 70, 2 x 35; q8_0 / q5_0: 96, 3 blocks of 32), features not a multiple of the 4-row tile or the
 # 32-row panel, experts with no token and with 1..28 tokens, and experts on both sides of the row tiles' limit
 # (128 tokens; the last case routes 126, 119 and 135 tokens), above which the panels run.
@@ -231,6 +232,6 @@ def test_fast_dequantizers_match_ggml(driver, wtype):
 
 @pytest.mark.parametrize("wtype", ["q4_K", "q8_0"])
 def test_bf16_dequantizers_match_ggml(driver, wtype):
-    """The experts' direct bf16 dequantizers (csrc/dequant_avx512.h) give bf16(ggml's value), bit for bit: the row
+    """The experts' direct bf16 dequantizers (csrc/kernels/dequant_avx512.h) give bf16(ggml's value), bit for bit: the row
     tiles multiply exactly the values the panels do."""
     _run(driver, "check-dequant-bf16", wtype)

@@ -1,4 +1,4 @@
-"""One generation loop (csrc/generation.cpp) behind every way of asking for text: the C API's whole-loop call, its
+"""One generation loop (csrc/runtime/generation.cpp) behind every way of asking for text: the C API's whole-loop call, its
 stepping calls, generate_ids, generate_blocks, create_completion (streamed and not), chat and the server all give
 the same tokens for the same seed, including generations that end with EOS inside a canvas and ones that run
 several canvases."""

@@ -1,7 +1,7 @@
 """GPU offload (issue 8): placement, graphs without CPU custom ops on offloaded layers, the sampler that
 keeps the logits on the GPU, the memory plan and its errors.
 
-Without a GPU these run on the stand-in GPU (DIFFGEMMA_TEST_GPU_MIB, csrc/gpu_devices.h): offloaded weights
+Without a GPU these run on the stand-in GPU (DIFFGEMMA_TEST_GPU_MIB, csrc/devices/gpu_devices.h): offloaded weights
 and KV cache live in their own buffers and take exactly the graph paths a GPU layer takes, the sampler runs
 its host twin of the CUDA kernel, and the memory plan is checked against the stand-in's size. The tests
 marked `gpu` run the same comparisons on a real GPU when there is one.

@@ -1,6 +1,6 @@
 """The engine on GGUFs converted from quantized checkpoints, against HF float64 running the checkpoint's own
 dequantized weights (tests/quant_checkpoints.py): fp8 / int8 through the F32 path (max |d| <= 1e-3), NVFP4 kept
-as NVFP4 with its out_scale (NMSE <= 1e-6 with exact activations: our f32 GEMM, csrc/gemm_f32.cpp); and NVFP4
+as NVFP4 with its out_scale (NMSE <= 1e-6 with exact activations: our f32 GEMM, csrc/kernels/gemm_f32.cpp); and NVFP4
 offloaded to the stand-in GPU, placed and counted in the memory plan."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""dg::row_stats / dg::row_probs (csrc/sampler_math.cpp), the host sampler statistics, against a NumPy float64
+"""dg::row_stats / dg::row_probs (csrc/kernels/sampler_math.cpp), the host sampler statistics, against a NumPy float64
 reference: argmax (first index on ties), log-sum-exp, entropy, inverse-CDF sample from a given uniform, and the
 softmax probabilities for self-conditioning.
 
@@ -127,7 +127,7 @@ def test_uniforms_sweep_the_whole_cdf(driver, tmp_path):
 
 @pytest.mark.parametrize("vocab", [V_REAL, V_REAL - 1, 1, 3, 2049])
 def test_device_reduction_tree_emulated_on_host(driver, tmp_path, vocab):
-    """The CUDA kernel's partial-reduction arithmetic (csrc/cuda/sampler_partial.h, shared with the kernel)
+    """The CUDA kernel's partial-reduction arithmetic (csrc/offload/cuda/sampler_partial.h, shared with the kernel)
     replayed on the host through the kernel's thread / warp-butterfly / cross-warp tree: argmax, log Z and
     entropy must match the reference. vocab % 4 != 0 takes the kernel's scalar-load path. The entropy gets
     an absolute slack of 1e-29 nats: per-thread partials keep terms below exp(-87) that the host drops."""

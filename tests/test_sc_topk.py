@@ -74,7 +74,7 @@ def test_embedding_types_other_than_f32(outtype, monkeypatch):
     # copy (embd_t, made from the dequantized rows). With every row kept the two agree up to that f16 rounding:
     # measured on the trained model max |delta| 1.3e-5 (f16), 3.3e-5 (bf16), 6.5e-4 (q8_0, q4_k_m), against
     # an SC effect of 5.8-6.0. (The harsh random models amplify the same rounding to ~1 in q8_0.)
-    # The exact product runs on the f32 GEMM path here: on the bf16 path (csrc/gemm_bf16.h, a quantized
+    # The exact product runs on the f32 GEMM path here: on the bf16 path (csrc/kernels/gemm_bf16.h, a quantized
     # file's default) it rounds the probabilities and the copy to bf16 as well, measured 1.4e-2 (q8_0) and
     # 1.7e-2 (q4_k_m), which would hide an error of the top-k kernel of that size.
     # Below the AVX-512 tier our GEMM does not take quantized weights: ggml's kernels round the activations of

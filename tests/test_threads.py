@@ -1,4 +1,4 @@
-"""Compute threads on a CPU we do not own (csrc/compute_threads.*): a persistent pool, never more threads than
+"""Compute threads on a CPU we do not own (csrc/runtime/compute_threads.*): a persistent pool, never more threads than
 the CPUs we may use unless the caller insists, each pass only as many as the machine has free, and the same
 tokens whatever number of threads ran. Speed under contention is a benchmark (bench/contention_bench.py),
 not a test; these check the rules that make it hold."""
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="ne
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory):
     return build_or_skip(tmp_path_factory.mktemp("threads") / "test_compute_threads", "test_compute_threads.cpp",
-                         ["compute_threads.cpp", "cpu_threads.cpp", "errors.cpp"], ("-O1",),
+                         ["runtime/compute_threads.cpp", "core/cpu_threads.cpp", "core/errors.cpp"], ("-O1",),
                          ggml_libs=("ggml-cpu", "ggml-base", "ggml"))
 
 

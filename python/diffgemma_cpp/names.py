@@ -1,4 +1,4 @@
-"""GGUF key and tensor names, parsed from csrc/gguf_names.def (the single name table shared with C).
+"""GGUF key and tensor names, parsed from csrc/core/gguf_names.def (the single name table shared with C).
 
     from diffgemma_cpp.names import KEY, TENSOR, LAYER_TENSOR, ARCH, key, layer_tensor
     key("BLOCK_COUNT")            -> "diffusion-gemma.block_count"
@@ -10,11 +10,11 @@ from pathlib import Path
 
 
 def _read_table() -> str:
-    # Installed: the table ships inside the package; in a source checkout it lives in csrc/.
+    # Installed: the table ships inside the package; in a source checkout it lives in csrc/core/.
     packaged = resources.files("diffgemma_cpp").joinpath("data/gguf_names.def")
     if packaged.is_file():
         return packaged.read_text(encoding="utf-8")
-    return (Path(__file__).resolve().parents[2] / "csrc" / "gguf_names.def").read_text(encoding="utf-8")
+    return (Path(__file__).resolve().parents[2] / "csrc" / "core" / "gguf_names.def").read_text(encoding="utf-8")
 
 
 _TEXT = _read_table()

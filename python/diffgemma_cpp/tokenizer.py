@@ -9,7 +9,7 @@
             print(stream.push(block), end="")
         print(stream.flush())
 
-Equal to Hugging Face `tokenizers` on the tokenizer.json the GGUF was converted from (see csrc/tokenizer.h for
+Equal to Hugging Face `tokenizers` on the tokenizer.json the GGUF was converted from (see csrc/tokenizer/tokenizer.h for
 the exact rules). A Tokenizer is read-only and may be shared by threads; a TokenStream may not.
 """
 from __future__ import annotations

@@ -2,11 +2,11 @@
 // out, streaming in random chunks; every call must return a status, never crash, and round-trip exactly.
 //
 //   g++ -std=c++17 -g -O1 -fsanitize=address,undefined -fno-sanitize-recover=undefined -Icsrc -Icsrc/include \
-//       -I$GGML/include tests/c/fuzz_tokenizer.cpp csrc/errors.cpp csrc/tokenizer_*.cpp \
+//       -I$GGML/include tests/c/fuzz_tokenizer.cpp csrc/core/errors.cpp csrc/tokenizer/tokenizer_*.cpp \
 //       -L$GGML/lib64 -lggml-base -lggml -Wl,-rpath,$GGML/lib64 -o /tmp/fuzz_tokenizer
 //   /tmp/fuzz_tokenizer VOCAB.gguf [iterations]
-#include "tokenizer.h"
-#include "errors.h"
+#include "tokenizer/tokenizer.h"
+#include "core/errors.h"
 
 #include <cstdio>
 #include <cstdlib>

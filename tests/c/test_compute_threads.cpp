@@ -1,4 +1,4 @@
-// Driver for tests/test_threads.py: dg::ComputeThreads (csrc/compute_threads.cpp), the persistent pool the
+// Driver for tests/test_threads.py: dg::ComputeThreads (csrc/runtime/compute_threads.cpp), the persistent pool the
 // sampler's per-row work runs on.
 //
 //   test_compute_threads cover N MIN_ITEMS THREADS
@@ -7,7 +7,7 @@
 //       distinct OS threads that ran a range.
 //   test_compute_threads pass THREADS FIXED
 //       prints the thread count prepare_pass gives a CPU backend (the machine's load, or DIFFGEMMA_TEST_OTHER_TASKS).
-#include "compute_threads.h"
+#include "runtime/compute_threads.h"
 
 #include <atomic>
 #include <cstdio>

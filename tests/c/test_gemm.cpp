@@ -1,4 +1,4 @@
-// Driver for tests/test_gemm.py: runs our CPU GEMM (csrc/gemm_f32.cpp, with its bf16 path csrc/gemm_bf16.cpp)
+// Driver for tests/test_gemm.py: runs our CPU GEMM (csrc/kernels/gemm_f32.cpp, with its bf16 path csrc/kernels/gemm_bf16.cpp)
 // on random weights of a ggml type, quantized by ggml, and writes what the test compares with NumPy; or times
 // the bf16 path against the f32 path (--bench).
 //
@@ -24,9 +24,9 @@
 //       has none for TYPE on this CPU, else 1.
 //   test_gemm has-bf16
 //       prints 1 when the bf16 path is taken on this CPU for a q8_0 weight, else 0.
-#include "dequant_avx512.h"
-#include "gemm_bf16.h"
-#include "gemm_f32.h"
+#include "kernels/dequant_avx512.h"
+#include "kernels/gemm_bf16.h"
+#include "kernels/gemm_f32.h"
 
 #include <algorithm>
 #include <cstdio>

@@ -6,7 +6,7 @@
 //                                        then float probs[n_rows*V] (row_probs at each row's log_z)
 //   test_sampler_math --emulate-device IN OUT
 //                                   the same, but every statistic comes from the CUDA kernel replayed on the host:
-//                                   its reduction tree (csrc/cuda/sampler_partial.h: every thread's strided slice,
+//                                   its reduction tree (csrc/offload/cuda/sampler_partial.h: every thread's strided slice,
 //                                   the warp butterflies, the cross-warp pass) and its tile-by-tile CDF walk
 //   test_sampler_math --walk-agreement V ROWS DRAWS
 //                                   the emulated kernel's sampled ids against dg::row_stats on random rows and
@@ -15,8 +15,8 @@
 //                                   the two ids (float rounding) and unexplained otherwise
 //   test_sampler_math --bench V ROWS   prints "ns_per_element=... ms_per_canvas256=... scalar_expf_ns_per_element=..."
 #include "sample_agreement.h"
-#include "sampler_math.h"
-#include "cuda/sampler_partial.h"
+#include "kernels/sampler_math.h"
+#include "offload/cuda/sampler_partial.h"
 
 #include <array>
 #include <chrono>

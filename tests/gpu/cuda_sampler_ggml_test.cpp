@@ -1,13 +1,13 @@
-// Driver for tests/gpu/test_sampler_cuda.py: dg::CudaSampler (csrc/cuda/sampler_ggml.cu) on ggml tensors in a
+// Driver for tests/gpu/test_sampler_cuda.py: dg::CudaSampler (csrc/offload/cuda/sampler_ggml.cu) on ggml tensors in a
 // buffer of ggml's CUDA backend, the way the engine calls it. Needs a ggml built with CUDA and a GPU.
 //
 //   cuda_sampler_ggml_test IN OUT [f16|bf16|bf16x]   IN/OUT as tests/c/test_sampler_math.cpp (probabilities widened
 //                                                    to float; bf16x = bf16 of bf16-rounded logits)
 //   cuda_sampler_ggml_test --check-errors            wrong placement / type / order give the documented statuses
 // Exit status 77: no CUDA device in ggml.
-#include "cuda/sampler_ggml.h"
+#include "offload/cuda/sampler_ggml.h"
 #include "diffgemma.h"
-#include "sampler_math.h"
+#include "kernels/sampler_math.h"
 
 #include "ggml-alloc.h"
 #include "ggml-backend.h"
@@ -141,7 +141,7 @@ int check_errors() {
     std::vector<float> bad = zeros;
     bad[2 * V + 17] = NAN;
     ggml_backend_tensor_set(logits, bad.data(), 0, ggml_nbytes(logits));
-    // A row without a distribution is reported by the caller (generate.cpp check_rows), as after the host sampler.
+    // A row without a distribution is reported by the caller (denoise.cpp check_rows), as after the host sampler.
     expect("NaN row", s.row_stats(logits, 1.0f, u.data(), stats.data()), DIFFGEMMA_OK, nullptr);
     expect("NaN row's statistics", stats[2].argmax == -1 && stats[2].sampled == -1 && std::isnan(stats[2].entropy) &&
                                        stats[1].argmax == 0 && stats[3].argmax == 0 ? DIFFGEMMA_OK : -99,

@@ -1,5 +1,5 @@
 // Driver for tests/gpu/test_sampler_cuda.py and bench/gpu_session.sh: runs the CUDA sampler kernels
-// (csrc/cuda/sampler.cu) on rows written by the test, or times them and compares them with the host
+// (csrc/offload/cuda/sampler.cu) on rows written by the test, or times them and compares them with the host
 // reference dg::row_stats on a full 256 x 262144 canvas.
 //
 //   sampler_cuda_driver --probe                          exit 0 when a CUDA device is usable, 77 when not
@@ -13,8 +13,8 @@
 //   sampler_cuda_driver --check-args                     the launchers' argument checks (no device needed:
 //                                                        invalid calls return before touching the GPU)
 #include "../c/sample_agreement.h"
-#include "cuda/sampler_cuda.h"
-#include "sampler_math.h"
+#include "offload/cuda/sampler_cuda.h"
+#include "kernels/sampler_math.h"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

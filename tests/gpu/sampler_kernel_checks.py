@@ -1,4 +1,4 @@
-"""The checks of the CUDA sampler kernels (csrc/cuda/sampler.cu), run by tests/gpu/test_sampler_cuda.py against the
+"""The checks of the CUDA sampler kernels (csrc/offload/cuda/sampler.cu), run by tests/gpu/test_sampler_cuda.py against the
 real kernel and by tests/test_gpu_sampler_checks_on_host.py against its emulation: each takes the driver
 executable (the file protocol of tests/gpu/sampler_cuda_driver.cu) and asserts."""
 import subprocess

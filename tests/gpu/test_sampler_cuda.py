@@ -1,4 +1,4 @@
-"""The CUDA sampler kernels (csrc/cuda/sampler.cu) against the NumPy float64 reference and the host twin
+"""The CUDA sampler kernels (csrc/offload/cuda/sampler.cu) against the NumPy float64 reference and the host twin
 dg::row_stats: the same argmax, sampled id (for boundary-safe uniforms), entropy and log-sum-exp, and the
 f16/bf16 softmax written for self-conditioning. Skips cleanly without a CUDA device or nvcc.
 
@@ -39,8 +39,8 @@ def driver(tmp_path_factory):
     arch = os.environ.get("DIFFGEMMA_CUDA_ARCH", "native")
     subprocess.run([nvcc, "-std=c++17", "-O3", f"-arch={arch}", "-I", str(REPO / "csrc"), "-I", str(REPO / "csrc" / "include"),
                     "-Xcompiler", "-ffp-contract=off,-fno-trapping-math",
-                    str(REPO / "tests" / "gpu" / "sampler_cuda_driver.cu"), str(REPO / "csrc" / "cuda" / "sampler.cu"),
-                    str(REPO / "csrc" / "sampler_math.cpp"), "-o", str(exe)], check=True)
+                    str(REPO / "tests" / "gpu" / "sampler_cuda_driver.cu"), str(REPO / "csrc" / "offload" / "cuda" / "sampler.cu"),
+                    str(REPO / "csrc" / "kernels" / "sampler_math.cpp"), "-o", str(exe)], check=True)
     probe = subprocess.run([str(exe), "--probe"], capture_output=True, text=True)
     if probe.returncode == 77:
         pytest.skip("no usable CUDA device")
@@ -134,8 +134,8 @@ def ggml_driver(tmp_path_factory, driver):  # `driver` first: it skips without a
     arch = os.environ.get("DIFFGEMMA_CUDA_ARCH", "native")
     subprocess.run([_nvcc(), "-std=c++17", "-O2", f"-arch={arch}", "-I", str(REPO / "csrc"), "-I", str(REPO / "csrc" / "include"),
                     "-I", str(root / "include"), str(REPO / "tests" / "gpu" / "cuda_sampler_ggml_test.cpp"),
-                    str(REPO / "csrc" / "cuda" / "sampler_ggml.cu"), str(REPO / "csrc" / "cuda" / "sampler.cu"),
-                    str(REPO / "csrc" / "sampler_math.cpp"), str(REPO / "csrc" / "errors.cpp"),
+                    str(REPO / "csrc" / "offload" / "cuda" / "sampler_ggml.cu"), str(REPO / "csrc" / "offload" / "cuda" / "sampler.cu"),
+                    str(REPO / "csrc" / "kernels" / "sampler_math.cpp"), str(REPO / "csrc" / "core" / "errors.cpp"),
                     "-L", str(libdir), "-lggml", "-lggml-base", "-Xlinker", "-rpath", "-Xlinker", str(libdir), "-o", str(exe)],
                    check=True)
     return exe

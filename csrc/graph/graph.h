@@ -1,0 +1,87 @@
+// Builders of the two ggml graphs: the causal encoder pass (clean tokens -> KV cache) and the
+// bidirectional decoder pass (canvas + cache + self-conditioning -> softcapped logits). Spec 4.2-4.4.
+#pragma once
+
+#include "graph/kv_cache.h"
+#include "kernels/gemm_f32.h"
+#include "kernels/sc_topk.h"
+#include "loader/hparams.h"
+#include "loader/weights.h"
+
+#include "ggml.h"
+
+#include <vector>
+
+namespace dg {
+
+// Names of the decoder's boundary nodes (set here, found by the timing split callback, timing.h).
+inline constexpr const char * kNodeScOut = "dg_sc_out";      // canvas input after self-conditioning
+inline constexpr const char * kNodeHeadIn = "dg_head_in";    // residual stream after the last layer
+
+// Graph inputs the caller fills after allocation (nullptr when unused).
+struct GraphInputs {
+    ggml_tensor * ids = nullptr;        // [T] i32 token ids
+    ggml_tensor * pos = nullptr;        // [T] i32 absolute positions
+    ggml_tensor * mask_full = nullptr;  // [n_keys_full, T] f32 causal mask (encoder)
+    ggml_tensor * mask_swa = nullptr;   // [n_keys_swa, T] f32 causal + window mask (encoder)
+    ggml_tensor * sc_logits = nullptr;  // [n_vocab, C] f32 previous step's processed logits (decoder)
+    ggml_tensor * logits = nullptr;     // [n_vocab, C] f32 output (decoder)
+};
+
+struct EncoderShape {
+    int32_t n_past = 0;    // positions already in the cache
+    int32_t n_tokens = 0;  // chunk length T
+    int32_t swa_begin() const;
+};
+
+struct GraphBuilder {
+    const HParams & hp;
+    const Weights & w;
+    const KvCache & kv;
+    ggml_context * ctx;
+    ggml_cgraph * gf;
+    // The offload GPU is a real device (not the test stand-in, gpu_devices.h): element-wise work on its layers
+    // must use ggml's ops too. The stand-in keeps our exact CPU geglu, since ggml's CPU gelu reads an f16 table
+    // (unless DIFFGEMMA_TEST_GPU_GRAPH asks for the real device's graph: diffgemma_context::gpu_graph).
+    bool real_gpu = false;
+
+    // Encoder: writes K/V of positions [n_past, n_past+T) into the cache. The last layer stops after K/V.
+    GraphInputs build_encoder(int32_t n_past, int32_t n_tokens);
+
+    // Decoder over one canvas at positions [n_past, n_past+C); reads but never writes the cache.
+    // With `with_sc`, the canvas input adds the self-conditioning MLP of softmax(sc_logits*sc_scale) @ E;
+    // `sc_topk` (nullptr = exact) replaces that product by its top-k approximation (sc_topk.h), whose own
+    // scale field is used then.
+    // `sc_probs` (device sampler, nullptr otherwise): the previous step's probabilities, already computed
+    // on the GPU [n_vocab, C] (f16 or bf16); they replace softmax(sc_logits) and sc_logits is not an input.
+    GraphInputs build_decoder(int32_t n_past, int32_t n_canvas, bool with_sc, float sc_scale,
+                              const ScTopkParams * sc_topk = nullptr, ggml_tensor * sc_probs = nullptr);
+
+  private:
+    ggml_tensor * rms(ggml_tensor * x, ggml_tensor * weight);
+    ggml_tensor * geglu(ggml_tensor * gate, ggml_tensor * up, const ggml_tensor * weight);
+    ggml_tensor * softcap(ggml_tensor * logits);
+    // `out_scale`: an NVFP4 weight's per-row second-level scale (weights.h), multiplied into the output; nullptr
+    // for every other weight.
+    ggml_tensor * matmul(ggml_tensor * weight, ggml_tensor * x, GemmActivations activations = GemmActivations::kAuto,
+                         ggml_tensor * out_scale = nullptr);
+    ggml_tensor * matmul(ggml_tensor * weight, ggml_tensor * out_scale, ggml_tensor * x) {
+        return matmul(weight, x, GemmActivations::kAuto, out_scale);
+    }
+    ggml_tensor * gpu_mul_mat(ggml_tensor * a, ggml_tensor * b);
+    ggml_tensor * matmul_id(ggml_tensor * experts, ggml_tensor * x, ggml_tensor * ids, ggml_tensor * out_scale);
+    ggml_tensor * attention(int il, ggml_tensor * h, ggml_tensor * pos, int32_t n_past, bool encoder,
+                            ggml_tensor * mask);
+    ggml_tensor * dense_ffn(int il, ggml_tensor * r);
+    ggml_tensor * moe(int il, ggml_tensor * r);
+    ggml_tensor * layer(int il, ggml_tensor * x, ggml_tensor * pos, int32_t n_past, bool encoder, ggml_tensor * mask);
+};
+
+// First cached position a sliding layer may read when the next query is at `n_past` (window n_swa keeps
+// the query itself plus n_swa-1 previous keys).
+int32_t swa_first_key(const HParams & hp, int32_t n_past);
+
+// Fills an encoder mask [n_keys, T]: 0 where query t (position n_past+t) may see key j, -inf elsewhere.
+void fill_encoder_mask(float * mask, int32_t key_begin, int32_t n_past, int32_t n_tokens, int32_t window);
+
+}  // namespace dg
