@@ -1,19 +1,8 @@
 // See cpu_isa.h.
 #include "cpu_isa.h"
 
-#include <cstdlib>
-#include <cstring>
-
 namespace dg {
 
-bool env_flag(const char * name) {
-    const char * v = std::getenv(name);
-    return v != nullptr && v[0] != '\0' && v[0] != '0';
-}
-
-namespace {
-
-// What the CPU can run, detected once.
 CpuIsa cpu_tier() {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     static const CpuIsa tier = __builtin_cpu_supports("avx512f")                                      ? CpuIsa::kAvx512
@@ -25,8 +14,6 @@ CpuIsa cpu_tier() {
 #endif
 }
 
-}  // namespace
-
 bool cpu_has_avx512_bf16() {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -37,26 +24,11 @@ bool cpu_has_avx512_bf16() {
 #endif
 }
 
-CpuIsa kernel_isa() {
-    // The switches are read on every call (a getenv per graph node): tests and benchmarks flip them between
-    // passes of one process.
-    if (env_flag("DIFFGEMMA_NO_GEMM")) {
-        return CpuIsa::kNone;
-    }
-    const char * cap = std::getenv("DIFFGEMMA_CPU_ISA");
-    const CpuIsa tier = cpu_tier();
-    if (cap != nullptr && std::strcmp(cap, "avx2") == 0 && tier == CpuIsa::kAvx512) {
-        return CpuIsa::kAvx2;
-    }
-    return tier;
-}
-
-const char * kernel_tier_description() {
-    switch (kernel_isa()) {
+const char * kernel_tier_description(const KernelConfig & kernels) {
+    switch (kernels.isa) {
         case CpuIsa::kAvx512:
-            return cpu_has_avx512_bf16() && !env_flag("DIFFGEMMA_NO_BF16")
-                       ? "AVX-512 BF16 (every weight type; quantized and bf16 weights through VDPBF16PS)"
-                       : "AVX-512 (every weight type, f32 products)";
+            return kernels.bf16 ? "AVX-512 BF16 (every weight type; quantized and bf16 weights through VDPBF16PS)"
+                                : "AVX-512 (every weight type, f32 products)";
         case CpuIsa::kAvx2:
             return "AVX2 (f32/f16/bf16 and NVFP4 weights; other quantized weights and attention use ggml's kernels)";
         case CpuIsa::kNone:

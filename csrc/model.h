@@ -4,10 +4,12 @@
 #include "diffgemma.h"
 #include "compute_threads.h"
 #include "hparams.h"
+#include "kernel_config.h"
 #include "gpu_step_sampler.h"
 #include "kv_cache.h"
 #include "placement.h"
 #include "sc_topk.h"
+#include "tensor_dump.h"
 #include "timing.h"
 #include "weights.h"
 
@@ -49,6 +51,8 @@ struct diffgemma_context {
                                           // order (none: CPU only, or the test stand-ins, whose work runs on `cpu`)
     bool gpu_graph = false;               // graphs as a real GPU gets them (GraphBuilder::real_gpu): with `gpus`, or
                                           // on the stand-in with DIFFGEMMA_TEST_GPU_GRAPH=1 (tests of that graph)
+    dg::KernelConfig kernels;             // our CPU kernels, from the environment when the context was made: the
+                                          // graph builder picks each node's op with it (kernel_config.h)
     ggml_backend_sched_t sched = nullptr;
     dg::KvCache kv;
     std::unique_ptr<dg::GpuStepSampler> gpu_sampler;  // with an offloaded head: sampling where the logits are
@@ -61,6 +65,7 @@ struct diffgemma_context {
     std::unique_ptr<dg::DecoderGraphCache> decoder_graph;  // the last decoder graph, reused by the next step
     std::mt19937_64 rng;
     dg::Timings timing;                   // diffgemma_timings_* (timing.h)
+    dg::TensorDump dump;                  // diffgemma_set_tensor_callback (tensor_dump.h)
     std::atomic<bool> busy{false};
     std::atomic<bool> cancel{false};
     ~diffgemma_context();

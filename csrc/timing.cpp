@@ -3,6 +3,7 @@
 
 #include "errors.h"
 #include "model.h"
+#include "tensor_dump.h"
 
 #include <algorithm>
 #include <cstring>
@@ -84,8 +85,7 @@ int32_t diffgemma_timings_enable(diffgemma_context * ctx, int32_t mode) {
     }
     ctx->timing.split_decoder = mode != 0;
     ctx->timing.per_op = mode == 2;
-    ggml_backend_sched_set_eval_callback(ctx->sched, mode != 0 ? dg::Timings::eval_callback : nullptr,
-                                         mode != 0 ? &ctx->timing : nullptr);
+    dg::update_eval_callback(ctx);
     return DIFFGEMMA_OK;
 }
 

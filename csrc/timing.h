@@ -14,8 +14,8 @@
 namespace dg {
 
 // Names of the decoder's boundary nodes (set by the graph builder, found by the split callback).
-inline constexpr const char * kNodeScOut = "dg_sc_out";      // canvas input after self-conditioning
-inline constexpr const char * kNodeHeadIn = "dg_head_in";    // residual stream after the last layer
+inline constexpr const char * kNodeScOut = "sc_out";         // canvas input after self-conditioning
+inline constexpr const char * kNodeHeadIn = "result_norm";   // the head's input: the last layer's output, normed
 
 using Clock = std::chrono::steady_clock;
 

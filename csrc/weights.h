@@ -138,8 +138,6 @@ class WeightStore {
     void load(const std::string & path, gguf_context * gguf, ggml_context * meta_ctx, HParams & hp, Weights & w,
               int n_threads);
 
-    size_t mapped_bytes() const { return map_size_; }
-
     // Copies the weights `pl` offloads into one buffer per device and repoints `w` at the copies (the mapping
     // keeps the originals: the host layers and the input embedding read them there). Throws dg::Error.
     void place(const HParams & hp, const Placement & pl, Weights & w);

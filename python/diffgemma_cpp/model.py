@@ -313,6 +313,12 @@ class Model(CompletionMixin, Closeable):
                                                ffi.from_buffer("float[]", out)))
         return out
 
+    def dump_tensors(self, names: str, *, canvas=None, sc_logits=None, prompt=None) -> dict:
+        """Named intermediate tensors of one encoder (``prompt``) or decoder (``canvas``) pass, {name: array}:
+        see ``diffgemma_cpp.tensor_dump``."""
+        from .tensor_dump import dump_tensors
+        return dump_tensors(self, names, canvas=canvas, sc_logits=sc_logits, prompt=prompt)
+
     # ---- generation ------------------------------------------------------------------------------
     def _sampler_params(self, max_new_tokens, steps, seed, overrides: dict):
         self._c  # a closed Model says so here, before its zeroed facts (canvas_length 0) are used
