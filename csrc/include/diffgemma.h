@@ -441,8 +441,8 @@ typedef struct diffgemma_timings {
     double readback_ms;         /* copy of the logits to the host */
     int32_t n_split;            /* decoder passes timed per part (split mode) */
     double sc_ms;               /* self-conditioning: softmax(sc) @ E, the MLP, the input embeddings */
-    double backbone_ms;         /* the layers */
-    double head_ms;             /* final norm, tied LM head, softcap */
+    double backbone_ms;         /* the layers and the final norm */
+    double head_ms;             /* tied LM head, softcap */
     int32_t n_steps;            /* denoising steps */
     double sampler_ms;          /* host sampler: lg = raw / T, per-row statistics, acceptance, renoise */
     int32_t n_threads_last;     /* compute threads the last pass ran on (fewer than n_threads while other programs
