@@ -79,6 +79,20 @@ def test_f32_gemm_matches_ggml_mul_mat(monkeypatch):
     assert np.any(ours != ref)
 
 
+@pytest.mark.skipif(kernel_tier() == "none", reason="none of our GEMM tiers runs on this CPU")
+def test_kernel_switches_are_read_when_the_context_is_made(monkeypatch):
+    """A switch flipped after the Model was made changes nothing for it (csrc/kernel_config.h); a new Model sees it
+    (test_f32_gemm_matches_ggml_mul_mat)."""
+    with Model(fx.gguf("wide", "f32"), n_threads=2) as m:
+        m.encode(list(range(10, 40)))
+        canvas = list(range(50, 50 + m.canvas_length))
+        before = m.decoder_logits(canvas)
+        monkeypatch.setenv("DIFFGEMMA_NO_GEMM", "1")
+        m.reset()
+        m.encode(list(range(10, 40)))
+        assert np.array_equal(m.decoder_logits(canvas), before)
+
+
 def test_flop_counts_follow_the_geometry():
     s = read_shape(fx.gguf("wide", "f32"))
     f = step_flops(s, n_past=100)
