@@ -213,10 +213,6 @@ bool isa_takes(CpuIsa isa, const ggml_tensor * w) {
 
 #endif  // DG_GEMM_AVX512
 
-}  // namespace
-
-namespace {
-
 bool wants_bf16(const ggml_tensor * w, const GemmOp & op) {
     return op.activations != GemmActivations::kF32 &&
            gemm_bf16_wanted(op.kernels, w, op.activations == GemmActivations::kBf16);
