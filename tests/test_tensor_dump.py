@@ -92,3 +92,36 @@ def test_bad_names_are_clear_errors():
         assert m.dump_tensors("no_such_node", canvas=[1] * C) == {}
         # the dump is off again after each call: passes run as before
         assert m.decoder_logits([1] * C).shape == (C, m.n_vocab)
+
+
+def test_offloaded_layers_dump_the_same_tensors(dumps, monkeypatch):
+    """With every layer and the head on the stand-in GPU (its own backend in the scheduler), the dump copies the
+    tensors from the device and gives the CPU's values."""
+    ref, _, dec, _, _ = dumps
+    hf = fx.hf_model(NAME)
+    prompt, canvas = _inputs(hf)
+    monkeypatch.setenv("DIFFGEMMA_TEST_GPU_MIB", "4096")
+    with Model(fx.gguf(NAME, "f32"), n_threads=2, n_gpu_layers=-1) as m:
+        m.encode(prompt[0].tolist())
+        gpu = m.dump_tensors("l_out-0,attn_out-0", canvas=canvas[0].tolist())
+    for key in ("l_out-0", "attn_out-0"):
+        assert _rel_err(gpu[key], dec[key]) <= 1e-5, key
+
+
+def test_the_dump_and_the_timing_split_share_the_eval_callback(dumps):
+    """Both need ggml's one scheduler callback: with the timing split on, the dump still gets its tensors and the
+    split still times its parts."""
+    from diffgemma_cpp._native import check, ffi, lib
+
+    _, _, dec, _, _ = dumps
+    hf = fx.hf_model(NAME)
+    prompt, canvas = _inputs(hf)
+    with Model(fx.gguf(NAME, "f32"), n_threads=2) as m:
+        m.encode(prompt[0].tolist())
+        check(lib.diffgemma_timings_enable(m._c, 1))
+        got = m.dump_tensors("l_out-0", canvas=canvas[0].tolist())
+        m.decoder_logits(canvas[0].tolist())  # the dump is off again, the split still on
+        t = ffi.new("diffgemma_timings *")
+        check(lib.diffgemma_timings_get(m._c, t))
+    assert np.array_equal(got["l_out-0"], dec["l_out-0"])
+    assert t.n_split == 2 and t.sc_ms > 0 and t.backbone_ms > 0 and t.head_ms > 0
