@@ -92,7 +92,8 @@ DIFFGEMMA_API const char * diffgemma_version(void);
 /* DIFFGEMMA_API_VERSION the library was built with (compare with the header's to detect a mismatch). */
 DIFFGEMMA_API int32_t diffgemma_api_version(void);
 
-/* One line: our version, ggml version and commit, backends compiled in, CPU features. Static storage. */
+/* One line: our version, ggml version and commit, backends compiled in, CPU features, and which of our CPU kernels a
+ * context gets (the CPU capped by the A/B switches as the environment sets them at the first call). Static storage. */
 DIFFGEMMA_API const char * diffgemma_system_info(void);
 
 /* Devices this build can offload to (0 on a CPU-only build): ggml's GPUs, then the devices of registered RPC
