@@ -110,6 +110,13 @@ def run(args) -> dict:
     torch.set_num_threads(args.threads)
     paths = make_bench_model.make(args.scale, args.types, quiet=True)
     engines = {t: EngineRunner(paths[t], args.threads, args.prompt_tokens, split=True) for t in args.types}
+    ggml_mulmat = None  # the F32 file with ggml's own f32 mul_mat (gemm_f32.h off), for --ab-gemm
+    if args.ab_gemm and "f32" in engines:
+        os.environ["DIFFGEMMA_NO_GEMM"] = "1"  # read when the context is made (csrc/core/kernel_config.h)
+        try:
+            ggml_mulmat = EngineRunner(paths["f32"], args.threads, args.prompt_tokens, split=True)
+        finally:
+            del os.environ["DIFFGEMMA_NO_GEMM"]
     first = next(iter(engines.values()))
     hf = {}
     for name in args.hf:
@@ -123,13 +130,9 @@ def run(args) -> dict:
         for t, e in engines.items():
             for k, v in {**e.encode(), **e.denoise(args.steps, seed=r)}.items():
                 rep[f"ours_{t}_{k}"] = v
-            if args.ab_gemm and t == "f32":  # the same engine with ggml's own f32 mul_mat (gemm_f32.h off)
-                os.environ["DIFFGEMMA_NO_GEMM"] = "1"
-                try:
-                    for k, v in {**e.encode(), **e.denoise(args.steps, seed=r)}.items():
-                        rep[f"ours_f32-ggml-mulmat_{k}"] = v
-                finally:
-                    del os.environ["DIFFGEMMA_NO_GEMM"]
+            if ggml_mulmat is not None and t == "f32":
+                for k, v in {**ggml_mulmat.encode(), **ggml_mulmat.denoise(args.steps, seed=r)}.items():
+                    rep[f"ours_f32-ggml-mulmat_{k}"] = v
         for name, h in hf.items():
             rep[f"hf_{name}_step_ms"] = h.denoise(args.steps)["step_ms"]
             rep[f"hf_{name}_encode_tok_s"] = h.encode()["encode_tok_s"]

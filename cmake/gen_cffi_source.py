@@ -15,6 +15,7 @@ import cffi
 PYTHON_CALLBACKS = """
 extern "Python" void _dg_py_log_callback(int32_t, const char *, void *);
 extern "Python" int32_t _dg_py_step_callback(int32_t, int32_t, int32_t, const int32_t *, int32_t, void *);
+extern "Python" void _dg_py_tensor_callback(const char *, int32_t, const int64_t *, const float *, void *);
 """
 
 

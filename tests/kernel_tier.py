@@ -1,4 +1,4 @@
-"""Which of our CPU kernels run in this process (csrc/kernels/cpu_isa.h), for tests whose bounds depend on it."""
+"""Which of our CPU kernels run in this process (csrc/core/cpu_isa.h), for tests whose bounds depend on it."""
 import os
 from pathlib import Path
 

@@ -28,7 +28,7 @@ def driver(tmp_path_factory):
     # The library's flags for these files (the ISA comes from target attributes, not -march; -ffp-contract=off
     # is dequant_avx512.cpp's, harmless for the others).
     sources = ["kernels/gemm_f32.cpp", "kernels/gemm_bf16.cpp", "kernels/gemm_bf16_rows.cpp", "kernels/dequant_avx512.cpp",
-               "kernels/cpu_isa.cpp"]
+               "core/cpu_isa.cpp", "core/kernel_config.cpp"]
     # Under scripts/sanitize_tests.sh the driver is instrumented too: it gives each tensor an exact-size heap
     # block, so a kernel's read or write past a weight, activation or output row is a report there.
     sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer", "-g"] \
@@ -96,7 +96,7 @@ def test_dense_gemm_matches_numpy(driver, has_bf16, tmp_path, wtype, N, K, T):
     w, x, y, y_f32, y_split = read_dense(out)
     assert np.all(np.isfinite(y)), "some outputs were never written"
     check_product(y, w, x, bf16_path=has_bf16 and wtype in BF16_PATH_TYPES)
-    check_product(y_f32, w, x, bf16_path=False)  # DIFFGEMMA_NO_BF16=1 forces the f32 path
+    check_product(y_f32, w, x, bf16_path=False)  # the driver's config without the bf16 path (DIFFGEMMA_NO_BF16=1)
     # Splitting the features between threads must not change a single value.
     np.testing.assert_array_equal(y_split, y)
 

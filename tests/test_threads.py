@@ -24,7 +24,8 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="ne
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory):
     return build_or_skip(tmp_path_factory.mktemp("threads") / "test_compute_threads", "test_compute_threads.cpp",
-                         ["runtime/compute_threads.cpp", "core/cpu_threads.cpp", "core/errors.cpp"], ("-O1",),
+                         ["runtime/compute_threads.cpp", "core/cpu_threads.cpp", "core/errors.cpp",
+                          "core/kernel_config.cpp", "core/cpu_isa.cpp"], ("-O1",),
                          ggml_libs=("ggml-cpu", "ggml-base", "ggml"))
 
 

@@ -93,11 +93,6 @@ void raise(int32_t status, const char * fmt, ...) {
     throw Error{status, msg};
 }
 
-void clear_error() {
-    t_last_error.clear();
-    t_last_status = DIFFGEMMA_OK;
-}
-
 void log(int32_t level, const char * fmt, ...) {
     va_list args;
     va_start(args, fmt);

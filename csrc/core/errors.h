@@ -14,9 +14,6 @@ namespace dg {
 // Records the reason of a failure on this thread and returns `status` for a tail call.
 int32_t fail(int32_t status, const char * fmt, ...) __attribute__((format(printf, 2, 3)));
 
-// Clears the thread's last error (called at the start of API calls that succeed partially).
-void clear_error();
-
 // printf-style logging through the user's callback (default: stderr at WARN and above).
 void log(int32_t level, const char * fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -24,6 +24,15 @@ void fill_encoder_mask(float * mask, int32_t key_begin, int32_t n_past, int32_t 
     }
 }
 
+ggml_tensor * GraphBuilder::named(ggml_tensor * t, const char * name, int il) {
+    if (il >= 0) {
+        ggml_format_name(t, "%s-%d", name, il);
+    } else {
+        ggml_set_name(t, name);
+    }
+    return t;
+}
+
 ggml_tensor * GraphBuilder::rms(ggml_tensor * x, ggml_tensor * weight) {
     ggml_tensor * y = ggml_rms_norm(ctx, x, hp.rms_eps);
     return weight != nullptr ? ggml_mul(ctx, y, weight) : y;
@@ -39,12 +48,12 @@ ggml_tensor * GraphBuilder::matmul(ggml_tensor * weight, ggml_tensor * x, GemmAc
     ggml_tensor * y;
     if (w.on_gpu(weight)) {
         y = gpu_mul_mat(weight, x);
-    } else if (!gemm_f32_applies(weight, x)) {
+    } else if (!gemm_f32_applies(kernels, weight, x)) {
         y = ggml_mul_mat(ctx, weight, x);
     } else {
         ggml_tensor * args[2] = {weight, x};
         y = ggml_custom_4d(ctx, GGML_TYPE_F32, weight->ne[1], x->ne[1], 1, 1, args, 2, gemm_f32_kernel,
-                           GGML_N_TASKS_MAX, gemm_userdata(activations));
+                           GGML_N_TASKS_MAX, const_cast<GemmOp *>(gemm_op(kernels, activations)));
     }
     return out_scale != nullptr ? ggml_mul(ctx, y, out_scale) : y;
 }
@@ -66,12 +75,13 @@ ggml_tensor * GraphBuilder::gpu_mul_mat(ggml_tensor * a, ggml_tensor * b) {
 ggml_tensor * GraphBuilder::matmul_id(ggml_tensor * experts, ggml_tensor * x, ggml_tensor * ids,
                                       ggml_tensor * out_scale) {
     ggml_tensor * y;
-    if (w.on_gpu(experts) || !gemm_f32_id_applies(experts, x, ids)) {
+    if (w.on_gpu(experts) || !gemm_f32_id_applies(kernels, experts, x, ids)) {
         y = ggml_mul_mat_id(ctx, experts, x, ids);
     } else {
         ggml_tensor * args[3] = {experts, x, ids};
         y = ggml_custom_4d(ctx, GGML_TYPE_F32, experts->ne[1], ids->ne[0], ids->ne[1], 1, args, 3,
-                           gemm_f32_id_kernel, GGML_N_TASKS_MAX, nullptr);
+                           gemm_f32_id_kernel, GGML_N_TASKS_MAX,
+                           const_cast<GemmOp *>(gemm_op(kernels, GemmActivations::kAuto)));
     }
     if (out_scale == nullptr) {
         return y;
@@ -85,9 +95,9 @@ ggml_tensor * GraphBuilder::matmul_id(ggml_tensor * experts, ggml_tensor * x, gg
 // matrix of the same block, placed with the ones that produced gate: the MoE passes its down experts, which
 // exist for fused and split gate/up alike) lives on a real GPU, ggml's fused GEGLU computes tanh in f32.
 //
-// On an RPC device the remote backend is unknown and may be a CPU, whose table GELU measured NMSE 2.8e-4 against
-// the host on the Q8_0 sudoku model (activations quantized after it): there gelu_tanh is built from ggml's exact
-// element-wise ops, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+// On an RPC device the remote backend is unknown and may be a CPU, whose table GELU is too coarse for parity
+// (bench/README.md, "Numerics behind graph choices"): there gelu_tanh is built from ggml's exact element-wise
+// ops, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
 ggml_tensor * GraphBuilder::geglu(ggml_tensor * gate, ggml_tensor * up, const ggml_tensor * weight) {
     if (w.on_remote(weight)) {
         ggml_tensor * x = ggml_cont(ctx, gate);
@@ -110,6 +120,34 @@ ggml_tensor * GraphBuilder::softcap(ggml_tensor * logits) {
     return ggml_map_custom1(ctx, logits, softcap_kernel, GGML_N_TASKS_MAX, const_cast<float *>(&hp.softcap));
 }
 
+ggml_tensor * GraphBuilder::attend(ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, ggml_tensor * mask,
+                                   const ggml_tensor * wq) {
+    const int64_t D = q->ne[0];
+    const int64_t H = q->ne[1];
+    const int64_t T = q->ne[2];
+    if (!w.on_gpu(wq) && attention_cpu_applies(kernels, q, k, v)) {
+        ggml_tensor * args[4] = {q, k, v, mask};
+        ggml_tensor * out = ggml_custom_4d(ctx, GGML_TYPE_F32, D, H, T, 1, args, mask != nullptr ? 4 : 3,
+                                           attention_cpu_kernel, GGML_N_TASKS_MAX, nullptr);
+        return ggml_reshape_2d(ctx, out, D * H, T);
+    }
+    ggml_tensor * qp = ggml_permute(ctx, q, 0, 2, 1, 3);                  // [D, T, H]
+    ggml_tensor * kp = ggml_permute(ctx, k, 0, 2, 1, 3);                  // [D, Nk, Hkv]
+    ggml_tensor * kq = gpu_mul_mat(kp, qp);                               // [Nk, T, H]; GQA by broadcast
+    kq = ggml_soft_max_ext(ctx, kq, mask, 1.0f, 0.0f);                    // scale 1.0: q/k are normalised
+    ggml_tensor * vt = ggml_cont(ctx, ggml_permute(ctx, v, 1, 2, 0, 3));  // [Nk, D, Hkv]
+    ggml_tensor * out = gpu_mul_mat(vt, kq);                              // [D, T, H]
+    return ggml_cont_2d(ctx, ggml_permute(ctx, out, 0, 2, 1, 3), D * H, T);
+}
+
+// An offloaded router picks its experts with ARGSORT + view: ggml-cuda sorts every token's row in one kernel, while
+// its TOP_K runs one CUB call per token (bench/README.md, "MoE top-k on the GPU"). Same experts in another order,
+// which changes only the rounding of the weighted sum, so the CPU keeps TOP_K and its results.
+ggml_tensor * GraphBuilder::moe_topk(ggml_tensor * probs, int k, const ggml_tensor * router) {
+    ggml_tensor * top = w.on_gpu(router) ? ggml_argsort_top_k(ctx, probs, k) : ggml_top_k(ctx, probs, k);
+    return ggml_cont(ctx, top);
+}
+
 ggml_tensor * GraphBuilder::attention(int il, ggml_tensor * h, ggml_tensor * pos, int32_t n_past, bool encoder,
                                       ggml_tensor * mask) {
     const LayerWeights & l = w.layers[static_cast<size_t>(il)];
@@ -124,16 +162,15 @@ ggml_tensor * GraphBuilder::attention(int il, ggml_tensor * h, ggml_tensor * pos
     };
 
     // q and k multiply unrounded activations also for quantized weights: q.k is not scaled down (q and k
-    // are normalised instead), so their rounding goes straight into the softmax. On the `wide` test model,
-    // bf16 activations here moved the q8_0 file's logits to NMSE 0.090 against the F32 file's, f32 ones keep
-    // 0.046 (ggml's int8 activations: 0.062), for ~4% of a Q4_K_M step; v and o gain little (0.033).
+    // are normalised instead), so their rounding goes straight into the softmax (bench/README.md, "Numerics
+    // behind graph choices"); v and o gain little from it.
     const GemmActivations qk = GemmActivations::kF32;
     ggml_tensor * q = ggml_reshape_3d(ctx, matmul(l.wq, h, qk, l.wq_s), D, hp.n_head, T);
-    q = rope(rms(q, l.q_norm));
+    q = named(rope(rms(q, l.q_norm)), "q", il);
     ggml_tensor * k_raw = ggml_reshape_3d(ctx, matmul(l.wk, h, qk, l.wk_s), D, n_kv, T);
     ggml_tensor * v_raw = l.wv != nullptr ? ggml_reshape_3d(ctx, matmul(l.wv, l.wv_s, h), D, n_kv, T) : k_raw;
-    ggml_tensor * k = rope(rms(k_raw, l.k_norm));
-    ggml_tensor * v = rms(v_raw, nullptr);  // v_norm has no weight
+    ggml_tensor * k = named(rope(rms(k_raw, l.k_norm)), "k", il);
+    ggml_tensor * v = named(rms(v_raw, nullptr), "v", il);  // v_norm has no weight
     if (kv.type() != GGML_TYPE_F32) {
         k = ggml_cast(ctx, k, kv.type());
         v = ggml_cast(ctx, v, kv.type());
@@ -150,27 +187,15 @@ ggml_tensor * GraphBuilder::attention(int il, ggml_tensor * h, ggml_tensor * pos
         k = ggml_concat(ctx, kv.k_range(ctx, il, key_begin, n_past), k, 2);
         v = ggml_concat(ctx, kv.v_range(ctx, il, key_begin, n_past), v, 2);
     }
-    if (!w.on_gpu(l.wq) && attention_cpu_applies(q, k, v)) {
-        ggml_tensor * args[4] = {q, k, v, mask};
-        ggml_tensor * out = ggml_custom_4d(ctx, GGML_TYPE_F32, D, hp.n_head, T, 1, args, mask != nullptr ? 4 : 3,
-                                           attention_cpu_kernel, GGML_N_TASKS_MAX, nullptr);
-        return matmul(l.wo, l.wo_s, ggml_reshape_2d(ctx, out, D * hp.n_head, T));
-    }
-    ggml_tensor * qp = ggml_permute(ctx, q, 0, 2, 1, 3);                  // [D, T, H]
-    ggml_tensor * kp = ggml_permute(ctx, k, 0, 2, 1, 3);                  // [D, Nk, Hkv]
-    ggml_tensor * kq = gpu_mul_mat(kp, qp);                               // [Nk, T, H]; GQA by broadcast
-    kq = ggml_soft_max_ext(ctx, kq, mask, 1.0f, 0.0f);                    // scale 1.0: q/k are normalised
-    ggml_tensor * vt = ggml_cont(ctx, ggml_permute(ctx, v, 1, 2, 0, 3));  // [Nk, D, Hkv]
-    ggml_tensor * out = gpu_mul_mat(vt, kq);                              // [D, T, H]
-    out = ggml_cont_2d(ctx, ggml_permute(ctx, out, 0, 2, 1, 3), D * hp.n_head, T);
-    return matmul(l.wo, l.wo_s, out);
+    ggml_tensor * kqv = named(attend(q, k, v, mask, l.wq), "kqv", il);  // [D * H, T]
+    return named(matmul(l.wo, l.wo_s, kqv), "attn_out", il);
 }
 
 ggml_tensor * GraphBuilder::dense_ffn(int il, ggml_tensor * r) {
     const LayerWeights & l = w.layers[static_cast<size_t>(il)];
     ggml_tensor * h = rms(r, l.ffn_norm);
     ggml_tensor * act = geglu(matmul(l.ffn_gate, l.ffn_gate_s, h), matmul(l.ffn_up, l.ffn_up_s, h), l.ffn_gate);
-    return rms(matmul(l.ffn_down, l.ffn_down_s, act), l.post_ffw_norm_1);
+    return named(rms(matmul(l.ffn_down, l.ffn_down_s, act), l.post_ffw_norm_1), "ffn_out", il);
 }
 
 ggml_tensor * GraphBuilder::moe(int il, ggml_tensor * r) {
@@ -182,13 +207,8 @@ ggml_tensor * GraphBuilder::moe(int il, ggml_tensor * r) {
     // Router on the un-normalised residual: rms(r) * scale / sqrt(n_embd).
     ggml_tensor * z = ggml_scale(ctx, ggml_mul(ctx, ggml_rms_norm(ctx, r, hp.rms_eps), l.gate_inp_scale),
                                  1.0f / std::sqrt(static_cast<float>(hp.n_embd)));
-    ggml_tensor * probs = ggml_soft_max(ctx, matmul(l.gate_inp, z));   // [E, T]
-    // An offloaded router picks its experts with ARGSORT + view: ggml-cuda sorts every token's row in one
-    // kernel (bitonic, up to 1024 experts), while its TOP_K, built against a CUB with DeviceTopK (CCCL >= 3.2),
-    // runs one CUB call per token, 256 per layer and pass. Same experts in another order, which changes only
-    // the rounding of the sum below, so the CPU keeps TOP_K and its results.
-    ggml_tensor * top = w.on_gpu(l.gate_inp) ? ggml_argsort_top_k(ctx, probs, k) : ggml_top_k(ctx, probs, k);
-    ggml_tensor * ids = ggml_cont(ctx, top);                                        // [k, T] i32
+    ggml_tensor * probs = named(ggml_soft_max(ctx, matmul(l.gate_inp, z)), "ffn_moe_probs", il);  // [E, T]
+    ggml_tensor * ids = moe_topk(probs, k, l.gate_inp);                                           // [k, T] i32
     ggml_tensor * weights = ggml_get_rows(ctx, ggml_reshape_3d(ctx, probs, 1, hp.n_expert, T), ids);  // [1, k, T]
     weights = ggml_reshape_2d(ctx, weights, k, T);
     weights = ggml_div(ctx, weights, ggml_sum_rows(ctx, weights));
@@ -218,20 +238,20 @@ ggml_tensor * GraphBuilder::moe(int il, ggml_tensor * r) {
     if (k == 1) {
         sum = ggml_cont(ctx, sum);
     }
-    return rms(sum, l.post_ffw_norm_2);
+    return named(rms(sum, l.post_ffw_norm_2), "ffn_moe_out", il);
 }
 
 ggml_tensor * GraphBuilder::layer(int il, ggml_tensor * x, ggml_tensor * pos, int32_t n_past, bool encoder,
                                   ggml_tensor * mask) {
     const LayerWeights & l = w.layers[static_cast<size_t>(il)];
-    ggml_tensor * a = attention(il, rms(x, l.attn_norm), pos, n_past, encoder, mask);
+    ggml_tensor * a = attention(il, named(rms(x, l.attn_norm), "attn_norm", il), pos, n_past, encoder, mask);
     if (a == nullptr) {
         return nullptr;
     }
-    ggml_tensor * r = ggml_add(ctx, x, rms(a, l.post_attn_norm));
+    ggml_tensor * r = named(ggml_add(ctx, x, rms(a, l.post_attn_norm)), "ffn_inp", il);
     ggml_tensor * ffn = ggml_add(ctx, dense_ffn(il, r), moe(il, r));
     ggml_tensor * out = ggml_add(ctx, r, rms(ffn, l.post_ffw_norm));
-    return ggml_mul(ctx, out, encoder ? l.enc_scale : l.dec_scale);
+    return named(ggml_mul(ctx, out, encoder ? l.enc_scale : l.dec_scale), "l_out", il);
 }
 
 GraphInputs GraphBuilder::build_encoder(int32_t n_past, int32_t n_tokens) {
@@ -245,7 +265,7 @@ GraphInputs GraphBuilder::build_encoder(int32_t n_past, int32_t n_tokens) {
     for (ggml_tensor * t : {in.ids, in.pos, in.mask_full, in.mask_swa}) {
         ggml_set_input(t);
     }
-    ggml_tensor * x = ggml_scale(ctx, ggml_get_rows(ctx, w.tok_embd, in.ids), hp.embed_scale);
+    ggml_tensor * x = named(ggml_scale(ctx, ggml_get_rows(ctx, w.tok_embd, in.ids), hp.embed_scale), "inp_embd");
     for (int il = 0; il < hp.n_layer && x != nullptr; ++il) {
         x = layer(il, x, in.pos, n_past, true, hp.is_swa[il] ? in.mask_swa : in.mask_full);
     }
@@ -259,7 +279,7 @@ GraphInputs GraphBuilder::build_decoder(int32_t n_past, int32_t n_canvas, bool w
     in.pos = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n_canvas);
     ggml_set_input(in.ids);
     ggml_set_input(in.pos);
-    ggml_tensor * x = ggml_scale(ctx, ggml_get_rows(ctx, w.tok_embd, in.ids), hp.embed_scale);
+    ggml_tensor * x = named(ggml_scale(ctx, ggml_get_rows(ctx, w.tok_embd, in.ids), hp.embed_scale), "inp_embd");
     if (with_sc && w.sc_gate != nullptr) {
         if (sc_probs == nullptr) {
             in.sc_logits = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, hp.n_vocab, n_canvas);
@@ -275,7 +295,7 @@ GraphInputs GraphBuilder::build_decoder(int32_t n_past, int32_t n_canvas, bool w
             soft = sc_topk_soft_embedding(ctx, in.sc_logits, w.tok_embd, sc_topk);
         } else {
             // probs stay f32: the GEMM reads the f16 embd_t directly, and ggml's mul_mat converts them itself
-            // where the GEMM does not apply. (Casting them to f16 here cost NMSE ~1e-6 on the harsh test models.)
+            // where the GEMM does not apply (casting them to f16 here would round them once more).
             ggml_tensor * probs = ggml_soft_max_ext(ctx, in.sc_logits, nullptr, sc_scale, 0.0f);  // [V, C]
             // A quantized file's f16 embedding copy (weights.cpp) multiplies on the bf16 path like its other
             // weights; an F16 or F32 file's stays exact.
@@ -283,19 +303,17 @@ GraphInputs GraphBuilder::build_decoder(int32_t n_past, int32_t n_canvas, bool w
             const bool quantized = e_type != GGML_TYPE_F32 && e_type != GGML_TYPE_F16 && e_type != GGML_TYPE_BF16;
             soft = matmul(w.embd_t, probs, quantized ? GemmActivations::kBf16 : GemmActivations::kAuto);
         }
-        soft = ggml_scale(ctx, soft, hp.embed_scale);
+        soft = named(ggml_scale(ctx, soft, hp.embed_scale), "sc_soft");
         ggml_tensor * u = rms(soft, w.sc_pre_norm);
         ggml_tensor * act = geglu(matmul(w.sc_gate, w.sc_gate_s, u), matmul(w.sc_up, w.sc_up_s, u), w.sc_gate);
         x = ggml_add(ctx, x, matmul(w.sc_down, w.sc_down_s, act));
     }
-    x = rms(x, nullptr);  // self_conditioning.post_norm (no weight), applied on every step
-    ggml_set_name(x, kNodeScOut);
+    x = named(rms(x, nullptr), kNodeScOut);  // self_conditioning.post_norm (no weight), applied on every step
     for (int il = 0; il < hp.n_layer; ++il) {
         x = layer(il, x, in.pos, n_past, false, nullptr);
     }
-    ggml_set_name(x, kNodeHeadIn);
-    x = rms(x, w.output_norm);
-    ggml_tensor * logits = softcap(matmul(w.head, x));  // tied head: [V, C]
+    x = named(rms(x, w.output_norm), kNodeHeadIn);
+    ggml_tensor * logits = named(softcap(matmul(w.head, x)), "logits");  // tied head: [V, C]
     ggml_set_output(logits);
     in.logits = logits;
     ggml_build_forward_expand(gf, logits);

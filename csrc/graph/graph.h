@@ -2,6 +2,7 @@
 // bidirectional decoder pass (canvas + cache + self-conditioning -> softcapped logits). Spec 4.2-4.4.
 #pragma once
 
+#include "core/kernel_config.h"
 #include "graph/kv_cache.h"
 #include "kernels/gemm_f32.h"
 #include "kernels/sc_topk.h"
@@ -15,8 +16,8 @@
 namespace dg {
 
 // Names of the decoder's boundary nodes (set here, found by the timing split callback, timing.h).
-inline constexpr const char * kNodeScOut = "dg_sc_out";      // canvas input after self-conditioning
-inline constexpr const char * kNodeHeadIn = "dg_head_in";    // residual stream after the last layer
+inline constexpr const char * kNodeScOut = "sc_out";         // canvas input after self-conditioning
+inline constexpr const char * kNodeHeadIn = "result_norm";   // the head's input: the last layer's output, normed
 
 // Graph inputs the caller fills after allocation (nullptr when unused).
 struct GraphInputs {
@@ -26,12 +27,6 @@ struct GraphInputs {
     ggml_tensor * mask_swa = nullptr;   // [n_keys_swa, T] f32 causal + window mask (encoder)
     ggml_tensor * sc_logits = nullptr;  // [n_vocab, C] f32 previous step's processed logits (decoder)
     ggml_tensor * logits = nullptr;     // [n_vocab, C] f32 output (decoder)
-};
-
-struct EncoderShape {
-    int32_t n_past = 0;    // positions already in the cache
-    int32_t n_tokens = 0;  // chunk length T
-    int32_t swa_begin() const;
 };
 
 struct GraphBuilder {
@@ -44,6 +39,8 @@ struct GraphBuilder {
     // must use ggml's ops too. The stand-in keeps our exact CPU geglu, since ggml's CPU gelu reads an f16 table
     // (unless DIFFGEMMA_TEST_GPU_GRAPH asks for the real device's graph: diffgemma_context::gpu_graph).
     bool real_gpu = false;
+    // The context's kernel choices (kernel_config.h): which of our CPU ops the nodes on the CPU use.
+    const KernelConfig & kernels;
 
     // Encoder: writes K/V of positions [n_past, n_past+T) into the cache. The last layer stops after K/V.
     GraphInputs build_encoder(int32_t n_past, int32_t n_tokens);
@@ -58,6 +55,11 @@ struct GraphBuilder {
                               const ScTopkParams * sc_topk = nullptr, ggml_tensor * sc_probs = nullptr);
 
   private:
+    // Names a node "name-il" (il >= 0) or "name", as HF's modules are named, for the tensor dump
+    // (diffgemma_set_tensor_callback); returns it.
+    ggml_tensor * named(ggml_tensor * t, const char * name, int il = -1);
+    // The placement-dependent helpers: each picks the op for where its weight lives (our CPU custom op, ggml's op
+    // on a GPU, exact element-wise ops on an RPC server), so the block functions below read as the model's math.
     ggml_tensor * rms(ggml_tensor * x, ggml_tensor * weight);
     ggml_tensor * geglu(ggml_tensor * gate, ggml_tensor * up, const ggml_tensor * weight);
     ggml_tensor * softcap(ggml_tensor * logits);
@@ -70,6 +72,11 @@ struct GraphBuilder {
     }
     ggml_tensor * gpu_mul_mat(ggml_tensor * a, ggml_tensor * b);
     ggml_tensor * matmul_id(ggml_tensor * experts, ggml_tensor * x, ggml_tensor * ids, ggml_tensor * out_scale);
+    // softmax(q k^T + mask) v per head, GQA by broadcast: [D * H, T]. `wq` tells where the layer lives.
+    ggml_tensor * attend(ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, ggml_tensor * mask, const ggml_tensor * wq);
+    // The ids [k, T] of the k largest router probabilities of each token; `router` tells where the router lives.
+    ggml_tensor * moe_topk(ggml_tensor * probs, int k, const ggml_tensor * router);
+    // The block functions: the model's math (spec 4.2-4.4), blocks named per layer.
     ggml_tensor * attention(int il, ggml_tensor * h, ggml_tensor * pos, int32_t n_past, bool encoder,
                             ggml_tensor * mask);
     ggml_tensor * dense_ffn(int il, ggml_tensor * r);

@@ -99,7 +99,8 @@ DIFFGEMMA_API const char * diffgemma_version(void);
 /* DIFFGEMMA_API_VERSION the library was built with (compare with the header's to detect a mismatch). */
 DIFFGEMMA_API int32_t diffgemma_api_version(void);
 
-/* One line: our version, ggml version and commit, backends compiled in, CPU features. Static storage. */
+/* One line: our version, ggml version and commit, backends compiled in, CPU features, and which of our CPU kernels a
+ * context gets (the CPU capped by the A/B switches as the environment sets them at the first call). Static storage. */
 DIFFGEMMA_API const char * diffgemma_system_info(void);
 
 /* Devices this build can offload to (0 on a CPU-only build): ggml's GPUs, then the devices of registered RPC
@@ -481,8 +482,8 @@ typedef struct diffgemma_timings {
     double readback_ms;         /* copy of the logits to the host */
     int32_t n_split;            /* decoder passes timed per part (split mode) */
     double sc_ms;               /* self-conditioning: softmax(sc) @ E, the MLP, the input embeddings */
-    double backbone_ms;         /* the layers */
-    double head_ms;             /* final norm, tied LM head, softcap */
+    double backbone_ms;         /* the layers and the final norm */
+    double head_ms;             /* tied LM head, softcap */
     int32_t n_steps;            /* denoising steps */
     double sampler_ms;          /* host sampler: lg = raw / T, per-row statistics, acceptance, renoise */
     int32_t n_threads_last;     /* compute threads the last pass ran on (fewer than n_threads while other programs
@@ -503,6 +504,29 @@ DIFFGEMMA_API int32_t diffgemma_timings_get(const diffgemma_context * ctx, diffg
 
 /* Zeroes the totals (NULL is fine). */
 DIFFGEMMA_API void diffgemma_timings_reset(diffgemma_context * ctx);
+
+/* ---- tensor dump (debugging) ---- */
+/*
+ * The graph builders name the intermediate tensors of every block after the layer they belong to, as llama.cpp
+ * does: "inp_embd", per layer il "attn_norm-il", "q-il", "k-il", "v-il" (after their norms and RoPE), "kqv-il"
+ * (attention before the output projection), "attn_out-il", "ffn_inp-il" (the residual after attention),
+ * "ffn_out-il" (dense MLP), "ffn_moe_probs-il" (router), "ffn_moe_out-il", "l_out-il" (the layer's output, after
+ * its scale); the decoder also "sc_soft", "sc_out" (self-conditioning), "result_norm" and "logits"
+ * (ARCHITECTURE.md, "Named graph nodes"). The encoder's last layer stops after its K/V.
+ */
+
+/* Receives one tensor of a pass as it is computed: its name, n_dims (1-4) and shape ne[0..3] (ne[0] varies
+ * fastest, unused dimensions 1), and its ne[0]*ne[1]*ne[2]*ne[3] values as float32 in that order (a copy, valid
+ * during the call only). Called on the thread that runs the pass. */
+typedef void (*diffgemma_tensor_callback)(const char * name, int32_t n_dims, const int64_t * ne, const float * data,
+                                          void * user_data);
+
+/* From the next pass on, hands each computed tensor whose name matches `names` to `callback`: a comma-separated
+ * list of names ("l_out-0,logits"), each may end in '*' to match a prefix ("l_out-*"); "*" matches every node,
+ * ggml's unnamed ones too. callback NULL switches the dump off. Passes run slower while it is on (the scheduler
+ * stops after each wanted node). Tensors that are not contiguous are skipped. */
+DIFFGEMMA_API int32_t diffgemma_set_tensor_callback(diffgemma_context * ctx, const char * names,
+                                                    diffgemma_tensor_callback callback, void * user_data);
 
 // cffi-end
 

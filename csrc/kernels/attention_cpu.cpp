@@ -2,7 +2,6 @@
 #include "kernels/attention_cpu.h"
 
 #include "core/vec_math.h"
-#include "kernels/cpu_isa.h"
 
 #include <algorithm>
 #include <cstdlib>
@@ -117,10 +116,10 @@ DG_VECTOR_CLONES float exp_shifted(float * s, const float * mask, int64_t n_keys
 
 }  // namespace
 
-bool attention_cpu_applies(const ggml_tensor * q, const ggml_tensor * k, const ggml_tensor * v) {
+bool attention_cpu_applies(const KernelConfig & kernels, const ggml_tensor * q, const ggml_tensor * k,
+                           const ggml_tensor * v) {
 #ifdef DG_ATTN_AVX512
-    // A/B switches: DIFFGEMMA_NO_ATTENTION_OP for this op alone; DIFFGEMMA_NO_GEMM / DIFFGEMMA_CPU_ISA (cpu_isa.h).
-    if (env_flag("DIFFGEMMA_NO_ATTENTION_OP") || kernel_isa() != CpuIsa::kAvx512) {
+    if (!kernels.attention_op) {
         return false;
     }
     const bool f32 = q->type == GGML_TYPE_F32 && k->type == GGML_TYPE_F32 && v->type == GGML_TYPE_F32;
@@ -129,6 +128,7 @@ bool attention_cpu_applies(const ggml_tensor * q, const ggml_tensor * k, const g
                         k->ne[1] > 0 && q->ne[1] % k->ne[1] == 0 && q->ne[3] == 1 && k->ne[3] == 1 && v->ne[3] == 1;
     return f32 && rows && shapes;
 #else
+    (void) kernels;
     (void) q;
     (void) k;
     (void) v;

@@ -1,7 +1,7 @@
 // See dequant_avx512.h.
 #include "kernels/dequant_avx512.h"
 
-#include "kernels/cpu_isa.h"
+#include "core/cpu_isa.h"
 
 #include <cstdint>
 #include <cstring>

@@ -4,7 +4,6 @@
 // are bf16 rows, whose pair (2p, 2p+1) is one 32-bit word that the micro-kernel broadcasts.
 #include "kernels/gemm_bf16.h"
 
-#include "kernels/cpu_isa.h"
 #include "kernels/dequant_avx512.h"
 #include "kernels/simd_avx512.h"
 
@@ -29,7 +28,6 @@ namespace {
 
 constexpr int kNR = 32;     // output features per panel: two registers of 16 f32 lanes
 constexpr int kTR = 8;      // tokens per register tile: 16 accumulators + 2 weight registers + 1 broadcast
-                            // (8 beat 6, 10 and 12 on the mid model's shapes)
 constexpr int kKC = 256;    // K block of a packed panel (128 pairs x 32 rows x 4 bytes = 16 KiB, L1-resident)
 constexpr int64_t kXChunk = 1 << 21;  // bf16 activation elements converted at a time (4 MiB per thread)
 
@@ -155,16 +153,14 @@ uint32_t * panel_buffer_bf16() {
 
 }  // namespace
 
-bool gemm_bf16_wanted(const ggml_tensor * w, bool f16_too) {
+bool gemm_bf16_wanted(const KernelConfig & kernels, const ggml_tensor * w, bool f16_too) {
 #ifdef DG_GEMM_BF16
-    if (env_flag("DIFFGEMMA_NO_BF16")) {
-        return false;
-    }
-    // f16 weights stay on the f32 path too: rounding the activations to bf16 moved the F16 file's logits to
-    // NMSE 2e-2 against HF on the `wide` test model (bound 1e-4; tests/test_engine_parity.py).
+    // f16 weights stay on the f32 path too: rounding their activations to bf16 breaks the F16 file's HF parity
+    // bound (bench/README.md, "Numerics behind graph choices").
     return w->type != GGML_TYPE_F32 && (f16_too || w->type != GGML_TYPE_F16) && w->ne[0] % 2 == 0 &&
-           kernel_isa() == CpuIsa::kAvx512 && cpu_has_avx512_bf16();
+           kernels.isa == CpuIsa::kAvx512 && kernels.bf16;
 #else
+    (void) kernels;
     (void) w;
     (void) f16_too;
     return false;

@@ -5,6 +5,8 @@
 // come here: they keep the f32 path (HF parity of the F32 and F16 files).
 #pragma once
 
+#include "core/kernel_config.h"
+
 #include "ggml.h"
 
 #include <cstdint>
@@ -12,9 +14,9 @@
 namespace dg {
 
 // True when the products of w should take the bf16 path: w is neither f32 nor (unless f16_too) f16,
-// K is even, the CPU has AVX512_BF16, and DIFFGEMMA_NO_BF16 is unset (it forces the f32 path, for A/B and
-// parity checks).
-bool gemm_bf16_wanted(const ggml_tensor * w, bool f16_too = false);
+// K is even, and the kernel config allows it (kernels.bf16: an AVX512_BF16 CPU without DIFFGEMMA_NO_BF16, the
+// switch that forces the f32 path for A/B and parity checks).
+bool gemm_bf16_wanted(const KernelConfig & kernels, const ggml_tensor * w, bool f16_too = false);
 
 // c_rows[i][n] = sum_k w[n][k] * x_rows[i][k] for i < n_rows and the output features n of the 32-row
 // panels p_first, p_first + p_step, ... < p_end. The caller has checked gemm_bf16_wanted(w) and that w's rows
@@ -31,8 +33,8 @@ void gemm_bf16_rows(const ggml_tensor * w, int64_t p_first, int64_t p_step, int6
                     float * const * c_rows, int64_t n_rows);
 
 // The most tokens gemm_bf16_rows should multiply (128: up to there it beats or matches the panels at the
-// released expert shapes, measured with tests/c/test_gemm.cpp bench-id); 0 when DIFFGEMMA_NO_ROW_GEMM is set
-// (the A/B switch: panels always). A getenv: read it once per kernel call.
+// released expert shapes, measured with tests/c/test_gemm.cpp bench-id); 0 in a build without the kernel. The
+// caller skips the row tiles when its KernelConfig::row_gemm is off (DIFFGEMMA_NO_ROW_GEMM=1, the A/B switch).
 int64_t gemm_bf16_rows_max_tokens();
 
 // dst[0..n) = bf16(src[0..n)), round to nearest even (the activations' rounding of both bf16 kernels), n even.

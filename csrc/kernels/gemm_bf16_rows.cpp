@@ -9,7 +9,6 @@
 // the same round-to-nearest-even of the activations); only the order of the f32 additions differs.
 #include "kernels/gemm_bf16.h"
 
-#include "kernels/cpu_isa.h"
 #include "kernels/dequant_avx512.h"
 
 #include <algorithm>
@@ -145,7 +144,7 @@ uint16_t * aligned_u16(size_t n) {
 
 int64_t gemm_bf16_rows_max_tokens() {
 #ifdef DG_GEMM_BF16_ROWS
-    return env_flag("DIFFGEMMA_NO_ROW_GEMM") ? 0 : kMaxTokens;
+    return kMaxTokens;
 #else
     return 0;
 #endif

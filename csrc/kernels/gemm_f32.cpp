@@ -1,7 +1,6 @@
 // See gemm_f32.h.
 #include "kernels/gemm_f32.h"
 
-#include "kernels/cpu_isa.h"
 #include "kernels/dequant_avx512.h"
 #include "kernels/gemm_bf16.h"
 #include "kernels/simd_avx512.h"
@@ -200,8 +199,8 @@ bool packable(const ggml_tensor * w) {
 // which are meant to be multiplied with unrounded activations: ggml's NVFP4 product (AVX2 too) rounds them to
 // q8_0, while dequantizing its 64-wide blocks into our f32 panels keeps them exact
 // (tests/test_quantized_engine.py measures both).
-bool isa_takes(const ggml_tensor * w) {
-    switch (kernel_isa()) {
+bool isa_takes(CpuIsa isa, const ggml_tensor * w) {
+    switch (isa) {
         case CpuIsa::kAvx512:
             return true;
         case CpuIsa::kAvx2:
@@ -214,29 +213,20 @@ bool isa_takes(const ggml_tensor * w) {
 
 #endif  // DG_GEMM_AVX512
 
-}  // namespace
-
-void * gemm_userdata(GemmActivations activations) {
-    static GemmActivations values[] = {GemmActivations::kAuto, GemmActivations::kF32, GemmActivations::kBf16};
-    return &values[static_cast<int>(activations)];
-}
-
-namespace {
-
-bool wants_bf16(const ggml_tensor * w, const void * userdata) {
-    const GemmActivations a =
-        userdata != nullptr ? *static_cast<const GemmActivations *>(userdata) : GemmActivations::kAuto;
-    return a != GemmActivations::kF32 && gemm_bf16_wanted(w, a == GemmActivations::kBf16);
+bool wants_bf16(const ggml_tensor * w, const GemmOp & op) {
+    return op.activations != GemmActivations::kF32 &&
+           gemm_bf16_wanted(op.kernels, w, op.activations == GemmActivations::kBf16);
 }
 
 }  // namespace
 
-bool gemm_f32_applies(const ggml_tensor * w, const ggml_tensor * x) {
+bool gemm_f32_applies(const KernelConfig & kernels, const ggml_tensor * w, const ggml_tensor * x) {
 #ifdef DG_GEMM_AVX512
-    return isa_takes(w) && packable(w) && x->type == GGML_TYPE_F32 && w->ne[0] == x->ne[0] &&
+    return isa_takes(kernels.isa, w) && packable(w) && x->type == GGML_TYPE_F32 && w->ne[0] == x->ne[0] &&
            x->nb[0] == sizeof(float) && w->ne[2] == 1 && w->ne[3] == 1 &&
            x->ne[2] == 1 && x->ne[3] == 1 && x->ne[1] >= kTR;
 #else
+    (void) kernels;
     (void) w;
     (void) x;
     return false;
@@ -245,6 +235,7 @@ bool gemm_f32_applies(const ggml_tensor * w, const ggml_tensor * x) {
 
 void gemm_f32_kernel(ggml_tensor * dst, int ith, int nth, void * userdata) {
 #ifdef DG_GEMM_AVX512
+    const GemmOp & op = *static_cast<const GemmOp *>(userdata);
     const ggml_tensor * w = dst->src[0];
     const ggml_tensor * x = dst->src[1];
     const int64_t N = w->ne[1];
@@ -256,12 +247,12 @@ void gemm_f32_kernel(ggml_tensor * dst, int ith, int nth, void * userdata) {
         c_rows[t] = reinterpret_cast<float *>(static_cast<char *>(dst->data) + t * dst->nb[1]);
     }
     const int64_t n_panels = (N + kNR - 1) / kNR;
-    if (wants_bf16(w, userdata)) {
+    if (wants_bf16(w, op)) {
         gemm_bf16_panels(w, n_panels * ith / nth, 1, n_panels * (ith + 1) / nth, x_rows.data(), c_rows.data(), T);
         return;
     }
     float * wp = panel_buffer();
-    const bool avx512 = kernel_isa() == CpuIsa::kAvx512;
+    const bool avx512 = op.kernels.isa == CpuIsa::kAvx512;
     for (int64_t p = n_panels * ith / nth; p < n_panels * (ith + 1) / nth; ++p) {
         panel_product(w, p * kNR, x_rows.data(), c_rows.data(), T, wp, avx512);
     }
@@ -269,15 +260,18 @@ void gemm_f32_kernel(ggml_tensor * dst, int ith, int nth, void * userdata) {
     (void) dst;
     (void) ith;
     (void) nth;
+    (void) userdata;
 #endif
 }
 
-bool gemm_f32_id_applies(const ggml_tensor * as, const ggml_tensor * b, const ggml_tensor * ids) {
+bool gemm_f32_id_applies(const KernelConfig & kernels, const ggml_tensor * as, const ggml_tensor * b,
+                         const ggml_tensor * ids) {
 #ifdef DG_GEMM_AVX512
-    return isa_takes(as) && packable(as) && b->type == GGML_TYPE_F32 && ids->type == GGML_TYPE_I32 &&
+    return isa_takes(kernels.isa, as) && packable(as) && b->type == GGML_TYPE_F32 && ids->type == GGML_TYPE_I32 &&
            as->ne[0] == b->ne[0] && b->nb[0] == sizeof(float) && as->ne[3] == 1 &&
            b->ne[3] == 1 && ids->ne[1] == b->ne[2] && (b->ne[1] == 1 || b->ne[1] == ids->ne[0]);
 #else
+    (void) kernels;
     (void) as;
     (void) b;
     (void) ids;
@@ -287,6 +281,7 @@ bool gemm_f32_id_applies(const ggml_tensor * as, const ggml_tensor * b, const gg
 
 void gemm_f32_id_kernel(ggml_tensor * dst, int ith, int nth, void * userdata) {
 #ifdef DG_GEMM_AVX512
+    const GemmOp & op = *static_cast<const GemmOp *>(userdata);
     const ggml_tensor * as = dst->src[0];
     const ggml_tensor * b = dst->src[1];
     const ggml_tensor * ids = dst->src[2];
@@ -298,9 +293,9 @@ void gemm_f32_id_kernel(ggml_tensor * dst, int ith, int nth, void * userdata) {
     std::vector<const float *> x_rows;
     std::vector<float *> c_rows;
     float * wp = panel_buffer();
-    const bool bf16 = wants_bf16(as, userdata);
-    const int64_t row_tiles_max = bf16 ? gemm_bf16_rows_max_tokens() : 0;
-    const bool avx512 = kernel_isa() == CpuIsa::kAvx512;
+    const bool bf16 = wants_bf16(as, op);
+    const int64_t row_tiles_max = bf16 && op.kernels.row_gemm ? gemm_bf16_rows_max_tokens() : 0;
+    const bool avx512 = op.kernels.isa == CpuIsa::kAvx512;
     int64_t item = 0;
     for (int64_t e = 0; e < n_expert; ++e) {
         x_rows.clear();
@@ -344,6 +339,7 @@ void gemm_f32_id_kernel(ggml_tensor * dst, int ith, int nth, void * userdata) {
     (void) dst;
     (void) ith;
     (void) nth;
+    (void) userdata;
 #endif
 }
 

@@ -4,8 +4,11 @@
 // features) and keeps a 6-token x 32-feature tile of accumulators in registers. Weights of other types
 // (f16, q8_0, q4_K, ...) are dequantized while packing; f32 and f16 weights multiply f32 activations,
 // quantized and bf16 weights take the bf16 dot-product path (gemm_bf16.h), unless the node says otherwise
-// (GemmActivations).
+// (GemmActivations). Which tier runs is the context's kernel config (kernel_config.h), passed in by the graph
+// builder and, as a GemmOp, by the node's userdata.
 #pragma once
+
+#include "core/kernel_config.h"
 
 #include "ggml.h"
 
@@ -13,28 +16,19 @@ namespace dg {
 
 // True when dst = gemm_f32(w, x) can replace ggml_mul_mat(w, x): 2-D operands with contiguous rows, w of
 // f32 or a type ggml dequantizes (blocks dividing 256), x f32,
-// enough rows of x to fill the register tile, and a CPU with AVX-512F.
-bool gemm_f32_applies(const ggml_tensor * w, const ggml_tensor * x);
-
-// How a GEMM node may round its activations, passed as the custom op's userdata (gemm_userdata).
-enum class GemmActivations : int {
-    kAuto,  // bf16 for quantized and bf16 weights (gemm_bf16.h); f32 for f32 and f16 weights
-    kF32,   // never rounded: the products whose rounding the model amplifies (graph.cpp: attention q/k)
-    kBf16,  // bf16 for f16 weights too: the SC product of a quantized file, whose f16 embedding copy holds
-            // quantized values anyway
-};
-
-// The userdata for a node with these activations (static storage; nullptr means kAuto too).
-void * gemm_userdata(GemmActivations activations);
+// enough rows of x to fill the register tile, and a kernel tier (kernels.isa) that takes w's type.
+bool gemm_f32_applies(const KernelConfig & kernels, const ggml_tensor * w, const ggml_tensor * x);
 
 // ggml_custom_op_t: dst[t][n] = sum_k w[n][k] * x[t][k] with w = dst->src[0] [K, N], x = dst->src[1] [K, T],
-// dst [N, T] contiguous (ggml_mul_mat's layout). Threads split the output features.
+// dst [N, T] contiguous (ggml_mul_mat's layout). Threads split the output features. userdata: a const GemmOp *
+// (gemm_op(), never nullptr) whose kernels made gemm_f32_applies true.
 void gemm_f32_kernel(ggml_tensor * dst, int ith, int nth, void * userdata);
 
 // The same for ggml_mul_mat_id (MoE experts): as [K, N, n_expert] f32, b [K, 1 or n_used, T] f32,
 // ids [n_used, T] i32 -> dst [N, n_used, T]; each expert's panels multiply the rows routed to it (on the bf16
 // path, an expert with few rows takes gemm_bf16_rows' untransposed row tiles instead).
-bool gemm_f32_id_applies(const ggml_tensor * as, const ggml_tensor * b, const ggml_tensor * ids);
+bool gemm_f32_id_applies(const KernelConfig & kernels, const ggml_tensor * as, const ggml_tensor * b,
+                         const ggml_tensor * ids);
 void gemm_f32_id_kernel(ggml_tensor * dst, int ith, int nth, void * userdata);
 
 }  // namespace dg

@@ -137,8 +137,6 @@ class WeightStore {
     void load(const std::string & path, gguf_context * gguf, ggml_context * meta_ctx, HParams & hp, Weights & w,
               int n_threads);
 
-    size_t mapped_bytes() const { return map_size_; }
-
     // One device's share of an offload (place_weights, placement.h): copies of the tensors behind `slots` in one
     // buffer there, and `w` repointed at them (the mapping keeps the originals). Throws dg::Error.
     void place_on(const Gpu & gpu, const std::vector<ggml_tensor **> & slots, Weights & w);

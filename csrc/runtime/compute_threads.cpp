@@ -3,6 +3,7 @@
 
 #include "core/cpu_threads.h"
 #include "core/errors.h"
+#include "core/kernel_config.h"
 
 #include "ggml.h"
 
@@ -40,7 +41,7 @@ ComputeThreads::ComputeThreads(int32_t n_threads, bool fixed) : fixed_(fixed) {
             n_max_, n_cpus_, n_cpus_);
         n_max_ = n_cpus_;
     }
-    if (const char * v = std::getenv("DIFFGEMMA_TEST_OTHER_TASKS"); v != nullptr && *v != '\0') {
+    if (const char * v = test_hook("DIFFGEMMA_TEST_OTHER_TASKS"); v != nullptr) {
         test_other_tasks_ = std::atoi(v);
     }
     ggml_threadpool_params tp = ggml_threadpool_params_default(n_max_);

@@ -3,7 +3,6 @@
 #include "core/errors.h"
 #include "devices/rpc.h"
 #include "graph/graph.h"
-#include "kernels/cpu_isa.h"
 
 #include "ggml-cpu.h"
 
@@ -24,10 +23,9 @@ struct DecoderGraphCache {
         float sc_scale = 0.0f;
         int32_t topk = 0;
         bool topk_renormalize = false;
-        int32_t cpu_kernels = 0;  // the graph-time kernel choices (cpu_isa.h A/B switches), so flipping one applies
         bool operator==(const Key & o) const {
             return n_past == o.n_past && with_sc == o.with_sc && sc_on_gpu == o.sc_on_gpu && sc_scale == o.sc_scale &&
-                   topk == o.topk && topk_renormalize == o.topk_renormalize && cpu_kernels == o.cpu_kernels;
+                   topk == o.topk && topk_renormalize == o.topk_renormalize;
         }
     };
     std::vector<uint8_t> meta;
@@ -175,7 +173,7 @@ void encode_tokens(diffgemma_context * c, const int32_t * tokens, int32_t n_toke
         const auto t0 = Clock::now();
         const int32_t T = std::min(c->n_batch, n_tokens - start);
         GraphScope g(c);
-        GraphBuilder b{hp, c->model->w, c->kv, g.ctx, g.gf, c->gpu_graph};
+        GraphBuilder b{hp, c->model->w, c->kv, g.ctx, g.gf, c->gpu_graph, c->kernels};
         GraphInputs in = b.build_encoder(c->n_past, T);
         ggml_backend_sched_reset(c->sched);
         compute(c, g.gf, "encoder");
@@ -239,13 +237,11 @@ void run_decoder(diffgemma_context * c, const int32_t * canvas, const float * sc
     sc_on_gpu = sc_on_gpu && c->gpu_sampler->sc_probs() != nullptr;
     const bool with_sc = sc_logits != nullptr || sc_on_gpu;
     DecoderGraphCache & cache = *c->decoder_graph;
-    const int32_t cpu_kernels = 2 * static_cast<int32_t>(kernel_isa()) + (env_flag("DIFFGEMMA_NO_ATTENTION_OP") ? 1 : 0);
-    const DecoderGraphCache::Key key{c->n_past, with_sc, sc_on_gpu, sc_scale, c->sc_topk.k, c->sc_topk.renormalize,
-                                     cpu_kernels};
+    const DecoderGraphCache::Key key{c->n_past, with_sc, sc_on_gpu, sc_scale, c->sc_topk.k, c->sc_topk.renormalize};
     if (cache.gf == nullptr || !(cache.key == key)) {
         cache.drop();
         cache.ctx = new_graph_context(cache.meta, &cache.gf);
-        GraphBuilder b{hp, c->model->w, c->kv, cache.ctx, cache.gf, c->gpu_graph};
+        GraphBuilder b{hp, c->model->w, c->kv, cache.ctx, cache.gf, c->gpu_graph, c->kernels};
         c->sc_topk.scale = sc_scale;
         cache.in = b.build_decoder(c->n_past, C, with_sc, sc_scale, c->sc_topk.k > 0 ? &c->sc_topk : nullptr,
                                    sc_on_gpu ? c->gpu_sampler->sc_probs() : nullptr);
@@ -354,6 +350,7 @@ int32_t diffgemma_context_new(diffgemma_model * model, const diffgemma_context_p
         c->model = model;
         c->decoder_graph = std::make_unique<dg::DecoderGraphCache>();
         c->n_batch = p.n_batch > 0 ? p.n_batch : 512;
+        c->kernels = dg::kernel_config_from_env();
         c->sc_topk.k = p.sc_top_k;
         c->sc_topk.renormalize = p.sc_top_k_renormalize != 0;
         if (p.fixed_threads != 0 && p.fixed_threads != 1) {
@@ -396,7 +393,8 @@ int32_t diffgemma_context_new(diffgemma_model * model, const diffgemma_context_p
             // The stand-in keeps our exact CPU element-wise ops unless a test asks for the real GPU's graph (the
             // only difference: ggml's GEGLU, on strided views for fused gate/up experts), so that graph is built
             // and run before a GPU ever sees it.
-            c->gpu_graph = !c->gpus.empty() || dg::env_flag("DIFFGEMMA_TEST_GPU_GRAPH");
+            const char * gpu_graph_hook = dg::test_hook("DIFFGEMMA_TEST_GPU_GRAPH");
+            c->gpu_graph = !c->gpus.empty() || (gpu_graph_hook != nullptr && gpu_graph_hook[0] != '0');
         }
         c->kv.init(hp, n_ctx, slack, kv_type, kv_buft);
         if (pl.head_on_gpu && dg::GpuStepSampler::available(pl)) {

@@ -2,6 +2,7 @@
 #pragma once
 
 #include "diffgemma.h"
+#include "core/kernel_config.h"
 #include "graph/kv_cache.h"
 #include "kernels/sc_topk.h"
 #include "offload/gpu_step_sampler.h"
@@ -9,6 +10,7 @@
 #include "runtime/generation_state.h"
 #include "runtime/model.h"
 #include "runtime/timing.h"
+#include "runtime/tensor_dump.h"
 
 #include "ggml-backend.h"
 
@@ -29,6 +31,8 @@ struct diffgemma_context {
                                           // order (none: CPU only, or the test stand-ins, whose work runs on `cpu`)
     bool gpu_graph = false;               // graphs as a real GPU gets them (GraphBuilder::real_gpu): with `gpus`, or
                                           // on the stand-in with DIFFGEMMA_TEST_GPU_GRAPH=1 (tests of that graph)
+    dg::KernelConfig kernels;             // our CPU kernels, from the environment when the context was made: the
+                                          // graph builder picks each node's op with it (kernel_config.h)
     ggml_backend_sched_t sched = nullptr;
     dg::KvCache kv;
     std::unique_ptr<dg::GpuStepSampler> gpu_sampler;  // with an offloaded head: sampling where the logits are
@@ -42,6 +46,7 @@ struct diffgemma_context {
     std::mt19937_64 rng;
     dg::Generation generation;            // the generation between diffgemma_generate_begin and its last canvas
     dg::Timings timing;                   // diffgemma_timings_* (timing.h)
+    dg::TensorDump dump;                  // diffgemma_set_tensor_callback (tensor_dump.h)
     std::atomic<bool> busy{false};
     std::atomic<bool> cancel{false};
     ~diffgemma_context();

@@ -1,7 +1,7 @@
 // Version and build/system description.
 #include "core/cpu_threads.h"
 #include "core/errors.h"
-#include "kernels/cpu_isa.h"
+#include "core/kernel_config.h"
 
 #include "ggml-backend.h"
 #include "ggml.h"
@@ -51,7 +51,7 @@ std::string build_system_info() {
     if (cpu != nullptr) {
         s += " | ggml CPU backend compiled for: " + backend_features(cpu);
     }
-    s += std::string(" | diffgemma CPU kernels: ") + dg::kernel_tier_description();
+    s += std::string(" | diffgemma CPU kernels: ") + dg::kernel_tier_description(dg::kernel_config_from_env());
     s += dg::format(" | hardware threads: %u | CPUs we may use: %d | default threads: %d",
                     std::thread::hardware_concurrency(), dg::cpus_we_may_use(), dg::default_thread_count());
     return s;

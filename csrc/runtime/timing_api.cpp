@@ -2,6 +2,7 @@
 // itself does not depend on the context that owns it.
 #include "core/errors.h"
 #include "runtime/context.h"
+#include "runtime/eval_callback.h"
 
 #include <algorithm>
 #include <cstring>
@@ -21,8 +22,7 @@ int32_t diffgemma_timings_enable(diffgemma_context * ctx, int32_t mode) {
     return dg::exclusive_call(ctx, dg::CallKind::kDuringGeneration, [&] {
         ctx->timing.split_decoder = mode != 0;
         ctx->timing.per_op = mode == 2;
-        ggml_backend_sched_set_eval_callback(ctx->sched, mode != 0 ? dg::Timings::eval_callback : nullptr,
-                                             mode != 0 ? &ctx->timing : nullptr);
+        dg::update_eval_callback(ctx);  // shared with the tensor dump (eval_callback.h)
     });
 }
 

@@ -324,6 +324,12 @@ class Model(CompletionMixin, Closeable):
                                                ffi.from_buffer("float[]", out)))
         return out
 
+    def dump_tensors(self, names: str, *, canvas=None, sc_logits=None, prompt=None) -> dict:
+        """Named intermediate tensors of one encoder (``prompt``) or decoder (``canvas``) pass, {name: array}:
+        see ``diffgemma_cpp.tensor_dump``."""
+        from .tensor_dump import dump_tensors
+        return dump_tensors(self, names, canvas=canvas, sc_logits=sc_logits, prompt=prompt)
+
     # ---- generation ------------------------------------------------------------------------------
     def generation_params(self, n_prompt: int, max_new_tokens, steps=None, seed=None, sampler: dict | None = None,
                           budget_name: str = "max_new_tokens"):

@@ -4,14 +4,14 @@
 //
 //   test_gemm check TYPE N K T OUT
 //       w [N][K] random, quantized to TYPE; x [T][K] random. OUT: int64 N, K, T, then float32 arrays
-//       w_dequantized [N*K], x [T*K], y [T*N] (default path), y_f32 [T*N] (DIFFGEMMA_NO_BF16=1),
+//       w_dequantized [N*K], x [T*K], y [T*N] (default path), y_f32 [T*N] (KernelConfig::bf16 off),
 //       y_split [T*N] (default path run as two threads' shares, one after the other).
 //   test_gemm check-id TYPE N K T N_EXPERT N_USED OUT
 //       the MoE kernel: experts w [N_EXPERT][N][K], x [T][K] shared by a token's experts, ids [T][N_USED]
 //       (distinct experts per token; drawn with repetition when N_USED > N_EXPERT).
 //       OUT: int64 N, K, T, N_EXPERT, N_USED, then float32 w_dequantized [N_EXPERT*N*K], x [T*K],
 //       int32 ids [T*N_USED], then float32 [T*N_USED*N] each: y (default, 2 threads), y_f32 (f32 path), y_one
-//       (default, 1 thread), y_panels (bf16 transposed panels only: DIFFGEMMA_NO_ROW_GEMM=1).
+//       (default, 1 thread), y_panels (bf16 transposed panels only: KernelConfig::row_gemm off).
 //   test_gemm bench-id TYPE N K T N_EXPERT N_USED REPS
 //       the expert kernel, 1 thread: "path=rows ms=..." and "path=panels ms=..." (median thread-CPU time).
 //   test_gemm bench TYPE N K T REPS
@@ -24,6 +24,10 @@
 //       has none for TYPE on this CPU, else 1.
 //   test_gemm has-bf16
 //       prints 1 when the bf16 path is taken on this CPU for a q8_0 weight, else 0.
+//
+// The kernel config starts as a context would get it (kernel_config_from_env: DIFFGEMMA_CPU_ISA=avx2 selects the
+// AVX2 tier); the modes then switch its bf16 path and row tiles themselves, between kernel calls.
+#include "core/cpu_isa.h"
 #include "kernels/dequant_avx512.h"
 #include "kernels/gemm_bf16.h"
 #include "kernels/gemm_f32.h"
@@ -90,13 +94,14 @@ void free_owned(std::vector<void *> & owned) {
     owned.clear();
 }
 
-void set_bf16(bool on) {
-    if (on) {
-        unsetenv("DIFFGEMMA_NO_BF16");
-    } else {
-        setenv("DIFFGEMMA_NO_BF16", "1", 1);
-    }
-}
+dg::KernelConfig g_kernels;  // what the next kernel call runs (main reads it from the environment)
+
+void set_bf16(bool on) { g_kernels.bf16 = on && g_kernels.isa == dg::CpuIsa::kAvx512 && dg::cpu_has_avx512_bf16(); }
+
+void set_row_gemm(bool on) { g_kernels.row_gemm = on; }
+
+// The userdata of a GEMM node under g_kernels.
+void * gemm_node() { return const_cast<dg::GemmOp *>(dg::gemm_op(g_kernels, dg::GemmActivations::kAuto)); }
 
 struct Dense {
     ggml_context * ctx;
@@ -120,7 +125,7 @@ Dense make_dense(ggml_type type, int64_t N, int64_t K, int64_t T) {
     d.w_deq = fill_weights(d.w, N, K, 1234);
     const std::vector<float> x = random_values(static_cast<size_t>(K * T), 1.0f, 5678);
     std::memcpy(d.x->data, x.data(), x.size() * sizeof(float));
-    if (!dg::gemm_f32_applies(d.w, d.x)) {
+    if (!dg::gemm_f32_applies(g_kernels, d.w, d.x)) {
         std::fprintf(stderr, "the GEMM does not apply to %s [%lld x %lld] x %lld tokens on this CPU\n", ggml_type_name(type),
                      (long long) N, (long long) K, (long long) T);
         std::exit(3);
@@ -134,7 +139,7 @@ Dense make_dense(ggml_type type, int64_t N, int64_t K, int64_t T) {
 std::vector<float> run_dense(Dense & d, int nth) {
     std::memset(d.y->data, 0xFF, ggml_nbytes(d.y));  // NaN: a feature the kernel skips shows
     for (int ith = 0; ith < nth; ++ith) {
-        dg::gemm_f32_kernel(d.y, ith, nth, nullptr);
+        dg::gemm_f32_kernel(d.y, ith, nth, gemm_node());
     }
     const float * y = static_cast<const float *>(d.y->data);
     return std::vector<float>(y, y + ggml_nelements(d.y));
@@ -216,7 +221,7 @@ Experts make_experts(ggml_type type, int64_t N, int64_t K, int64_t T, int64_t n_
             idv[t * n_used + j] = perm[j];
         }
     }
-    if (!dg::gemm_f32_id_applies(as, b, ids)) {
+    if (!dg::gemm_f32_id_applies(g_kernels, as, b, ids)) {
         std::fprintf(stderr, "the expert GEMM does not apply\n");
         std::exit(3);
     }
@@ -229,18 +234,10 @@ Experts make_experts(ggml_type type, int64_t N, int64_t K, int64_t T, int64_t n_
 std::vector<float> run_id(Experts & ex, int nth) {
     std::memset(ex.y->data, 0xFF, ggml_nbytes(ex.y));  // NaN: a feature the kernel skips shows
     for (int ith = 0; ith < nth; ++ith) {
-        dg::gemm_f32_id_kernel(ex.y, ith, nth, nullptr);
+        dg::gemm_f32_id_kernel(ex.y, ith, nth, gemm_node());
     }
     const float * v = static_cast<const float *>(ex.y->data);
     return std::vector<float>(v, v + ggml_nelements(ex.y));
-}
-
-void set_row_gemm(bool on) {
-    if (on) {
-        unsetenv("DIFFGEMMA_NO_ROW_GEMM");
-    } else {
-        setenv("DIFFGEMMA_NO_ROW_GEMM", "1", 1);
-    }
 }
 
 int check_id(ggml_type type, int64_t N, int64_t K, int64_t T, int64_t n_expert, int64_t n_used, const char * out) {
@@ -338,12 +335,12 @@ int bench(ggml_type type, int64_t N, int64_t K, int64_t T, int reps) {
         run_dense(d, 1);  // warm-up
         for (int r = 0; r < reps; ++r) {
             const double t0 = thread_cpu_ms();
-            dg::gemm_f32_kernel(d.y, 0, 1, nullptr);
+            dg::gemm_f32_kernel(d.y, 0, 1, gemm_node());
             ms.push_back(thread_cpu_ms() - t0);
         }
         std::sort(ms.begin(), ms.end());
         const double med = ms[ms.size() / 2];
-        std::printf("path=%s ms=%.3f gflops=%.1f\n", bf16 && dg::gemm_bf16_wanted(d.w) ? "bf16" : "f32", med,
+        std::printf("path=%s ms=%.3f gflops=%.1f\n", bf16 && dg::gemm_bf16_wanted(g_kernels, d.w) ? "bf16" : "f32", med,
                     2.0 * N * K * T / med * 1e-6);
     }
     free_owned(d.owned);
@@ -351,7 +348,7 @@ int bench(ggml_type type, int64_t N, int64_t K, int64_t T, int reps) {
     return 0;
 }
 
-// The expert kernel, 1 thread: the row tiles (default) against the transposed panels (DIFFGEMMA_NO_ROW_GEMM),
+// The expert kernel, 1 thread: the row tiles (default) against the transposed panels (row_gemm off),
 // alternating, REPS times each; prints each path's median thread-CPU ms.
 int bench_id(ggml_type type, int64_t N, int64_t K, int64_t T, int64_t n_expert, int64_t n_used, int reps) {
     Experts ex = make_experts(type, N, K, T, n_expert, n_used, false);
@@ -361,7 +358,7 @@ int bench_id(ggml_type type, int64_t N, int64_t K, int64_t T, int64_t n_expert, 
         for (int path = 0; path < 2; ++path) {
             set_row_gemm(path == 0);
             const double t0 = thread_cpu_ms();
-            dg::gemm_f32_id_kernel(ex.y, 0, 1, nullptr);
+            dg::gemm_f32_id_kernel(ex.y, 0, 1, gemm_node());
             if (r >= 0) {
                 ms[path].push_back(thread_cpu_ms() - t0);
             }
@@ -382,6 +379,7 @@ int bench_id(ggml_type type, int64_t N, int64_t K, int64_t T, int64_t n_expert, 
 
 int main(int argc, char ** argv) {
     const std::string mode = argc > 1 ? argv[1] : "";
+    g_kernels = dg::kernel_config_from_env();
     if (mode == "check" && argc == 7) {
         return check_dense(parse_type(argv[2]), std::atoll(argv[3]), std::atoll(argv[4]), std::atoll(argv[5]), argv[6]);
     }
@@ -405,7 +403,7 @@ int main(int argc, char ** argv) {
     if (mode == "has-bf16") {
         ggml_init_params params = {ggml_tensor_overhead() + 64, nullptr, true};
         ggml_context * ctx = ggml_init(params);
-        std::printf("%d\n", dg::gemm_bf16_wanted(ggml_new_tensor_2d(ctx, GGML_TYPE_Q8_0, 256, 32)) ? 1 : 0);
+        std::printf("%d\n", dg::gemm_bf16_wanted(g_kernels, ggml_new_tensor_2d(ctx, GGML_TYPE_Q8_0, 256, 32)) ? 1 : 0);
         ggml_free(ctx);
         return 0;
     }

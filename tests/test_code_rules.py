@@ -1,6 +1,8 @@
-"""csrc/ is layered (ARCHITECTURE.md): each folder is a layer, and a file includes only headers of its own layer or
-of lower ones. This is the one machine-readable statement of that order; the test also refuses include loops
-between modules (a header and its .cpp are one module)."""
+"""Rules of the C sources that a reviewer would otherwise have to check by eye.
+
+csrc/ is layered (ARCHITECTURE.md): each folder is a layer, and a file includes only headers of its own layer or of
+lower ones. LAYER_ORDER is the one machine-readable statement of that order; include loops between modules (a
+header and its .cpp are one module) are refused too. And one file reads the environment."""
 from __future__ import annotations
 
 import re
@@ -95,3 +97,11 @@ def test_no_include_loops_between_modules():
         if node not in state:
             loop = visit(node, [])
             assert loop is None, "include loop: " + " -> ".join(loop[loop.index(loop[-1]):])
+
+
+def test_only_the_kernel_config_reads_the_environment():
+    """The kernel A/B switches and the test hooks are read in one place (csrc/core/kernel_config.cpp) when a context is
+    made; a getenv anywhere else would be a switch that kernels re-read on every call, or a hidden input."""
+    readers = sorted(str(p.relative_to(CSRC)) for p in CSRC.rglob("*")
+                     if p.suffix in (".c", ".cc", ".cpp", ".cu", ".cuh", ".h") and re.search(r"\bgetenv\s*\(", p.read_text()))
+    assert readers == ["core/kernel_config.cpp"]
