@@ -102,6 +102,33 @@ def test_bundled_model_solves_fixed_puzzles_above_the_floor():
 
 
 @needs_engine
+def test_default_demo_shows_the_steps_in_plain_text(capsys):
+    """Redirected output (not a terminal): the first puzzle step by step with its corrections, then a final
+    solve-rate line, and not one escape byte."""
+    assert demo.main(["-n", "2", "--seed", "5", "-t", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "\x1b" not in text
+    assert "step 1 (of at most" in text and "cells clash" in text and "cells corrected" in text
+    assert text.count("step 1 (of at most") == 1  # only the first puzzle is shown step by step
+    assert text.rstrip().splitlines()[-1].startswith("solved ")
+
+
+def test_painter_marks_corrected_and_clashing_cells():
+    puzzle, solution = sudoku.generate(64, random.Random(2))
+    wrong = list(sudoku.solution_ids(solution))
+    blank = puzzle.index(sudoku.BLANK)
+    wrong[blank] = sudoku.TOKEN_ID[solution[(blank + 1) % 9 + (blank // 9) * 9]]  # a row peer's digit
+    out = io.StringIO()
+    painter = demo.BoardPainter(puzzle, out, delay=0.0)
+    painter(1, 8, wrong)
+    painter(2, 8, sudoku.solution_ids(solution))
+    first, second = out.getvalue().split("step 2")
+    assert "first prediction" in first and ", 0 cells clash" not in first
+    assert "1 cells corrected, 0 cells clash" in second and second.count("*") == 1
+    assert painter.changes == 1 and "\x1b" not in out.getvalue()
+
+
+@needs_engine
 def test_demo_visual_shows_every_step(capsys):
     puzzle, solution = fixed_puzzles()[0]
     solver = demo.EngineSolver(demo.DEFAULT_MODEL, n_threads=None)

@@ -36,6 +36,7 @@ from sudoku_lib import sudoku
 from tokenizer import build_tokenizer
 
 CANVAS = sudoku.N_CELLS
+TRAIN_STATE = "train_state.pt"  # optimizer, step and RNG states of the last save, for --resume
 VOCAB_SIZE = len(sudoku.VOCAB)
 
 
@@ -195,6 +196,7 @@ def main() -> None:
                     help="stop (and save) after this many steps of the --steps schedule; reproduces an early checkpoint")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--warmup", type=int, default=None, help="LR warmup steps (default: min(200, steps/10))")
     ap.add_argument("--givens-min", type=int, default=36)
     ap.add_argument("--givens-max", type=int, default=64)
     ap.add_argument("--eval-givens", type=int, default=45)
@@ -204,6 +206,8 @@ def main() -> None:
     ap.add_argument("--lm-weight", type=float, default=0.1)
     ap.add_argument("--init-from", type=pathlib.Path, default=None,
                     help="start from this checkpoint instead of random weights (second training stage)")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue the run saved in --out (weights, optimizer, step and RNG states of its last save)")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
@@ -213,7 +217,12 @@ def main() -> None:
     rng = random.Random(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
 
-    if args.init_from is not None:
+    state_file = args.out / TRAIN_STATE
+    if args.resume and not state_file.is_file():
+        raise SystemExit(f"--resume: {state_file} not found (no save of this run yet)")
+    if args.resume:
+        model = DiffusionGemmaForBlockDiffusion.from_pretrained(args.out)
+    elif args.init_from is not None:
         model = DiffusionGemmaForBlockDiffusion.from_pretrained(args.init_from)
     else:
         model = DiffusionGemmaForBlockDiffusion(build_config())
@@ -234,7 +243,7 @@ def main() -> None:
         lr=args.lr,
         betas=(0.9, 0.98),
     )
-    warmup = min(200, args.steps // 10)
+    warmup = min(200, args.steps // 10) if args.warmup is None else args.warmup
 
     def lr_at(step: int) -> float:
         if step < warmup:
@@ -242,10 +251,18 @@ def main() -> None:
         progress = (step - warmup) / max(1, args.steps - warmup)
         return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
-    history = []
-    t0 = time.time()
+    history, first_step, elapsed_before = [], 0, 0.0
+    if args.resume:
+        state = torch.load(state_file, weights_only=False)
+        opt.load_state_dict(state["optimizer"])
+        rng.setstate(state["python_rng"])
+        gen.set_state(state["torch_gen"])
+        torch.set_rng_state(state["torch_rng"])
+        first_step, history, elapsed_before = state["step"], state["history"], state["seconds"]
+        print(f"resuming at step {first_step}", flush=True)
+    t0 = time.time() - elapsed_before
     n_run = args.steps if args.stop_after is None else min(args.stop_after, args.steps)
-    for step in range(n_run):
+    for step in range(first_step, n_run):
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         prompts, clean = make_batch(rng, args.batch, (args.givens_min, args.givens_max))
@@ -269,6 +286,10 @@ def main() -> None:
             print(f"EVAL {json.dumps(record)}", flush=True)
             meta = dict(vars(args), out=str(args.out), history=history, params=n_params)
             save(model, tokenizer, args.out, meta)
+            # Everything a --resume needs to continue exactly this schedule and data stream.
+            torch.save(dict(step=step + 1, history=history, seconds=time.time() - t0, optimizer=opt.state_dict(),
+                            python_rng=rng.getstate(), torch_gen=gen.get_state(), torch_rng=torch.get_rng_state()),
+                       state_file)
 
 
 if __name__ == "__main__":
