@@ -11,7 +11,10 @@ Objective, per example (DiffusionGemma / NeMo dLLM recipe):
   * cross-entropy of the decoder logits against the clean canvas, at every canvas position;
   * self-conditioning: for half of the batches a no-grad first decoder pass on the same noisy canvas gives
     logits that, divided by a temperature from the sampler's range, are fed back as
-    ``self_conditioning_logits`` (at inference the previous step's temperature-scaled logits come there).
+    ``self_conditioning_logits`` (at inference the previous step's temperature-scaled logits come there);
+  * self-correction (--self-correct, third stage): on some self-conditioned batches the second pass's canvas
+    is the first pass's own samples on a random share of the cells, random tokens on the rest, as at the
+    sampler's next step, so the model learns to undo its own plausible mistakes.
 
 Everything is seeded and the number of steps is fixed, so rerunning this script reproduces the shipped
 checkpoint (up to the floating-point determinism of the CPU kernels).
@@ -127,7 +130,8 @@ def softcapped_logits(model: DiffusionGemmaForBlockDiffusion, hidden: torch.Tens
     return torch.tanh(model.lm_head(hidden).float() / cap) * cap
 
 
-def training_step(model, prompts, clean, gen: torch.Generator, self_condition: bool, lm_weight: float):
+def training_step(model, prompts, clean, gen: torch.Generator, self_condition: bool, lm_weight: float,
+                  self_correct: bool = False):
     """Loss of one batch (see the module docstring)."""
     b = clean.shape[0]
     noise_level = torch.rand(b, 1, generator=gen)
@@ -144,6 +148,13 @@ def training_step(model, prompts, clean, gen: torch.Generator, self_condition: b
             first = model(past_key_values=cache, decoder_input_ids=noisy).logits
         temperature = 0.4 + 0.4 * torch.rand(b, 1, 1, generator=gen)  # the sampler's t_min..t_max range
         sc_logits = first / temperature
+        if self_correct:
+            # The second pass sees what the sampler's next step sees: the model's own samples (its confident
+            # mistakes included) on a random share of the cells, fresh random tokens on the rest. Uniform noise
+            # alone never shows a plausible wrong digit, which is the error the model must learn to undo.
+            sampled = torch.distributions.Categorical(logits=sc_logits.float()).sample()
+            keep = torch.rand(b, CANVAS, generator=gen) < 0.5 + 0.5 * torch.rand(b, 1, generator=gen)
+            noisy = torch.where(keep, sampled, torch.randint(0, VOCAB_SIZE, (b, CANVAS), generator=gen))
 
     logits = model(past_key_values=cache, decoder_input_ids=noisy, self_conditioning_logits=sc_logits).logits
     canvas_loss = F.cross_entropy(logits.reshape(-1, VOCAB_SIZE), clean.reshape(-1))
@@ -204,6 +215,9 @@ def main() -> None:
     ap.add_argument("--eval-puzzles", type=int, default=50)
     ap.add_argument("--max-denoising-steps", type=int, default=32)
     ap.add_argument("--lm-weight", type=float, default=0.1)
+    ap.add_argument("--self-correct", type=float, default=0.0, metavar="P",
+                    help="share of the self-conditioned batches whose second pass denoises the model's own samples "
+                         "(default 0: uniform noise only, the first model's recipe)")
     ap.add_argument("--init-from", type=pathlib.Path, default=None,
                     help="start from this checkpoint instead of random weights (second training stage)")
     ap.add_argument("--resume", action="store_true",
@@ -267,7 +281,9 @@ def main() -> None:
             g["lr"] = lr_at(step)
         prompts, clean = make_batch(rng, args.batch, (args.givens_min, args.givens_max))
         self_condition = rng.random() < 0.5
-        loss, canvas_loss, lm_loss, acc = training_step(model, prompts, clean, gen, self_condition, args.lm_weight)
+        self_correct = self_condition and args.self_correct > 0 and rng.random() < args.self_correct
+        loss, canvas_loss, lm_loss, acc = training_step(model, prompts, clean, gen, self_condition, args.lm_weight,
+                                                        self_correct)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
