@@ -5,8 +5,9 @@ self-conditioning) trained from scratch by ``examples/sudoku/train.py``. The pro
 (81 cells, '.' for blanks); the 81-token canvas is denoised into the solution, starting from uniform
 random tokens, with the checkpoint's own entropy-bound sampler.
 
-    diffgemma-cpp demo                      # 5 fresh puzzles, solve rate at the end
-    diffgemma-cpp demo --visual             # watch each canvas being denoised
+    diffgemma-cpp demo                      # 5 fresh puzzles, the first one step by step, solve rate at the end
+    diffgemma-cpp demo --visual             # every puzzle step by step
+    diffgemma-cpp demo --plain -n 200       # results only (a solve-rate measurement)
     diffgemma-cpp demo --puzzle "53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79"
 """
 
