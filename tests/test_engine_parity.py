@@ -82,7 +82,8 @@ def test_f32_decoder_logits_match_hf(name):
 #    dot-product type (bf16, 8-bit blocks): on `wide` alone that is NMSE ~1e-1 (test_bench compares the two).
 # 2. How far is a quantized file from the unquantized model (the NMSE bounds)? That is the rounding of
 #    the weights times how strongly the model amplifies it (tests/perturbation_gain.py: logit NMSE per unit
-#    weight NMSE): wide ~840, wide:calm (tiny_hf's trained-like random init) ~15, the trained sudoku model 0.6.
+#    weight NMSE): wide ~840, wide:calm (tiny_hf's trained-like random init) ~15, the trained sudoku model 5.2
+#    (0.6 before its self-correction stage).
 #    So the bounds are judged on the trained model and on tiny_hf's "trained_like" init (below). On `wide` the
 #    file's NMSE against the original is HF's own
 #    response to the rounded weights (HF on the dequantized weights is as far off): bf16 5e-3..3e-2, q8_0

@@ -78,8 +78,9 @@ def test_embedding_types_other_than_f32(outtype, monkeypatch):
     # file's default) it rounds the probabilities and the copy to bf16 as well, measured 1.4e-2 (q8_0) and
     # 1.7e-2 (q4_k_m), which would hide an error of the top-k kernel of that size.
     # Below the AVX-512 tier our GEMM does not take quantized weights: ggml's kernels round the activations of
-    # the quantized layers to 8 bits, which turns the same f16 rounding into up to 0.096 (q8_0, measured on a
-    # 2-core Zen 2 with AVX2 only); still far below the SC effect, so a top-k kernel ignoring its input fails.
+    # the quantized layers to 8 bits, which turns the same f16 rounding into up to 0.23 (q8_0, measured on a
+    # 2-core Zen 2 with AVX2 only; 0.096 on the first sudoku model); still far below the SC effect of 5.7, so a
+    # top-k kernel ignoring its input fails.
     monkeypatch.setenv("DIFFGEMMA_NO_BF16", "1")
     path = fx.sudoku_gguf(outtype)
     prompt, canvas, plain, sc = _sc_case(path, seed=1, sudoku_prompt=True)
@@ -87,7 +88,7 @@ def test_embedding_types_other_than_f32(outtype, monkeypatch):
     topk = _logits(path, prompt, canvas, sc, sc_top_k=len(sc[0]))
     assert np.max(np.abs(exact - plain)) > 1.0
     exact_products = outtype in ("f16", "bf16") or kernel_tier() == "avx512"
-    assert np.max(np.abs(topk - exact)) <= (2e-3 if exact_products else 0.2)
+    assert np.max(np.abs(topk - exact)) <= (2e-3 if exact_products else 0.5)
 
 
 def test_result_does_not_depend_on_the_thread_count():
@@ -99,8 +100,9 @@ def test_result_does_not_depend_on_the_thread_count():
 
 
 # On the trained Sudoku model (vocabulary 17, peaked distributions) measured max |logit delta| / argmax
-# agreement against exact: k=1 3.03 / 70 %, k=2 1.60 / 86 %, k=4 0.42 / 96 %, k=8 0.015 / 100 %.
-@pytest.mark.parametrize("k,max_delta,min_agree", [(8, 0.05, 1.0), (4, 1.0, 0.9)])
+# agreement against exact: k=1 3.67 / 72 %, k=2 2.16 / 86 %, k=4 0.42 / 94 %, k=8 0.013 / 99 % (one of the 81
+# positions is a near tie that a 0.013 change flips; the first model gave 100 % there).
+@pytest.mark.parametrize("k,max_delta,min_agree", [(8, 0.05, 0.95), (4, 1.0, 0.9)])
 def test_small_k_error_is_bounded_on_the_trained_model(k, max_delta, min_agree):
     path = demo.DEFAULT_MODEL
     prompt, canvas, plain, sc = _sc_case(path, seed=1, sudoku_prompt=True)

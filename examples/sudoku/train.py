@@ -11,7 +11,10 @@ Objective, per example (DiffusionGemma / NeMo dLLM recipe):
   * cross-entropy of the decoder logits against the clean canvas, at every canvas position;
   * self-conditioning: for half of the batches a no-grad first decoder pass on the same noisy canvas gives
     logits that, divided by a temperature from the sampler's range, are fed back as
-    ``self_conditioning_logits`` (at inference the previous step's temperature-scaled logits come there).
+    ``self_conditioning_logits`` (at inference the previous step's temperature-scaled logits come there);
+  * self-correction (--self-correct, third stage): on some self-conditioned batches the second pass's canvas
+    is the first pass's own samples on a random share of the cells, random tokens on the rest, as at the
+    sampler's next step, so the model learns to undo its own plausible mistakes.
 
 Everything is seeded and the number of steps is fixed, so rerunning this script reproduces the shipped
 checkpoint (up to the floating-point determinism of the CPU kernels).
@@ -36,6 +39,7 @@ from sudoku_lib import sudoku
 from tokenizer import build_tokenizer
 
 CANVAS = sudoku.N_CELLS
+TRAIN_STATE = "train_state.pt"  # optimizer, step and RNG states of the last save, for --resume
 VOCAB_SIZE = len(sudoku.VOCAB)
 
 
@@ -126,7 +130,8 @@ def softcapped_logits(model: DiffusionGemmaForBlockDiffusion, hidden: torch.Tens
     return torch.tanh(model.lm_head(hidden).float() / cap) * cap
 
 
-def training_step(model, prompts, clean, gen: torch.Generator, self_condition: bool, lm_weight: float):
+def training_step(model, prompts, clean, gen: torch.Generator, self_condition: bool, lm_weight: float,
+                  self_correct: bool = False):
     """Loss of one batch (see the module docstring)."""
     b = clean.shape[0]
     noise_level = torch.rand(b, 1, generator=gen)
@@ -143,6 +148,13 @@ def training_step(model, prompts, clean, gen: torch.Generator, self_condition: b
             first = model(past_key_values=cache, decoder_input_ids=noisy).logits
         temperature = 0.4 + 0.4 * torch.rand(b, 1, 1, generator=gen)  # the sampler's t_min..t_max range
         sc_logits = first / temperature
+        if self_correct:
+            # The second pass sees what the sampler's next step sees: the model's own samples (its confident
+            # mistakes included) on a random share of the cells, fresh random tokens on the rest. Uniform noise
+            # alone never shows a plausible wrong digit, which is the error the model must learn to undo.
+            sampled = torch.distributions.Categorical(logits=sc_logits.float()).sample()
+            keep = torch.rand(b, CANVAS, generator=gen) < 0.5 + 0.5 * torch.rand(b, 1, generator=gen)
+            noisy = torch.where(keep, sampled, torch.randint(0, VOCAB_SIZE, (b, CANVAS), generator=gen))
 
     logits = model(past_key_values=cache, decoder_input_ids=noisy, self_conditioning_logits=sc_logits).logits
     canvas_loss = F.cross_entropy(logits.reshape(-1, VOCAB_SIZE), clean.reshape(-1))
@@ -195,6 +207,7 @@ def main() -> None:
                     help="stop (and save) after this many steps of the --steps schedule; reproduces an early checkpoint")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--warmup", type=int, default=None, help="LR warmup steps (default: min(200, steps/10))")
     ap.add_argument("--givens-min", type=int, default=36)
     ap.add_argument("--givens-max", type=int, default=64)
     ap.add_argument("--eval-givens", type=int, default=45)
@@ -202,8 +215,13 @@ def main() -> None:
     ap.add_argument("--eval-puzzles", type=int, default=50)
     ap.add_argument("--max-denoising-steps", type=int, default=32)
     ap.add_argument("--lm-weight", type=float, default=0.1)
+    ap.add_argument("--self-correct", type=float, default=0.0, metavar="P",
+                    help="share of the self-conditioned batches whose second pass denoises the model's own samples "
+                         "(default 0: uniform noise only, the first model's recipe)")
     ap.add_argument("--init-from", type=pathlib.Path, default=None,
                     help="start from this checkpoint instead of random weights (second training stage)")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue the run saved in --out (weights, optimizer, step and RNG states of its last save)")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
@@ -213,7 +231,12 @@ def main() -> None:
     rng = random.Random(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
 
-    if args.init_from is not None:
+    state_file = args.out / TRAIN_STATE
+    if args.resume and not state_file.is_file():
+        raise SystemExit(f"--resume: {state_file} not found (no save of this run yet)")
+    if args.resume:
+        model = DiffusionGemmaForBlockDiffusion.from_pretrained(args.out)
+    elif args.init_from is not None:
         model = DiffusionGemmaForBlockDiffusion.from_pretrained(args.init_from)
     else:
         model = DiffusionGemmaForBlockDiffusion(build_config())
@@ -234,7 +257,7 @@ def main() -> None:
         lr=args.lr,
         betas=(0.9, 0.98),
     )
-    warmup = min(200, args.steps // 10)
+    warmup = min(200, args.steps // 10) if args.warmup is None else args.warmup
 
     def lr_at(step: int) -> float:
         if step < warmup:
@@ -242,15 +265,25 @@ def main() -> None:
         progress = (step - warmup) / max(1, args.steps - warmup)
         return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
-    history = []
-    t0 = time.time()
+    history, first_step, elapsed_before = [], 0, 0.0
+    if args.resume:
+        state = torch.load(state_file, weights_only=False)
+        opt.load_state_dict(state["optimizer"])
+        rng.setstate(state["python_rng"])
+        gen.set_state(state["torch_gen"])
+        torch.set_rng_state(state["torch_rng"])
+        first_step, history, elapsed_before = state["step"], state["history"], state["seconds"]
+        print(f"resuming at step {first_step}", flush=True)
+    t0 = time.time() - elapsed_before
     n_run = args.steps if args.stop_after is None else min(args.stop_after, args.steps)
-    for step in range(n_run):
+    for step in range(first_step, n_run):
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         prompts, clean = make_batch(rng, args.batch, (args.givens_min, args.givens_max))
         self_condition = rng.random() < 0.5
-        loss, canvas_loss, lm_loss, acc = training_step(model, prompts, clean, gen, self_condition, args.lm_weight)
+        self_correct = self_condition and args.self_correct > 0 and rng.random() < args.self_correct
+        loss, canvas_loss, lm_loss, acc = training_step(model, prompts, clean, gen, self_condition, args.lm_weight,
+                                                        self_correct)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -269,6 +302,10 @@ def main() -> None:
             print(f"EVAL {json.dumps(record)}", flush=True)
             meta = dict(vars(args), out=str(args.out), history=history, params=n_params)
             save(model, tokenizer, args.out, meta)
+            # Everything a --resume needs to continue exactly this schedule and data stream.
+            torch.save(dict(step=step + 1, history=history, seconds=time.time() - t0, optimizer=opt.state_dict(),
+                            python_rng=rng.getstate(), torch_gen=gen.get_state(), torch_rng=torch.get_rng_state()),
+                       state_file)
 
 
 if __name__ == "__main__":

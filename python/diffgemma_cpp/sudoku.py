@@ -21,11 +21,11 @@ N_CELLS = 81
 
 _ALL = 0x1FF  # nine candidate bits, bit d-1 for digit d
 
-# Peers of each cell: the 20 other cells in its row, column and box.
+# Peers of each cell: the 20 other cells in its row, column and box. UNITS: the 27 rows, columns and boxes.
 _ROW = [i // 9 for i in range(81)]
 _COL = [i % 9 for i in range(81)]
 _BOX = [(i // 27) * 3 + (i % 9) // 3 for i in range(81)]
-_UNITS = (
+UNITS = (
     [[r * 9 + c for c in range(9)] for r in range(9)]
     + [[r * 9 + c for r in range(9)] for c in range(9)]
     + [[(b // 3) * 27 + (b % 3) * 3 + (k // 3) * 9 + k % 3 for k in range(9)] for b in range(9)]
@@ -125,7 +125,7 @@ def is_valid_solution(solution: str, puzzle: str | None = None) -> bool:
     """True when ``solution`` is a complete valid grid (and agrees with every given of ``puzzle``)."""
     if not isinstance(solution, str) or len(solution) != N_CELLS or any(ch not in DIGITS for ch in solution):
         return False
-    for unit in _UNITS:
+    for unit in UNITS:
         if len({solution[i] for i in unit}) != 9:
             return False
     if puzzle is not None:
