@@ -225,7 +225,7 @@ void run_decoder(diffgemma_context * c, const int32_t * canvas, const float * sc
               C, c->n_past, static_cast<long long>(c->n_past) + C, c->kv.n_ctx());
     }
     const auto t_setup = Clock::now();
-    sc_on_gpu = sc_on_gpu && c->gpu_sampler->sc_probs() != nullptr;
+    sc_on_gpu = sc_on_gpu && (c->gpu_sampler->sc_probs() != nullptr || c->gpu_sampler->sc_logits() != nullptr);
     const bool with_sc = sc_logits != nullptr || sc_on_gpu;
     DecoderGraphCache & cache = *c->decoder_graph;
     const int32_t cpu_kernels = 2 * static_cast<int32_t>(kernel_isa()) + (env_flag("DIFFGEMMA_NO_ATTENTION_OP") ? 1 : 0);
@@ -237,7 +237,8 @@ void run_decoder(diffgemma_context * c, const int32_t * canvas, const float * sc
         GraphBuilder b{hp, c->model->w, c->kv, cache.ctx, cache.gf, c->gpu_graph};
         c->sc_topk.scale = sc_scale;
         cache.in = b.build_decoder(c->n_past, C, with_sc, sc_scale, c->sc_topk.k > 0 ? &c->sc_topk : nullptr,
-                                   sc_on_gpu ? c->gpu_sampler->sc_probs() : nullptr);
+                                   sc_on_gpu ? c->gpu_sampler->sc_probs() : nullptr,
+                                   sc_on_gpu ? c->gpu_sampler->sc_logits() : nullptr);
         cache.key = key;
     }
     if (!cache.allocated) {
@@ -279,14 +280,14 @@ void decoder_pass(diffgemma_context * c, const int32_t * canvas, const float * s
     });
 }
 
-void decoder_pass_gpu(diffgemma_context * c, const int32_t * canvas, bool with_sc, float inv_temp, const float * uniforms,
+void decoder_pass_gpu(diffgemma_context * c, const int32_t * canvas, bool with_sc, float temperature, const float * uniforms,
                       std::vector<RowStats> & stats) {
     if (c->gpu_sampler == nullptr) {
         raise(DIFFGEMMA_ERR_INTERNAL, "decoder_pass_gpu needs a context whose head is offloaded");
     }
     run_decoder(c, canvas, nullptr, 1.0f, with_sc, [&](ggml_tensor * logits) {
         const auto t_sampler = Clock::now();
-        c->gpu_sampler->step(logits, inv_temp, uniforms, stats);
+        c->gpu_sampler->step(logits, temperature, uniforms, stats);
         c->timing.totals.sampler_ms += ms_since(t_sampler);
     });
 }
