@@ -97,6 +97,7 @@ void compute(diffgemma_context * c, ggml_cgraph * gf, const char * what) {
 
 void run(diffgemma_context * c, ggml_cgraph * gf, const char * what) {
     c->timing.totals.n_threads_last = c->threads->prepare_pass(c->cpu);
+    const auto t0 = dg::Clock::now();
     const enum ggml_status st = ggml_backend_sched_graph_compute(c->sched, gf);
     if (st == GGML_STATUS_ABORTED || c->cancel.load()) {
         dg::raise(DIFFGEMMA_ERR_CANCELLED, "the %s pass was cancelled", what);
@@ -104,6 +105,7 @@ void run(diffgemma_context * c, ggml_cgraph * gf, const char * what) {
     if (st != GGML_STATUS_SUCCESS) {
         dg::raise(DIFFGEMMA_ERR_BACKEND, "the %s pass failed (ggml status %d)", what, (int) st);
     }
+    dg::note_compute_pass(dg::ms_since(t0) / 1000.0);  // how long an RPC server may legitimately stay silent
 }
 
 }  // namespace

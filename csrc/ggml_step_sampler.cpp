@@ -1,6 +1,7 @@
 #include "ggml_step_sampler.h"
 
 #include "errors.h"
+#include "rpc.h"
 
 #include <cmath>
 #include <limits>
@@ -117,18 +118,31 @@ GgmlStepSampler::GgmlStepSampler(const HParams & hp, const Gpu & head) : n_vocab
 }
 
 GgmlStepSampler::~GgmlStepSampler() {
-    if (galloc_ != nullptr) {
-        ggml_gallocr_free(galloc_);
-    }
-    if (lg_buf_ != nullptr) {
-        ggml_backend_buffer_free(lg_buf_);
-    }
+    // The buffers may be on a lost RPC server: a failing free is logged and skipped, never an abort().
+    free_remote_quietly([this] {
+        if (galloc_ != nullptr) {
+            ggml_gallocr_t g = galloc_;
+            galloc_ = nullptr;
+            ggml_gallocr_free(g);
+        }
+    });
+    free_remote_quietly([this] {
+        if (lg_buf_ != nullptr) {
+            ggml_backend_buffer_t b = lg_buf_;
+            lg_buf_ = nullptr;
+            ggml_backend_buffer_free(b);
+        }
+    });
     if (lg_ctx_ != nullptr) {
         ggml_free(lg_ctx_);
     }
-    if (backend_ != nullptr) {
-        ggml_backend_free(backend_);
-    }
+    free_remote_quietly([this] {
+        if (backend_ != nullptr) {
+            ggml_backend_t b = backend_;
+            backend_ = nullptr;
+            ggml_backend_free(b);
+        }
+    });
 }
 
 size_t GgmlStepSampler::bytes() const {
