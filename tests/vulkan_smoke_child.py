@@ -28,7 +28,8 @@ def main() -> int:
     with Model(demo.DEFAULT_MODEL, n_threads=1, **placement) as m:
         # Six steps: lavapipe runs a pass ~100x slower than the CPU backend; the tokens after six steps already
         # depend on every op (self-conditioning, the device sampler, acceptance and renoising).
-        ids = m.generate_ids(sudoku.prompt_ids(puzzle), max_new_tokens=m.canvas_length, steps=STEPS, seed=3)
+        ids = m.generate_ids(sudoku.prompt_ids(puzzle), max_new_tokens=m.canvas_length, steps=STEPS, seed=3,
+                             on_step=lambda step, n, canvas: print(f"step {step}/{n}", file=sys.stderr, flush=True))
         logits = m.decoder_logits([(3 + i) % m.n_vocab for i in range(m.canvas_length)])
     print(json.dumps({"ids": ids, "logits": [float(x) for x in logits.ravel()[:4096]]}))
     return 0
