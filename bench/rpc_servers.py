@@ -52,17 +52,24 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
 
 
-def link_bytes(endpoints) -> int:
+def link_bytes(endpoints, sent: bool = False, received: bool = False) -> int:
     """Bytes this process has sent (acknowledged) and received on its TCP connections to `endpoints` (Linux
-    TCP_INFO: tcpi_bytes_acked and tcpi_bytes_received, at offsets 120 and 128), i.e. ggml's RPC traffic."""
+    TCP_INFO: tcpi_bytes_acked and tcpi_bytes_received, at offsets 120 and 128), i.e. ggml's RPC traffic; only
+    one direction when `sent` or `received` says so."""
+    both = not sent and not received
     import struct
 
     peers = {(h, int(p)) for h, p in (e.rsplit(":", 1) for e in endpoints)}
     total = 0
     for name in os.listdir("/proc/self/fd"):
         try:
-            s = socket.socket(fileno=os.dup(int(name)))
+            fd = os.dup(int(name))
         except (OSError, ValueError):
+            continue
+        try:
+            s = socket.socket(fileno=fd)
+        except OSError:  # not a socket: the duplicate must still be closed (it leaked here before, doubling the
+            os.close(fd)  # process's files with every call)
             continue
         with s:
             try:
@@ -72,7 +79,7 @@ def link_bytes(endpoints) -> int:
             except OSError:
                 continue
             acked, received = struct.unpack_from("<QQ", info, 120)
-            total += acked + received
+            total += (acked if sent or both else 0) + (received if received or both else 0)
     return total
 
 

@@ -27,6 +27,7 @@ KernelConfig kernel_config_from_env() {
     k.bf16 = k.isa == CpuIsa::kAvx512 && cpu_has_avx512_bf16() && !switch_on("DIFFGEMMA_NO_BF16");
     k.row_gemm = !switch_on("DIFFGEMMA_NO_ROW_GEMM");
     k.attention_op = k.isa == CpuIsa::kAvx512 && !switch_on("DIFFGEMMA_NO_ATTENTION_OP");
+    k.device_sampler = !switch_on("DIFFGEMMA_HOST_SAMPLER");
     return k;
 }
 

@@ -22,6 +22,8 @@ struct KernelConfig {
                                  // DIFFGEMMA_NO_ROW_GEMM=1
     bool attention_op = false;   // our attention op (attention_cpu.h): the AVX-512 tier, unless
                                  // DIFFGEMMA_NO_ATTENTION_OP=1
+    bool device_sampler = true;  // a head on a device without our CUDA kernels samples there with ggml ops
+                                 // (ggml_step_sampler.h), unless DIFFGEMMA_HOST_SAMPLER=1 reads the logits back
 };
 
 // The CPU's tier and the A/B switches of the environment now (README: "A/B switches").

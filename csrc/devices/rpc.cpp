@@ -18,8 +18,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
@@ -50,6 +53,10 @@ std::mutex g_mutex;                            // registration
 std::set<std::string> g_registered;            // endpoints whose devices ggml knows
 std::mutex g_addr_mutex;                       // the addresses; never held across an RPC call
 std::vector<sockaddr_in> g_registered_addrs;   // registered endpoints' addresses, to find ggml's sockets
+std::atomic<bool> g_any_registered{false};     // a server was registered: passes feed the timeout
+std::atomic<int> g_io_timeout_s{kRpcIoTimeoutS};  // the silence allowed now (note_compute_pass)
+std::mutex g_pass_mutex;
+double g_slowest_pass_s = 0.0;                 // the slowest compute pass so far, seconds
 
 // Calls fn(fd) for every socket of this process connected to a registered server (ggml opens them lazily,
 // one per endpoint, and keeps them while buffers exist).
@@ -286,12 +293,32 @@ void add_rpc_server(const std::string & endpoint) {
     }
     ggml_backend_register(server);
     g_registered.insert(endpoint);
+    g_any_registered.store(true);
     std::lock_guard<std::mutex> addr_lock(g_addr_mutex);
     g_registered_addrs.push_back(addr);
 }
 
+int rpc_io_timeout_s() { return g_io_timeout_s.load(); }
+
+void note_compute_pass(double seconds) {
+    if (!g_any_registered.load()) {
+        return;
+    }
+    int timeout;
+    {
+        std::lock_guard<std::mutex> lock(g_pass_mutex);
+        if (seconds > g_slowest_pass_s) {
+            g_slowest_pass_s = seconds;
+        }
+        timeout = std::max(kRpcStallTimeoutS, static_cast<int>(std::ceil(kRpcPassMargin * g_slowest_pass_s)));
+    }
+    if (g_io_timeout_s.exchange(timeout) != timeout) {
+        set_rpc_socket_timeouts();
+    }
+}
+
 void set_rpc_socket_timeouts() {
-    const timeval tv{kRpcIoTimeoutS, 0};
+    const timeval tv{g_io_timeout_s.load(), 0};
     for_each_rpc_socket([&tv](int fd) {
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));

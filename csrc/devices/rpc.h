@@ -10,7 +10,11 @@
 //     (RemoteFaultScope, entered by dg::guard). Every RPC call of the client runs on the calling thread.
 //   - a server that stops answering makes recv() block forever (no socket timeouts): once ggml has connected,
 //     we set receive and send timeouts on its sockets (set_rpc_socket_timeouts), so a stalled read fails and
-//     takes the path above.
+//     takes the path above. The timeout bounds one recv()/send() call, i.e. the silence between two pieces of
+//     data, so a large transfer that keeps moving never trips it at any speed; what legitimately waits in
+//     silence is a server computing a graph (ggml's GRAPH_COMPUTE has no reply: the next read waits for it).
+//     So the allowed silence follows the passes this process has seen (note_compute_pass): 30 s until one has
+//     run, then 4 x the slowest pass so far, at least 8 s; a hung (stopped) server fails a call within that.
 //   - send() on a closed socket raises SIGPIPE, which kills a process that did not ignore it (Python does):
 //     registering a server sets SIGPIPE to ignored if it was still at its default.
 // At a fault the process's connections to RPC servers are shut down (a hung server would otherwise cost every
@@ -26,9 +30,12 @@
 
 namespace dg {
 
-// Seconds a probe may take (connect + HELLO), and a registered server may stay silent during a call.
+// Seconds a probe may take (connect + HELLO); a registered server may stay silent during a call: before any
+// compute pass has completed in this process, and at least after one has; the slowest pass's multiple.
 constexpr int kRpcProbeTimeoutS = 5;
 constexpr int kRpcIoTimeoutS = 30;
+constexpr int kRpcStallTimeoutS = 8;
+constexpr int kRpcPassMargin = 4;
 
 // True when the installed ggml has the RPC backend (built with GGML_RPC=ON).
 bool rpc_available();
@@ -44,9 +51,17 @@ void probe_rpc_server(const std::string & endpoint);
 // list_gpus() as "RPCn (host:port)". Throws dg::Error.
 void add_rpc_server(const std::string & endpoint);
 
-// Sets kRpcIoTimeoutS receive/send timeouts on every socket of this process connected to a registered
-// server (ggml opens them lazily and keeps them while buffers exist).
+// Sets the current receive/send timeout (kRpcIoTimeoutS until note_compute_pass lowers it) on every socket of
+// this process connected to a registered server (ggml opens them lazily and keeps them while buffers exist).
 void set_rpc_socket_timeouts();
+
+// After a compute pass that took `seconds` (wall time; it bounds any server's compute inside it): the allowed
+// silence becomes max(kRpcStallTimeoutS, kRpcPassMargin x the slowest pass so far), applied to the sockets when
+// it changes. Cheap when no server is registered.
+void note_compute_pass(double seconds);
+
+// The silence currently allowed, in seconds.
+int rpc_io_timeout_s();
 
 // Runs a free of something that may live on a remote device; a fault there is logged and skipped (the
 // remote memory went with its server), so destructors never throw or abort.

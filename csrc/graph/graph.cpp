@@ -273,7 +273,8 @@ GraphInputs GraphBuilder::build_encoder(int32_t n_past, int32_t n_tokens) {
 }
 
 GraphInputs GraphBuilder::build_decoder(int32_t n_past, int32_t n_canvas, bool with_sc, float sc_scale,
-                                        const ScTopkParams * sc_topk, ggml_tensor * sc_probs) {
+                                        const ScTopkParams * sc_topk, ggml_tensor * sc_probs,
+                                        ggml_tensor * sc_logits_on_device) {
     GraphInputs in;
     in.ids = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n_canvas);
     in.pos = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n_canvas);
@@ -281,7 +282,9 @@ GraphInputs GraphBuilder::build_decoder(int32_t n_past, int32_t n_canvas, bool w
     ggml_set_input(in.pos);
     ggml_tensor * x = named(ggml_scale(ctx, ggml_get_rows(ctx, w.tok_embd, in.ids), hp.embed_scale), "inp_embd");
     if (with_sc && w.sc_gate != nullptr) {
-        if (sc_probs == nullptr) {
+        if (sc_logits_on_device != nullptr) {
+            in.sc_logits = sc_logits_on_device;  // already there: not an input
+        } else if (sc_probs == nullptr) {
             in.sc_logits = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, hp.n_vocab, n_canvas);
             ggml_set_input(in.sc_logits);
         }

@@ -51,8 +51,11 @@ struct GraphBuilder {
     // scale field is used then.
     // `sc_probs` (device sampler, nullptr otherwise): the previous step's probabilities, already computed
     // on the GPU [n_vocab, C] (f16 or bf16); they replace softmax(sc_logits) and sc_logits is not an input.
+    // `sc_logits_on_device` (GgmlStepSampler, nullptr otherwise): the previous step's f32 logits / T kept on
+    // the head's device; the graph reads them as it reads host sc_logits, without an input upload.
     GraphInputs build_decoder(int32_t n_past, int32_t n_canvas, bool with_sc, float sc_scale,
-                              const ScTopkParams * sc_topk = nullptr, ggml_tensor * sc_probs = nullptr);
+                              const ScTopkParams * sc_topk = nullptr, ggml_tensor * sc_probs = nullptr,
+                              ggml_tensor * sc_logits_on_device = nullptr);
 
   private:
     // Names a node "name-il" (il >= 0) or "name", as HF's modules are named, for the tensor dump

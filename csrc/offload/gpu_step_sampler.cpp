@@ -1,6 +1,7 @@
 #include "offload/gpu_step_sampler.h"
 
 #include "core/errors.h"
+#include "core/kernel_config.h"
 
 #ifdef DIFFGEMMA_WITH_CUDA
 #include "offload/cuda/sampler_ggml.h"
@@ -16,23 +17,29 @@ namespace dg {
 class CudaSampler {};
 #endif
 
-bool GpuStepSampler::available(const Placement & pl) {
+bool GpuStepSampler::available(const Placement & pl, const KernelConfig & kernels) {
     if (pl.head_gpu().stand_in) {
         return true;
     }
 #ifdef DIFFGEMMA_WITH_CUDA
-    return pl.head_gpu().dev != nullptr && std::strncmp(ggml_backend_dev_name(pl.head_gpu().dev), "CUDA", 4) == 0;
-#else
-    return false;
+    if (pl.head_gpu().dev != nullptr && std::strncmp(ggml_backend_dev_name(pl.head_gpu().dev), "CUDA", 4) == 0) {
+        return true;
+    }
 #endif
+    return kernels.device_sampler && GgmlStepSampler::runs_on(pl.head_gpu());
 }
 
-GpuStepSampler::GpuStepSampler(const HParams & hp, const Placement & pl, ggml_type probs_type) : stand_in_(pl.head_gpu().stand_in) {
+GpuStepSampler::GpuStepSampler(const HParams & hp, const Placement & pl, ggml_type probs_type)
+    : stand_in_(pl.head_gpu().stand_in), with_sc_(probs_type != GGML_TYPE_COUNT) {
 #ifdef DIFFGEMMA_WITH_CUDA
-    if (!stand_in_) {
+    if (!stand_in_ && pl.head_gpu().dev != nullptr && std::strncmp(ggml_backend_dev_name(pl.head_gpu().dev), "CUDA", 4) == 0) {
         cuda_ = std::make_unique<CudaSampler>();
     }
 #endif
+    if (!stand_in_ && cuda_ == nullptr) {
+        ggml_ = std::make_unique<GgmlStepSampler>(hp, pl.head_gpu());
+        return;
+    }
     if (stand_in_) {
         host_logits_.resize(static_cast<size_t>(hp.n_vocab) * static_cast<size_t>(hp.canvas_length));
         host_probs_.resize(static_cast<size_t>(hp.n_vocab));
@@ -66,9 +73,16 @@ GpuStepSampler::~GpuStepSampler() {
     }
 }
 
-size_t GpuStepSampler::bytes() const { return buf_ != nullptr ? ggml_backend_buffer_get_size(buf_) : 0; }
+size_t GpuStepSampler::bytes() const {
+    return (buf_ != nullptr ? ggml_backend_buffer_get_size(buf_) : 0) + (ggml_ != nullptr ? ggml_->bytes() : 0);
+}
 
-void GpuStepSampler::step(const ggml_tensor * logits, float inv_temp, const float * uniforms, std::vector<RowStats> & out) {
+void GpuStepSampler::step(const ggml_tensor * logits, float temperature, const float * uniforms, std::vector<RowStats> & out) {
+    if (ggml_ != nullptr) {
+        ggml_->step(logits, temperature, uniforms, out);
+        return;
+    }
+    const float inv_temp = 1.0f / temperature;
     const int64_t V = logits->ne[0];
     const int64_t C = logits->ne[1];
     out.assign(static_cast<size_t>(C), RowStats{});

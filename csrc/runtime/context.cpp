@@ -95,6 +95,7 @@ void compute(diffgemma_context * c, ggml_cgraph * gf, const char * what) {
 
 void run(diffgemma_context * c, ggml_cgraph * gf, const char * what) {
     c->timing.totals.n_threads_last = c->threads->prepare_pass(c->cpu);
+    const auto t0 = dg::Clock::now();
     const enum ggml_status st = ggml_backend_sched_graph_compute(c->sched, gf);
     if (st == GGML_STATUS_ABORTED || c->cancel.load()) {
         dg::raise(DIFFGEMMA_ERR_CANCELLED, "the %s pass was cancelled", what);
@@ -102,6 +103,7 @@ void run(diffgemma_context * c, ggml_cgraph * gf, const char * what) {
     if (st != GGML_STATUS_SUCCESS) {
         dg::raise(DIFFGEMMA_ERR_BACKEND, "the %s pass failed (ggml status %d)", what, (int) st);
     }
+    dg::note_compute_pass(dg::ms_since(t0) / 1000.0);  // how long an RPC server may legitimately stay silent
 }
 
 }  // namespace
@@ -234,7 +236,7 @@ void run_decoder(diffgemma_context * c, const int32_t * canvas, const float * sc
               C, c->n_past, static_cast<long long>(c->n_past) + C, c->kv.n_ctx());
     }
     const auto t_setup = Clock::now();
-    sc_on_gpu = sc_on_gpu && c->gpu_sampler->sc_probs() != nullptr;
+    sc_on_gpu = sc_on_gpu && (c->gpu_sampler->sc_probs() != nullptr || c->gpu_sampler->sc_logits() != nullptr);
     const bool with_sc = sc_logits != nullptr || sc_on_gpu;
     DecoderGraphCache & cache = *c->decoder_graph;
     const DecoderGraphCache::Key key{c->n_past, with_sc, sc_on_gpu, sc_scale, c->sc_topk.k, c->sc_topk.renormalize};
@@ -244,7 +246,8 @@ void run_decoder(diffgemma_context * c, const int32_t * canvas, const float * sc
         GraphBuilder b{hp, c->model->w, c->kv, cache.ctx, cache.gf, c->gpu_graph, c->kernels};
         c->sc_topk.scale = sc_scale;
         cache.in = b.build_decoder(c->n_past, C, with_sc, sc_scale, c->sc_topk.k > 0 ? &c->sc_topk : nullptr,
-                                   sc_on_gpu ? c->gpu_sampler->sc_probs() : nullptr);
+                                   sc_on_gpu ? c->gpu_sampler->sc_probs() : nullptr,
+                                   sc_on_gpu ? c->gpu_sampler->sc_logits() : nullptr);
         cache.key = key;
     }
     if (!cache.allocated) {
@@ -286,14 +289,14 @@ void decoder_pass(diffgemma_context * c, const int32_t * canvas, const float * s
     });
 }
 
-void decoder_pass_gpu(diffgemma_context * c, const int32_t * canvas, bool with_sc, float inv_temp, const float * uniforms,
+void decoder_pass_gpu(diffgemma_context * c, const int32_t * canvas, bool with_sc, float temperature, const float * uniforms,
                       std::vector<RowStats> & stats) {
     if (c->gpu_sampler == nullptr) {
         raise(DIFFGEMMA_ERR_INTERNAL, "decoder_pass_gpu needs a context whose head is offloaded");
     }
     run_decoder(c, canvas, nullptr, 1.0f, with_sc, [&](ggml_tensor * logits) {
         const auto t_sampler = Clock::now();
-        c->gpu_sampler->step(logits, inv_temp, uniforms, stats);
+        c->gpu_sampler->step(logits, temperature, uniforms, stats);
         c->timing.totals.sampler_ms += ms_since(t_sampler);
     });
 }
@@ -397,7 +400,7 @@ int32_t diffgemma_context_new(diffgemma_model * model, const diffgemma_context_p
             c->gpu_graph = !c->gpus.empty() || (gpu_graph_hook != nullptr && gpu_graph_hook[0] != '0');
         }
         c->kv.init(hp, n_ctx, slack, kv_type, kv_buft);
-        if (pl.head_on_gpu && dg::GpuStepSampler::available(pl)) {
+        if (pl.head_on_gpu && dg::GpuStepSampler::available(pl, c->kernels)) {
             const ggml_tensor * embd_t = model->w.embd_t;
             const ggml_type probs_type = embd_t == nullptr ? GGML_TYPE_COUNT
                                          : embd_t->type == GGML_TYPE_BF16 ? GGML_TYPE_BF16 : GGML_TYPE_F16;

@@ -71,9 +71,9 @@ void rewind(diffgemma_context * ctx, int32_t n_keep);
 void decoder_pass(diffgemma_context * ctx, const int32_t * canvas, const float * sc_logits, float sc_scale,
                   float * out_logits);
 // The decoder pass of a context with an offloaded head (gpu_sampler): self-conditioning reads the
-// probabilities the previous step left on the GPU (with_sc), the logits stay there, and `stats` receives
-// their per-position statistics at inv_temp (gpu_step_sampler.h).
-void decoder_pass_gpu(diffgemma_context * ctx, const int32_t * canvas, bool with_sc, float inv_temp,
+// probabilities (or logits) the previous step left on the GPU (with_sc), the logits stay there, and `stats`
+// receives their per-position statistics at `temperature` (gpu_step_sampler.h).
+void decoder_pass_gpu(diffgemma_context * ctx, const int32_t * canvas, bool with_sc, float temperature,
                       const float * uniforms, std::vector<RowStats> & stats);
 
 // Uniform draws with a fixed algorithm (std::uniform_*_distribution differs between C++ libraries, and the

@@ -127,7 +127,7 @@ int32_t denoise_canvas(diffgemma_context * c, const diffgemma_sampler_params & p
         if (on_gpu) {
             // Replays bring their own samples; the GPU still needs some uniform (zeros) for the statistics.
             // The pass also samples there, and adds that time to sampler_ms itself.
-            decoder_pass_gpu(c, canvas.data(), have_sc, 1.0f / T, uniforms.data(), st);
+            decoder_pass_gpu(c, canvas.data(), have_sc, T, uniforms.data(), st);
         } else {
             decoder_pass(c, canvas.data(), have_sc ? sc.data() : nullptr, 1.0f, logits.data());
         }
@@ -137,6 +137,9 @@ int32_t denoise_canvas(diffgemma_context * c, const diffgemma_sampler_params & p
         }
         check_rows(st);
         const std::vector<bool> accept = accept_set(st, p.entropy_bound);
+        if (on_gpu && replay == nullptr) {
+            c->gpu_sampler->resolve(accept, uniforms.data(), st);  // exact samples of the accepted rows
+        }
         double mean_entropy = 0.0;
         for (int32_t j = 0; j < C; ++j) {
             const size_t js = static_cast<size_t>(j);
