@@ -1,5 +1,5 @@
 """The sampler where the head is (issue 15, item 5): a head on a ggml RPC server samples with ggml ops there
-(csrc/ggml_step_sampler.h) instead of reading its logits back to the host.
+(csrc/offload/ggml_step_sampler.h) instead of reading its logits back to the host.
 
     python bench/rpc_sampler_bench.py --out DIR [--puzzles 6] [--model EXTRA.gguf ... [--steps N]]
 

@@ -1,5 +1,5 @@
 """The sampler where the head is (issue 15, item 5): a head on a ggml RPC server (127.0.0.1) samples with ggml
-ops there (csrc/ggml_step_sampler.h) and reads back a few numbers per position instead of the logits.
+ops there (csrc/offload/ggml_step_sampler.h) and reads back a few numbers per position instead of the logits.
 
 bench/rpc_sampler_bench.py runs in a child process (a server's devices stay registered in a process for its
 lifetime): all-host, the server with the host sampler (DIFFGEMMA_HOST_SAMPLER=1, the logits read back) and the
