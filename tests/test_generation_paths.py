@@ -132,3 +132,19 @@ def test_the_settings_are_checked_once_in_c_before_any_work(model):
         m.create_completion("hi", max_tokens=4, t_min=-1.0)
     assert m.n_past == 0 or m.n_past > 0  # the model stays usable
     assert len(m.generate_ids([2, 3], max_new_tokens=4, steps=2, seed=1)) == 2 + m.canvas_length
+
+
+def test_the_whole_loop_call_checks_settings_before_the_buffer(model):
+    m = model
+    p = m.generation_params(2, m.canvas_length, 2, 1)
+    p.max_new_tokens = 0
+    prompt = np.asarray([2, 3], dtype=np.int32)
+    n_out = ffi.new("size_t *")
+    with pytest.raises(errors.InvalidArgumentError, match="max_new_tokens must be positive"):
+        check(lib.diffgemma_generate(m._c, ffi.from_buffer("int32_t[]", prompt), 2, p, ffi.NULL, ffi.NULL, ffi.NULL,
+                                     ffi.NULL, 0, n_out, ffi.NULL))
+    p.max_new_tokens = 2 * m.canvas_length
+    with pytest.raises(errors.BufferTooSmallError, match="the output buffer holds 0 tokens"):
+        check(lib.diffgemma_generate(m._c, ffi.from_buffer("int32_t[]", prompt), 2, p, ffi.NULL, ffi.NULL, ffi.NULL,
+                                     ffi.NULL, 0, n_out, ffi.NULL))
+    assert n_out[0] == 2 * m.canvas_length  # the size a caller should allocate

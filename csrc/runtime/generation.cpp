@@ -155,8 +155,11 @@ int32_t diffgemma_generate(diffgemma_context * ctx, const int32_t * prompt, int3
         return dg::fail(DIFFGEMMA_ERR_INVALID_ARGUMENT, "diffgemma_generate: ctx, params and n_out must not be NULL");
     }
     *n_out = 0;
+    if (const int32_t status = diffgemma_generate_check(ctx, n_prompt, params); status != DIFFGEMMA_OK) {
+        return status;  // before the buffer's size, which depends on a valid max_new_tokens
+    }
     const int32_t C = ctx->model->hp.canvas_length;
-    const size_t needed = (static_cast<size_t>(std::max(params->max_new_tokens, 0)) + C - 1) / C * C;
+    const size_t needed = (static_cast<size_t>(params->max_new_tokens) + C - 1) / C * C;
     if (out_capacity < needed || out_tokens == nullptr) {
         *n_out = needed;
         return dg::fail(DIFFGEMMA_ERR_BUFFER_TOO_SMALL, "the output buffer holds %zu tokens, max_new_tokens=%d needs %zu "
