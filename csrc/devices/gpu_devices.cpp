@@ -102,6 +102,15 @@ std::string gpu_description(const Gpu & gpu) {
     return format("%s, %zu of %zu MiB free", gpu.name.c_str(), m.free >> 20, m.total >> 20);
 }
 
+bool runs_our_cuda_kernels(const Gpu & gpu) {
+#ifdef DIFFGEMMA_WITH_CUDA
+    return !gpu.stand_in && gpu.dev != nullptr && std::strncmp(ggml_backend_dev_name(gpu.dev), "CUDA", 4) == 0;
+#else
+    (void) gpu;
+    return false;
+#endif
+}
+
 }  // namespace dg
 
 extern "C" {

@@ -44,4 +44,8 @@ ggml_backend_t gpu_backend_init(const Gpu & gpu);
 // "CUDA0 (NVIDIA H100), 79012 of 81559 MiB free"
 std::string gpu_description(const Gpu & gpu);
 
+// True for a CUDA device in a build with our CUDA sampler kernels (DIFFGEMMA_CUDA): its head samples there with
+// them (gpu_step_sampler.h); any other real device samples with ggml's ops, the stand-in on the host.
+bool runs_our_cuda_kernels(const Gpu & gpu);
+
 }  // namespace dg

@@ -145,11 +145,6 @@ GgmlStepSampler::~GgmlStepSampler() {
     });
 }
 
-size_t GgmlStepSampler::bytes() const {
-    return (lg_buf_ != nullptr ? ggml_backend_buffer_get_size(lg_buf_) : 0) +
-           (galloc_ != nullptr ? ggml_gallocr_get_buffer_size(galloc_, 0) : 0);
-}
-
 void GgmlStepSampler::step(const ggml_tensor * logits, float temperature, const float * uniforms,
                            std::vector<RowStats> & out) {
     const int64_t V = logits->ne[0];

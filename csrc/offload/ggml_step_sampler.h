@@ -56,7 +56,6 @@ class GgmlStepSampler {
 
     // The previous step's lg on the device (the decoder's self-conditioning input).
     ggml_tensor * sc_logits() const { return lg_; }
-    size_t bytes() const;  // lg's buffer and the graph's compute buffer
 
     // For logits [V, C] f32 on the head's device (the decoder graph has run): fills out[C] with the statistics
     // of logits / temperature (uniforms[C] in [0,1) pick the samples) and keeps logits / temperature in

@@ -8,7 +8,6 @@
 #endif
 
 #include <cmath>
-#include <cstring>
 
 namespace dg {
 
@@ -18,21 +17,16 @@ class CudaSampler {};
 #endif
 
 bool GpuStepSampler::available(const Placement & pl, const KernelConfig & kernels) {
-    if (pl.head_gpu().stand_in) {
+    if (pl.head_gpu().stand_in || runs_our_cuda_kernels(pl.head_gpu())) {
         return true;
     }
-#ifdef DIFFGEMMA_WITH_CUDA
-    if (pl.head_gpu().dev != nullptr && std::strncmp(ggml_backend_dev_name(pl.head_gpu().dev), "CUDA", 4) == 0) {
-        return true;
-    }
-#endif
     return kernels.device_sampler && GgmlStepSampler::runs_on(pl.head_gpu());
 }
 
 GpuStepSampler::GpuStepSampler(const HParams & hp, const Placement & pl, ggml_type probs_type)
     : stand_in_(pl.head_gpu().stand_in), with_sc_(probs_type != GGML_TYPE_COUNT) {
 #ifdef DIFFGEMMA_WITH_CUDA
-    if (!stand_in_ && pl.head_gpu().dev != nullptr && std::strncmp(ggml_backend_dev_name(pl.head_gpu().dev), "CUDA", 4) == 0) {
+    if (runs_our_cuda_kernels(pl.head_gpu())) {
         cuda_ = std::make_unique<CudaSampler>();
     }
 #endif
@@ -71,10 +65,6 @@ GpuStepSampler::~GpuStepSampler() {
     if (ctx_ != nullptr) {
         ggml_free(ctx_);
     }
-}
-
-size_t GpuStepSampler::bytes() const {
-    return (buf_ != nullptr ? ggml_backend_buffer_get_size(buf_) : 0) + (ggml_ != nullptr ? ggml_->bytes() : 0);
 }
 
 void GpuStepSampler::step(const ggml_tensor * logits, float temperature, const float * uniforms, std::vector<RowStats> & out) {

@@ -46,7 +46,6 @@ class GpuStepSampler {
     ggml_tensor * sc_probs() const { return probs_; }  // nullptr without self-conditioning or with GgmlStepSampler
     // GgmlStepSampler's previous logits / T (f32), the decoder's self-conditioning input; nullptr otherwise.
     ggml_tensor * sc_logits() const { return ggml_ != nullptr && with_sc_ ? ggml_->sc_logits() : nullptr; }
-    size_t bytes() const;
 
     // For logits [V, C] f32 on the GPU (complete: the graph has run): fills out[C] with the statistics of
     // logits at `temperature` (uniforms[C] in [0,1) pick the samples) and writes softmax(logits / temperature)

@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 
 namespace dg {
 
@@ -450,24 +449,6 @@ size_t estimate_gpu_kv_bytes(const HParams & hp, const Placement & pl, int32_t n
     return KvCache::bytes_for(hp, n_ctx, std::max(512, hp.canvas_length), GGML_TYPE_F32, pl.layers_on(d));
 }
 
-namespace {
-
-// A head on a device without our CUDA sampler samples there with ggml's ops (ggml_step_sampler.h); the stand-in
-// samples on the host (gpu_step_sampler.h).
-bool samples_with_ggml_ops(const Gpu & head) {
-    if (head.stand_in) {
-        return false;
-    }
-#ifdef DIFFGEMMA_WITH_CUDA
-    if (head.dev != nullptr && std::strncmp(ggml_backend_dev_name(head.dev), "CUDA", 4) == 0) {
-        return false;
-    }
-#endif
-    return true;
-}
-
-}  // namespace
-
 size_t estimate_gpu_compute_bytes(const HParams & hp, const Weights & w, int32_t n_ctx, const Placement & pl, int d) {
     const bool has_layers = std::find(pl.layer_device.begin(), pl.layer_device.end(), d) != pl.layer_device.end();
     const bool has_head = pl.head_on_gpu && d == pl.head_device;
@@ -491,7 +472,8 @@ size_t estimate_gpu_compute_bytes(const HParams & hp, const Weights & w, int32_t
     const size_t backend_pool = pl.devices[static_cast<size_t>(d)].stand_in ? 0 : (256u << 20) + f16_head_copy;
     // The ggml step sampler's lg [V, C] f32, kept between steps, and its step graph's live temporaries (the
     // exponentials, the CDF and its comparisons: about four more [V, C] f32 at once).
-    const size_t step_sampler = has_head && samples_with_ggml_ops(pl.devices[static_cast<size_t>(d)])
+    const Gpu & device = pl.devices[static_cast<size_t>(d)];
+    const size_t step_sampler = has_head && !device.stand_in && !runs_our_cuda_kernels(device)
         ? 5 * static_cast<size_t>(hp.n_vocab) * C * 4 : 0;
     return head + scores + 4 * per_layer + backend_pool + step_sampler;
 }
