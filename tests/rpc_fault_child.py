@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import struct
 import sys
 import time
 from pathlib import Path
@@ -28,6 +30,23 @@ def timed_error(fn) -> dict:
     return {"type": None, "message": "", "seconds": time.monotonic() - t0}
 
 
+def receive_timeouts_to(port: int) -> list:
+    """SO_RCVTIMEO, in seconds, of this process's sockets connected to 127.0.0.1:port (the timeout rpc.h set)."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                continue
+            with socket.socket(fileno=os.dup(int(name))) as s:  # a duplicate: closing it leaves ggml's socket open
+                if s.family != socket.AF_INET or s.getpeername()[1] != port:
+                    continue
+                sec, usec = struct.unpack("ll", s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16))
+                found.append(sec + usec / 1e6)
+        except OSError:
+            continue  # closed meanwhile, or not connected
+    return found
+
+
 def main() -> int:
     path, n, how = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     out = {}
@@ -43,6 +62,7 @@ def main() -> int:
                 if how == "kill":
                     rpc_servers.stop(procs[-1])
                 else:  # alive but silent: only the socket timeouts (rpc.h) end the wait
+                    out["receive_timeouts_s"] = receive_timeouts_to(int(endpoints[-1].rsplit(":", 1)[1]))
                     os.kill(procs[-1].pid, signal.SIGSTOP)
                 killed["at"] = time.monotonic()
 

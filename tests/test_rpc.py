@@ -129,7 +129,8 @@ def test_a_server_lost_mid_canvas_fails_the_call_and_the_model_closes(n_servers,
     timeout): the generation raises BackendError (no abort(), no endless wait), the next call fails the same way,
     and closing the model returns (bench/README.md has the seconds). The stopped server's error must come from
     the pass-scaled timeout (rpc.h: 4 x the slowest pass, at least 8 s), not the 30 s one of a process that has
-    run no pass yet: a generous bound, as a hang guard."""
+    run no pass yet: the child reads SO_RCVTIMEO of its sockets to that server just before stopping it (the seconds
+    it took are printed, not asserted: no timing assertions in tests)."""
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "rpc_fault_child.py"), str(fx.gguf("wide:trained", "f32")),
                            str(n_servers), how], capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
     assert proc.returncode == 0, f"child died ({proc.returncode}): {proc.stderr[-3000:]}"
@@ -139,8 +140,8 @@ def test_a_server_lost_mid_canvas_fails_the_call_and_the_model_closes(n_servers,
     for call in ("first", "second"):
         assert out[call]["type"] == "BackendError", out
         assert "connection to an RPC server was lost" in out[call]["message"]
-    if how == "stop":
-        assert out["first"]["seconds_after_kill"] < 20, out
+    if how == "stop":  # the pass-scaled timeout was in force on the stopped server's sockets, not the 30 s one
+        assert out["receive_timeouts_s"] and all(8 <= t < 30 for t in out["receive_timeouts_s"]), out
 
 
 @needs_rpc

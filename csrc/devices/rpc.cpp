@@ -298,8 +298,6 @@ void add_rpc_server(const std::string & endpoint) {
     g_registered_addrs.push_back(addr);
 }
 
-int rpc_io_timeout_s() { return g_io_timeout_s.load(); }
-
 void note_compute_pass(double seconds) {
     if (!g_any_registered.load()) {
         return;

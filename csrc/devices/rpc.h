@@ -60,9 +60,6 @@ void set_rpc_socket_timeouts();
 // it changes. Cheap when no server is registered.
 void note_compute_pass(double seconds);
 
-// The silence currently allowed, in seconds.
-int rpc_io_timeout_s();
-
 // Runs a free of something that may live on a remote device; a fault there is logged and skipped (the
 // remote memory went with its server), so destructors never throw or abort.
 void free_remote_quietly(const std::function<void()> & free_fn);
