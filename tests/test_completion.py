@@ -5,7 +5,6 @@ from __future__ import annotations
 import pathlib
 import random
 import threading
-import time
 
 import pytest
 
@@ -219,12 +218,10 @@ def test_cancel_from_another_thread_stops_within_a_step():
         if len(steps_seen) == 15:  # in the middle of the second canvas
             threading.Thread(target=model.cancel).start()
 
-    start = time.monotonic()
     out = model.create_completion("p", max_tokens=200, on_step=on_step)
     assert out["choices"][0]["finish_reason"] == "cancelled"
     assert out["choices"][0]["text"] == "y" * 8  # the canvas committed before the cancel
-    assert len(steps_seen) <= 17  # stopped within a step or two of the request (thread start latency)
-    assert time.monotonic() - start < 2.0
+    assert len(steps_seen) <= 17  # stopped within a step or two of the request (thread start latency), of 250
 
 
 def test_cancel_while_streaming_ends_the_stream_with_cancelled():
