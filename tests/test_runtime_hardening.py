@@ -3,7 +3,6 @@ during denoising, two threads on one Model (the thread contract in diffgemma_cpp
 load/generate/close cycles without memory growth."""
 from __future__ import annotations
 
-import gc
 import os
 import subprocess
 import sys
@@ -365,8 +364,8 @@ def test_close_with_an_open_stream_frees_when_the_stream_ends(path):
 
 
 def test_absurd_thread_counts_are_refused_not_spawned(path):
-    # 100000 threads used to be attempted (ggml's pools hold 512): the load crawled for minutes.
-    t0 = time.perf_counter()
+    # 100000 threads used to be attempted (ggml's pools hold 512): the load crawled for minutes. The refusal comes
+    # before any thread is made (the error, not a slow success).
     with pytest.raises(InvalidArgumentError, match="n_threads=100000 exceeds ggml's maximum of 512"):
         Model(path, n_threads=100000)
     from diffgemma_cpp._native import check, ffi, lib
@@ -377,4 +376,3 @@ def test_absurd_thread_counts_are_refused_not_spawned(path):
         out = ffi.new("diffgemma_context **")
         with pytest.raises(InvalidArgumentError, match="n_threads=513 exceeds"):
             check(lib.diffgemma_context_new(m._model, cp, out))
-    assert time.perf_counter() - t0 < 30

@@ -307,10 +307,9 @@ def test_stop_cancels_running_generation_and_closes():
         server.raw("POST", "/v1/completions", {"prompt": "p", "max_tokens": 800})))
     worker.start()
     assert model.step_started.wait(10)
-    start = time.monotonic()
     server.close()
     worker.join(10)
-    assert time.monotonic() - start < 5
+    assert not worker.is_alive()  # uncancelled, the request would run 100 canvases (10 s) and still be going
     status, raw, _ = results[0]
     assert status == 200 and json.loads(raw)["choices"][0]["finish_reason"] == "cancelled"
 
