@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 CSRC = REPO / "csrc"
 
 # Lowest first. `include/` (the public header) sits below all of them.
-LAYER_ORDER = ["include", "core", "tokenizer", "devices", "loader", "kernels", "graph", "offload", "runtime"]
+LAYER_ORDER = ["include", "core", "tokenizer", "image", "devices", "loader", "kernels", "graph", "offload", "runtime"]
 SOURCE_SUFFIXES = {".h", ".cpp", ".c", ".cu", ".def"}
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
 

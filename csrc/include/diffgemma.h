@@ -61,7 +61,7 @@ extern "C" {
 // cffi-begin
 
 /* Bumped on every incompatible change of this header. */
-#define DIFFGEMMA_API_VERSION 7
+#define DIFFGEMMA_API_VERSION 8
 
 /* ---- status codes ---- */
 enum diffgemma_status {
@@ -301,6 +301,8 @@ typedef struct diffgemma_model_params {
                                ("RPC0,CUDA0"); NULL or "" = every device */
     const char * rpc_servers;  /* "host:port,host:port": RPC servers whose devices are registered before placing
                                (diffgemma_rpc_add_servers); NULL or "" = none */
+    const char * mmproj_path;  /* the vision projector GGUF (`convert --mmproj`, llama.cpp's mmproj-*.gguf layout):
+                               NULL or "" = text only. It must match the model (projection width = n_embd) */
 } diffgemma_model_params;
 
 typedef struct diffgemma_context_params {
@@ -407,6 +409,54 @@ DIFFGEMMA_API int32_t diffgemma_decoder_logits(diffgemma_context * ctx, const in
  * multi-turn chat does not re-encode its history) and encodes the rest. diffgemma_generate_begin does this
  * itself; call it alone to warm the cache for a prompt. */
 DIFFGEMMA_API int32_t diffgemma_prefill(diffgemma_context * ctx, const int32_t * prompt, int32_t n_prompt);
+
+/* ---- images ---- */
+/*
+ * A prompt takes images as runs of the model's image soft token (diffgemma_model_image_token), one run of
+ * diffgemma_image_n_tokens(w, h) tokens per image, as HF's processor writes them (between the begin- and
+ * end-of-image tokens). diffgemma_set_images gives the context the images of the prompts that follow: image i
+ * fills the i-th run. The projector (model params mmproj_path) encodes each image once; a cached prefix is kept
+ * only where its images are the same pixels.
+ */
+
+/* Decoded pixels: height rows of width RGB triples, 8 bits each, no row padding. The C API never decodes files. */
+typedef struct diffgemma_image {
+    const uint8_t * rgb;
+    int32_t width;
+    int32_t height;
+} diffgemma_image;
+
+/* Largest image accepted (width * height): a guard against decompression bombs. */
+#define DIFFGEMMA_IMAGE_MAX_PIXELS 33554432  /* 2^25 */
+
+/* 1 when a projector is loaded, 0 otherwise. */
+DIFFGEMMA_API int32_t diffgemma_model_has_vision(const diffgemma_model * model);
+
+/* The image soft-token id (HF image_token_id; 258880 for the release), or -1 when the model has none. */
+DIFFGEMMA_API int32_t diffgemma_model_image_token(const diffgemma_model * model);
+
+/* Soft tokens an image of width x height becomes (> 0), or a negative status (no projector; a bad size). */
+DIFFGEMMA_API int32_t diffgemma_image_n_tokens(const diffgemma_model * model, int32_t width, int32_t height);
+
+/* HF Gemma4ImageProcessor alone, for any projector settings: resize keeping the aspect ratio (bicubic,
+ * antialiased, as torchvision on 8-bit pixels) to the largest size whose sides are multiples of
+ * patch_size * pooling and which has at most max_soft_tokens * pooling^2 patches; rescale to [0, 1]; cut into
+ * patches. Writes n_patches rows of patch_size^2 * 3 floats in HF's order (row, column, channel) to `pixels`,
+ * n_patches (x, y) pairs to `positions`, the resized size to *out_width / *out_height (any may be NULL to ask
+ * for the count only). Returns n_patches, or a negative status (DIFFGEMMA_ERR_BUFFER_TOO_SMALL when
+ * capacity_patches is short). */
+DIFFGEMMA_API int32_t diffgemma_image_preprocess(const diffgemma_image * image, int32_t patch_size, int32_t pooling,
+                                                 int32_t max_soft_tokens, float * pixels, int32_t * positions,
+                                                 int32_t capacity_patches, int32_t * out_width, int32_t * out_height);
+
+/* The images of the prompts that follow (copied; n_images 0 clears them). Checks each image (size, pixel cap,
+ * a projector loaded) now; the tower runs when a prompt needs it. */
+DIFFGEMMA_API int32_t diffgemma_set_images(diffgemma_context * ctx, const diffgemma_image * images, int32_t n_images);
+
+/* The projector's output for one image: n_tokens rows of n_embd floats (what replaces the soft tokens' input
+ * embeddings). *n_tokens receives the row count (also on DIFFGEMMA_ERR_BUFFER_TOO_SMALL). */
+DIFFGEMMA_API int32_t diffgemma_image_embed(diffgemma_context * ctx, const diffgemma_image * image, float * out,
+                                            size_t capacity, int32_t * n_tokens);
 
 /* ---- generation ---- */
 /*

@@ -104,6 +104,7 @@ void diffgemma_model_default_params(diffgemma_model_params * params) {
     params->n_tensor_split = 0;
     params->devices = nullptr;
     params->rpc_servers = nullptr;
+    params->mmproj_path = nullptr;
 }
 
 int32_t diffgemma_model_load(const char * path, const diffgemma_model_params * params, diffgemma_model ** out) {
