@@ -11,15 +11,23 @@ namespace dg {
 
 int32_t swa_first_key(const HParams & hp, int32_t n_past) { return std::max<int32_t>(0, n_past - (hp.n_swa - 1)); }
 
-void fill_encoder_mask(float * mask, int32_t key_begin, int32_t n_past, int32_t n_tokens, int32_t window) {
+void fill_encoder_mask(float * mask, int32_t key_begin, int32_t n_past, int32_t n_tokens, int32_t window,
+                       const std::vector<PositionSpan> & spans) {
     const int32_t n_keys = n_past + n_tokens - key_begin;
     const float neg_inf = -std::numeric_limits<float>::infinity();
     for (int32_t t = 0; t < n_tokens; ++t) {
         const int32_t q = n_past + t;
+        const PositionSpan * own = nullptr;  // the image span holding q, if any
+        for (const PositionSpan & s : spans) {
+            if (q >= s.begin && q < s.end) {
+                own = &s;
+            }
+        }
         for (int32_t j = 0; j < n_keys; ++j) {
             const int32_t k = key_begin + j;
-            const bool visible = k <= q && (window <= 0 || k > q - window);
-            mask[static_cast<size_t>(t) * n_keys + j] = visible ? 0.0f : neg_inf;
+            const bool causal = k <= q && (window <= 0 || k > q - window);
+            const bool same_image = own != nullptr && k >= own->begin && k < own->end;
+            mask[static_cast<size_t>(t) * n_keys + j] = causal || same_image ? 0.0f : neg_inf;
         }
     }
 }
@@ -254,7 +262,7 @@ ggml_tensor * GraphBuilder::layer(int il, ggml_tensor * x, ggml_tensor * pos, in
     return named(ggml_mul(ctx, out, encoder ? l.enc_scale : l.dec_scale), "l_out", il);
 }
 
-GraphInputs GraphBuilder::build_encoder(int32_t n_past, int32_t n_tokens) {
+GraphInputs GraphBuilder::build_encoder(int32_t n_past, int32_t n_tokens, int32_t n_image_rows) {
     GraphInputs in;
     in.ids = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n_tokens);
     in.pos = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n_tokens);
@@ -265,7 +273,15 @@ GraphInputs GraphBuilder::build_encoder(int32_t n_past, int32_t n_tokens) {
     for (ggml_tensor * t : {in.ids, in.pos, in.mask_full, in.mask_swa}) {
         ggml_set_input(t);
     }
-    ggml_tensor * x = named(ggml_scale(ctx, ggml_get_rows(ctx, w.tok_embd, in.ids), hp.embed_scale), "inp_embd");
+    ggml_tensor * x = ggml_scale(ctx, ggml_get_rows(ctx, w.tok_embd, in.ids), hp.embed_scale);
+    if (n_image_rows > 0) {
+        in.image_embd = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, hp.n_embd, n_image_rows);
+        in.embd_rows = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n_tokens);
+        ggml_set_input(in.image_embd);
+        ggml_set_input(in.embd_rows);
+        x = ggml_get_rows(ctx, ggml_concat(ctx, x, in.image_embd, 1), in.embd_rows);
+    }
+    x = named(x, "inp_embd");
     for (int il = 0; il < hp.n_layer && x != nullptr; ++il) {
         x = layer(il, x, in.pos, n_past, true, hp.is_swa[il] ? in.mask_swa : in.mask_full);
     }

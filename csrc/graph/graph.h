@@ -22,6 +22,9 @@ inline constexpr const char * kNodeHeadIn = "result_norm";   // the head's input
 // Graph inputs the caller fills after allocation (nullptr when unused).
 struct GraphInputs {
     ggml_tensor * ids = nullptr;        // [T] i32 token ids
+    ggml_tensor * image_embd = nullptr; // [n_embd, R] f32 projected image features (encoder chunks with images)
+    ggml_tensor * embd_rows = nullptr;  // [T] i32: row t of the input is token t's embedding (t < T) or image
+                                        // feature row (T + r), over [token embeddings | image_embd]
     ggml_tensor * pos = nullptr;        // [T] i32 absolute positions
     ggml_tensor * mask_full = nullptr;  // [n_keys_full, T] f32 causal mask (encoder)
     ggml_tensor * mask_swa = nullptr;   // [n_keys_swa, T] f32 causal + window mask (encoder)
@@ -43,7 +46,9 @@ struct GraphBuilder {
     const KernelConfig & kernels;
 
     // Encoder: writes K/V of positions [n_past, n_past+T) into the cache. The last layer stops after K/V.
-    GraphInputs build_encoder(int32_t n_past, int32_t n_tokens);
+    // With n_image_rows > 0, image soft tokens take their input from image_embd (unscaled, as HF's
+    // masked_scatter of the projector's features) instead of the scaled token embedding.
+    GraphInputs build_encoder(int32_t n_past, int32_t n_tokens, int32_t n_image_rows = 0);
 
     // Decoder over one canvas at positions [n_past, n_past+C); reads but never writes the cache.
     // With `with_sc`, the canvas input adds the self-conditioning MLP of softmax(sc_logits*sc_scale) @ E;
@@ -91,7 +96,15 @@ struct GraphBuilder {
 // the query itself plus n_swa-1 previous keys).
 int32_t swa_first_key(const HParams & hp, int32_t n_past);
 
-// Fills an encoder mask [n_keys, T]: 0 where query t (position n_past+t) may see key j, -inf elsewhere.
-void fill_encoder_mask(float * mask, int32_t key_begin, int32_t n_past, int32_t n_tokens, int32_t window);
+// An image's soft tokens, positions [begin, end): with bidirectional vision attention they see each other.
+struct PositionSpan {
+    int32_t begin = 0;
+    int32_t end = 0;
+};
+
+// Fills an encoder mask [n_keys, T]: 0 where query t (position n_past+t) may see key j (causal, within `window`
+// when > 0, or in the same span of `spans`), -inf elsewhere.
+void fill_encoder_mask(float * mask, int32_t key_begin, int32_t n_past, int32_t n_tokens, int32_t window,
+                       const std::vector<PositionSpan> & spans = {});
 
 }  // namespace dg

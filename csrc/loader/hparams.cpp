@@ -119,6 +119,8 @@ HParams read_hparams(const gguf_context * ctx) {
     }
     const float exact = std::sqrt(static_cast<float>(hp.n_embd));
     hp.embed_scale = read_float(meta, Key::EMBED_SCALE, bf16_round(exact), false);
+    hp.image_token_id = read_count(meta, Key::IMAGE_TOKEN_ID, -1);
+    hp.vision_bidirectional = meta.boolean(Key::VISION_BIDIRECTIONAL, true);
 
     SamplerDefaults & s = hp.sampler;
     s.max_steps = read_count(meta, Key::EB_MAX_STEPS, s.max_steps);

@@ -37,6 +37,9 @@ struct HParams {
     float rope_base_swa = 1e4f;   // rope.freq_base_swa
     float softcap = 30.0f;        // final_logit_softcapping
     float embed_scale = 0.0f;     // sqrt(n_embd) in the checkpoint dtype (see diffusion.embed_scale)
+    int32_t image_token_id = -1;  // diffusion.image_token_id; -1 = absent (the model then looks up "<|image|>")
+    bool vision_bidirectional = true;  // diffusion.vision_bidirectional: an image's span attends both ways in
+                                       // the encoder (HF use_bidirectional_attention == "vision", the release)
     std::vector<int32_t> n_head_kv;   // per layer
     std::vector<bool> is_swa;         // per layer: true = sliding-window layer
     SamplerDefaults sampler;

@@ -160,7 +160,12 @@ float draw_uniform(std::mt19937_64 & rng) {
     return static_cast<float>(rng() >> 40) * (1.0f / 16777216.0f);
 }
 
-void encode_tokens(diffgemma_context * c, const int32_t * tokens, int32_t n_tokens) {
+std::vector<ImageSpan> prompt_image_spans(const diffgemma_context * c, const int32_t * tokens, int32_t n, int32_t base) {
+    const int32_t image_token = diffgemma_model_has_vision(c->model) ? c->model->hp.image_token_id : -1;
+    return find_image_spans(tokens, n, base, image_token, c->images, c->n_batch);
+}
+
+void encode_tokens(diffgemma_context * c, const int32_t * tokens, int32_t n_tokens, const std::vector<ImageSpan> & spans) {
     const HParams & hp = c->model->hp;
     for (int32_t i = 0; i < n_tokens; ++i) {
         if (tokens[i] < 0 || tokens[i] >= hp.n_vocab) {
@@ -171,12 +176,39 @@ void encode_tokens(diffgemma_context * c, const int32_t * tokens, int32_t n_toke
         raise(DIFFGEMMA_ERR_CONTEXT_OVERFLOW, "encoding %d tokens after %d cached positions needs %lld positions, but n_ctx is %d",
               n_tokens, c->n_past, static_cast<long long>(c->n_past) + n_tokens, c->kv.n_ctx());
     }
-    for (int32_t start = 0; start < n_tokens; start += c->n_batch) {
+    const int32_t first = c->n_past;
+    for (int32_t start = 0; start < n_tokens;) {
+        const int32_t T = next_chunk_length(first + start, first + n_tokens, c->n_batch, spans) ;
+        const int32_t chunk_begin = c->n_past;
+        // The images of this chunk, run through the projector first (their graph uses the same scheduler).
+        std::vector<ImageSpan> chunk_spans;
+        std::vector<float> image_rows;
+        std::vector<int32_t> rows(static_cast<size_t>(T));
+        for (int32_t t = 0; t < T; ++t) {
+            rows[static_cast<size_t>(t)] = t;
+        }
+        for (const ImageSpan & s : spans) {
+            if (s.begin >= chunk_begin && s.end <= chunk_begin + T) {
+                const int32_t row0 = T + static_cast<int32_t>(image_rows.size() / static_cast<size_t>(hp.n_embd));
+                const std::vector<float> features = encode_image(*c, *s.image);
+                image_rows.insert(image_rows.end(), features.begin(), features.end());
+                for (int32_t p = s.begin; p < s.end; ++p) {
+                    rows[static_cast<size_t>(p - chunk_begin)] = row0 + (p - s.begin);
+                }
+                chunk_spans.push_back(s);
+            }
+        }
+        const int32_t n_image_rows = static_cast<int32_t>(image_rows.size() / static_cast<size_t>(hp.n_embd));
+        std::vector<PositionSpan> bidirectional;
+        if (hp.vision_bidirectional) {
+            for (const ImageSpan & s : chunk_spans) {
+                bidirectional.push_back(PositionSpan{s.begin, s.end});
+            }
+        }
         const auto t0 = Clock::now();
-        const int32_t T = std::min(c->n_batch, n_tokens - start);
         GraphScope g(c);
         GraphBuilder b{hp, c->model->w, c->kv, g.ctx, g.gf, c->gpu_graph, c->kernels};
-        GraphInputs in = b.build_encoder(c->n_past, T);
+        GraphInputs in = b.build_encoder(c->n_past, T, n_image_rows);
         ggml_backend_sched_reset(c->sched);
         compute(c, g.gf, "encoder");
         std::vector<int32_t> pos(static_cast<size_t>(T));
@@ -185,35 +217,55 @@ void encode_tokens(diffgemma_context * c, const int32_t * tokens, int32_t n_toke
         }
         set_input(in.ids, tokens + start, sizeof(int32_t) * static_cast<size_t>(T));
         set_input(in.pos, pos.data(), sizeof(int32_t) * pos.size());
+        if (n_image_rows > 0) {
+            set_input(in.image_embd, image_rows.data(), sizeof(float) * image_rows.size());
+            set_input(in.embd_rows, rows.data(), sizeof(int32_t) * rows.size());
+        }
         for (auto [mask, begin, window] : {std::tuple{in.mask_full, 0, 0},
                                            std::tuple{in.mask_swa, swa_first_key(hp, c->n_past), hp.n_swa}}) {
             std::vector<float> m(static_cast<size_t>(mask->ne[0] * mask->ne[1]));
-            fill_encoder_mask(m.data(), begin, c->n_past, T, window);
+            fill_encoder_mask(m.data(), begin, c->n_past, T, window, bidirectional);
             set_input(mask, m.data(), m.size() * sizeof(float));
         }
         c->timing.last_node = Clock::now();
         run(c, g.gf, "encoder");
         c->cached_tokens.insert(c->cached_tokens.end(), tokens + start, tokens + start + T);
+        c->cached_spans.insert(c->cached_spans.end(), chunk_spans.begin(), chunk_spans.end());
         c->n_past += T;
         c->kv.mark_written(c->n_past);
         c->timing.totals.encode_ms += ms_since(t0);
         c->timing.totals.n_encode_tokens += T;
         c->timing.totals.n_encode_passes += 1;
+        start += T;
     }
 }
 
 void rewind(diffgemma_context * c, int32_t n_keep) {
+    // An image's tokens see each other: keep all of its span or none of it.
+    for (const ImageSpan & s : c->cached_spans) {
+        if (s.begin < n_keep && n_keep < s.end) {
+            n_keep = s.begin;
+        }
+    }
+    std::vector<ImageSpan> kept_spans;
+    for (const ImageSpan & s : c->cached_spans) {
+        if (s.end <= n_keep) {
+            kept_spans.push_back(s);
+        }
+    }
     if (n_keep > 0 && c->kv.holds_window_at(c->model->hp, n_keep)) {
         c->n_past = n_keep;  // positions >= n_keep are dead: the next encode overwrites them
         c->cached_tokens.resize(static_cast<size_t>(n_keep));
+        c->cached_spans = kept_spans;
         return;
     }
     // Nothing kept, or a sliding ring already overwrote part of the window at n_keep: rebuild from position 0.
     std::vector<int32_t> keep(c->cached_tokens.begin(), c->cached_tokens.begin() + n_keep);
     c->n_past = 0;
     c->cached_tokens.clear();
+    c->cached_spans.clear();
     c->kv.clear();
-    encode_tokens(c, keep.data(), n_keep);
+    encode_tokens(c, keep.data(), n_keep, kept_spans);
 }
 
 namespace {
@@ -447,7 +499,7 @@ int32_t diffgemma_encode(diffgemma_context * ctx, const int32_t * tokens, int32_
         return dg::fail(DIFFGEMMA_ERR_INVALID_ARGUMENT, "diffgemma_encode: bad arguments");
     }
     return dg::exclusive_call(ctx, dg::CallKind::kTouchesCache, [&] {
-    dg::encode_tokens(ctx, tokens, n_tokens);
+    dg::encode_tokens(ctx, tokens, n_tokens, dg::prompt_image_spans(ctx, tokens, n_tokens, ctx->n_past));
     });
 }
 
@@ -457,6 +509,24 @@ int32_t diffgemma_decoder_logits(diffgemma_context * ctx, const int32_t * canvas
     }
     return dg::exclusive_call(ctx, dg::CallKind::kTouchesCache, [&] {
     dg::decoder_pass(ctx, canvas, sc_logits, 1.0f, out_logits);
+    });
+}
+
+int32_t diffgemma_set_images(diffgemma_context * ctx, const diffgemma_image * images, int32_t n_images) {
+    if (ctx == nullptr || n_images < 0 || (images == nullptr && n_images > 0)) {
+        return dg::fail(DIFFGEMMA_ERR_INVALID_ARGUMENT, "diffgemma_set_images: bad arguments (ctx NULL, n_images %d)", n_images);
+    }
+    return dg::exclusive_call(ctx, dg::CallKind::kTouchesCache, [&] {
+    std::vector<std::shared_ptr<const dg::PreparedImage>> prepared;
+    for (int32_t i = 0; i < n_images; ++i) {
+        try {
+            prepared.push_back(std::make_shared<const dg::PreparedImage>(dg::prepare_image(*ctx->model, images[i])));
+        } catch (dg::Error & e) {
+            e.message = dg::format("image %d: %s", i, e.message.c_str());
+            throw;
+        }
+    }
+    ctx->images = std::move(prepared);  // only when all of them are good
     });
 }
 

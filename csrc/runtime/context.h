@@ -9,6 +9,7 @@
 #include "runtime/compute_threads.h"
 #include "runtime/generation_state.h"
 #include "runtime/model.h"
+#include "runtime/prompt_images.h"
 #include "runtime/timing.h"
 #include "runtime/tensor_dump.h"
 
@@ -41,6 +42,8 @@ struct diffgemma_context {
     std::unique_ptr<dg::ComputeThreads> threads;  // the persistent pool and each pass's thread count
     dg::ScTopkParams sc_topk;             // top-k self-conditioning (k = 0: exact); read by decoder graphs
     std::vector<int32_t> cached_tokens;   // the ids whose K/V are in the cache, in order (prefix reuse)
+    std::vector<dg::ImageSpan> cached_spans;  // the images among them (prefix reuse compares their pixels too)
+    std::vector<std::shared_ptr<const dg::PreparedImage>> images;  // diffgemma_set_images: the prompts' images
     std::vector<uint8_t> graph_meta;      // storage for graph-building contexts
     std::unique_ptr<dg::DecoderGraphCache> decoder_graph;  // the last decoder graph, reused by the next step
     std::mt19937_64 rng;
@@ -64,7 +67,12 @@ enum class CallKind { kTouchesCache, kDuringGeneration };
 int32_t exclusive_call(diffgemma_context * ctx, CallKind kind, const std::function<void()> & body);
 
 // Compute pieces shared by the C API entry points (context.cpp, generation.cpp). All throw dg::Error.
-void encode_tokens(diffgemma_context * ctx, const int32_t * tokens, int32_t n_tokens);
+// Encodes tokens at [n_past, n_past + n_tokens); `spans` (absolute positions inside that range) are its images.
+void encode_tokens(diffgemma_context * ctx, const int32_t * tokens, int32_t n_tokens,
+                   const std::vector<ImageSpan> & spans = {});
+// The image spans of tokens to be placed at [base, base + n): the context's images, matched to the runs of
+// the model's image token (none when the model has no projector).
+std::vector<ImageSpan> prompt_image_spans(const diffgemma_context * ctx, const int32_t * tokens, int32_t n, int32_t base);
 // Drops every cached position >= n_keep. When a sliding layer's ring no longer holds the window at n_keep
 // (the cache was rewound by more than its slack), re-encodes the kept tokens from position 0.
 void rewind(diffgemma_context * ctx, int32_t n_keep);

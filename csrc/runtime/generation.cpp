@@ -30,9 +30,13 @@ void prefill(diffgemma_context * c, const int32_t * prompt, int32_t n_prompt) {
     if (n_prompt <= 0) {
         raise(DIFFGEMMA_ERR_INVALID_ARGUMENT, "the prompt is empty (it must hold at least the BOS token)");
     }
+    // A cached position is reused when it holds the same token and, for an image's soft token, the same pixels.
+    const std::vector<ImageSpan> spans = prompt_image_spans(c, prompt, n_prompt, 0);
+    const std::vector<uint64_t> wanted = image_identities(spans, n_prompt);
+    const std::vector<uint64_t> cached = image_identities(c->cached_spans, static_cast<int32_t>(c->cached_tokens.size()));
     size_t common = 0;
     while (common < c->cached_tokens.size() && common < static_cast<size_t>(n_prompt) &&
-           c->cached_tokens[common] == prompt[common]) {
+           c->cached_tokens[common] == prompt[common] && cached[common] == wanted[common]) {
         ++common;
     }
     // A fully cached prompt needs no encoder pass: its K/V are already there, computed exactly as before, so
@@ -42,8 +46,14 @@ void prefill(diffgemma_context * c, const int32_t * prompt, int32_t n_prompt) {
     if (!c->kv.holds_window_at(c->model->hp, static_cast<int32_t>(common))) {
         common = 0;
     }
-    rewind(c, static_cast<int32_t>(common));
-    encode_tokens(c, prompt + common, n_prompt - static_cast<int32_t>(common));
+    rewind(c, static_cast<int32_t>(common));  // backs up to an image's first token if common falls inside it
+    std::vector<ImageSpan> rest;
+    for (const ImageSpan & s : spans) {
+        if (s.begin >= c->n_past) {
+            rest.push_back(s);
+        }
+    }
+    encode_tokens(c, prompt + c->n_past, n_prompt - c->n_past, rest);
 }
 
 // The one place that decides what follows an end-of-generation token: the rest of its canvas is padded (as HF's

@@ -154,6 +154,14 @@ int32_t diffgemma_model_load(const char * path, const diffgemma_model_params * p
         model->store.load(path, model->gguf, model->meta_ctx, model->hp, model->w, load_threads);
         model->memory_plan = dg::check_and_announce_plan(model->hp, model->w, model->placement, p);
         dg::place_weights(model->hp, model->placement, model->store, model->w);
+        if (model->hp.image_token_id < 0 && model->vocab) {  // files without diffusion.image_token_id
+            const char * marker = "<|image|>";
+            model->hp.image_token_id = diffgemma_vocab_find(model->vocab.get(), marker, std::strlen(marker));
+        }
+        if (model->hp.image_token_id >= model->hp.n_vocab) {
+            dg::raise(DIFFGEMMA_ERR_UNSUPPORTED_MODEL, "diffusion.image_token_id %d is outside the vocabulary [0, %d)",
+                      model->hp.image_token_id, model->hp.n_vocab);
+        }
         if (model->vocab && model->vocab->n_tokens() != model->hp.n_vocab) {
             // The head and embeddings define the id space; a tokenizer beyond it would produce invalid ids.
             if (model->vocab->n_tokens() > model->hp.n_vocab) {

@@ -112,7 +112,7 @@ class Model(CompletionMixin, Closeable):
                  rpc_servers=None, cpu_moe: bool = False, n_cpu_moe: int = 0, fit: bool = False,
                  n_threads: int | None = None, fixed_threads: bool = False, n_ctx: int | None = None,
                  n_batch: int | None = None, seed: int | None = None, kv_type: str = "f32", sc_top_k: int = 0,
-                 sc_top_k_renormalize: bool = False, verbose: bool = False):
+                 sc_top_k_renormalize: bool = False, mmproj=None, verbose: bool = False):
         """n_gpu_layers: 0 (default) runs on the CPU; k offloads the last k layers; -1 offloads every layer and the
         head, which keeps the logits and the sampler on the last layer's device. The offloaded layers are shared
         over the offload devices (`diffgemma_cpp.gpus()`, in that order, or those `devices` names, e.g.
@@ -134,7 +134,10 @@ class Model(CompletionMixin, Closeable):
         n_threads: compute threads at most (default: one per physical core we may use). More than the CPUs this
         process may use is capped there, with a warning, and each pass runs only as many threads as the machine
         has CPUs free just then, so other busy programs never make us many times slower (ggml's barriers spin).
-        fixed_threads=True runs exactly n_threads on every pass instead (scaling studies)."""
+        fixed_threads=True runs exactly n_threads on every pass instead (scaling studies).
+
+        mmproj: the vision projector GGUF (`diffgemma-cpp convert --mmproj`, or a published mmproj-*.gguf of the
+        same layout); then prompts may hold images (generate_blocks(images=...), chat content parts)."""
         self._model = None
         self._ctx = None
         # The calls and open streams using the C handles right now (see _using). Whether a call may run at
@@ -146,6 +149,8 @@ class Model(CompletionMixin, Closeable):
         self.model_path = str(model_path)
         if not Path(model_path).is_file():
             raise errors.ModelFileError(f"no such model file: {model_path}")
+        if mmproj is not None and not Path(mmproj).is_file():
+            raise errors.ModelFileError(f"no such projector file: {mmproj}")
         if kv_type not in _KV_TYPES:
             raise errors.InvalidArgumentError(f"kv_type must be one of {sorted(_KV_TYPES)}, got {kv_type!r}")
         for name, value in (("n_threads", n_threads), ("n_ctx", n_ctx), ("n_batch", n_batch)):
@@ -179,6 +184,8 @@ class Model(CompletionMixin, Closeable):
         mp.n_tensor_split = len(split)
         mp.devices = devices_c
         mp.rpc_servers = rpc_c
+        mmproj_c = ffi.new("char[]", str(mmproj).encode()) if mmproj is not None else ffi.NULL
+        mp.mmproj_path = mmproj_c
         out = ffi.new("diffgemma_model **")
         check(lib.diffgemma_model_load(self.model_path.encode(), mp, out))
         self._model = out[0]
@@ -294,11 +301,81 @@ class Model(CompletionMixin, Closeable):
         with self._using() as ctx:
             check(lib.diffgemma_kv_truncate(ctx, 0))
 
-    def encode(self, ids) -> None:
-        """Encoder pass: append clean tokens to the KV cache."""
+    def encode(self, ids, images=None) -> None:
+        """Encoder pass: append clean tokens to the KV cache; the i-th run of image tokens in `ids` is images[i]."""
         arr = _ids(ids, "ids")
         with self._using() as ctx:
+            self._set_images(ctx, images)
             check(lib.diffgemma_encode(ctx, ffi.from_buffer("int32_t[]", arr), len(arr)))
+
+    # ---- images ---------------------------------------------------------------------------------
+    @property
+    def has_vision(self) -> bool:
+        """True when a projector is loaded (Model(..., mmproj=...))."""
+        self._c  # raises if closed
+        return bool(lib.diffgemma_model_has_vision(self._model))
+
+    @property
+    def image_token(self) -> int | None:
+        """The image soft-token id a prompt holds one run of per image (None when the model has none)."""
+        self._c
+        token = lib.diffgemma_model_image_token(self._model)
+        return None if token < 0 else int(token)
+
+    def image_n_tokens(self, width: int, height: int) -> int:
+        """Soft tokens an image of width x height becomes (raises without a projector or for a bad size)."""
+        self._c
+        n = lib.diffgemma_image_n_tokens(self._model, _c_int("width", width), _c_int("height", height))
+        check(n)
+        return int(n)
+
+    def image_embed(self, image) -> np.ndarray:
+        """The projector's output for one image, [n_tokens, n_embd] float32 (what replaces its soft tokens)."""
+        keep: list = []
+        c_image = self._c_images([image], keep)
+        n = ffi.new("int32_t *")
+        with self._using() as ctx:
+            status = lib.diffgemma_image_embed(ctx, c_image, ffi.NULL, 0, n)
+            if status != lib.DIFFGEMMA_ERR_BUFFER_TOO_SMALL:
+                check(status)
+            out = np.empty((n[0], self.n_embd), dtype=np.float32)
+            check(lib.diffgemma_image_embed(ctx, c_image, ffi.from_buffer("float[]", out), out.size, n))
+        return out
+
+    @staticmethod
+    def _c_images(images, keep: list):
+        """diffgemma_image[] over `images`: diffgemma_cpp.images.Image (width, height, rgb) or (h, w, 3) uint8
+        arrays. `keep` holds the pixel buffers alive while the C array is used."""
+        c_images = ffi.new("diffgemma_image[]", max(len(images), 1))
+        for i, image in enumerate(images):
+            if isinstance(image, np.ndarray):
+                if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+                    raise errors.InvalidArgumentError(f"image {i}: an array must be (height, width, 3) uint8, got "
+                                                      f"{image.shape} {image.dtype}")
+                pixels = np.ascontiguousarray(image)
+                height, width = pixels.shape[:2]
+            else:
+                try:
+                    width, height, pixels = int(image.width), int(image.height), image.rgb
+                except AttributeError:
+                    raise errors.InvalidArgumentError(f"image {i}: expected diffgemma_cpp.images.Image or a (h, w, 3) "
+                                                      f"uint8 array, got {type(image).__name__}") from None
+                if len(pixels) != width * height * 3:
+                    raise errors.InvalidArgumentError(f"image {i}: {len(pixels)} bytes for {width}x{height} RGB")
+            buf = ffi.from_buffer("uint8_t[]", pixels)
+            keep.append(buf)
+            c_images[i].rgb = buf
+            c_images[i].width = width
+            c_images[i].height = height
+        keep.append(c_images)
+        return c_images
+
+    def _set_images(self, ctx, images) -> None:
+        """Give the context the images of the prompt that follows (none clears them)."""
+        images = list(images or [])
+        keep: list = []
+        c_images = self._c_images(images, keep) if images else ffi.NULL
+        check(lib.diffgemma_set_images(ctx, c_images, len(images)))
 
     def decoder_logits(self, canvas_ids, sc_logits=None) -> np.ndarray:
         """Softcapped logits [canvas_length, n_vocab] of one decoder pass; the KV cache is unchanged.
@@ -401,34 +478,46 @@ class Model(CompletionMixin, Closeable):
 
     def generate_ids(self, prompt_ids, max_new_tokens: int = 256, steps: int | None = None, t_min=None, t_max=None,
                      entropy_bound=None, stability_threshold=None, confidence_threshold=None, seed: int | None = None,
-                     replay=None, on_step: Callable | None = None) -> list:
+                     replay=None, on_step: Callable | None = None, images=None) -> list:
         """Prompt plus the committed canvases, exactly as HF's ``generate(...).sequences[0]`` (whole canvases;
         after the first EOS the rest of its canvas is pad)."""
         prompt = _ids(prompt_ids, "prompt_ids").tolist()
         blocks = list(self.generate_blocks(prompt, max_new_tokens, steps=steps, seed=seed, t_min=t_min, t_max=t_max,
                                            entropy_bound=entropy_bound, stability_threshold=stability_threshold,
-                                           confidence_threshold=confidence_threshold, replay=replay, on_step=on_step))
+                                           confidence_threshold=confidence_threshold, replay=replay, on_step=on_step,
+                                           images=images))
         self.last_steps = sum(b.steps for b in blocks)
         return prompt + [t for b in blocks for t in b.canvas]
 
     def generate_blocks(self, prompt_ids, max_new_tokens: int = 256, steps: int | None = None, seed: int | None = None,
                         t_min=None, t_max=None, entropy_bound=None, stability_threshold=None, confidence_threshold=None,
-                        on_step: Callable | None = None, replay=None, budget_name: str = "max_new_tokens") -> Iterator[Block]:
+                        on_step: Callable | None = None, replay=None, budget_name: str = "max_new_tokens",
+                        images=None) -> Iterator[Block]:
         """Yield each committed canvas as soon as it is denoised (see Block). The KV cache keeps the prompt
         prefix between calls, so a chat's history is not re-encoded. Raises Cancelled after cancel().
         The settings are checked now; the generation begins at the first next(). replay: recorded draws
         {"init", "sampled", "renoise"} per block (reproduces another implementation token for token).
-        budget_name: what the caller's API calls max_new_tokens, for the hint of a context overflow."""
+        budget_name: what the caller's API calls max_new_tokens, for the hint of a context overflow.
+        images: the prompt's images in order (the i-th run of image_token ids is images[i]): Image objects of
+        diffgemma_cpp.images or (h, w, 3) uint8 arrays; each is checked now."""
         prompt = _ids(prompt_ids, "prompt_ids")
+        images = list(images or [])
+        if images and not self.has_vision:
+            raise errors.InvalidArgumentError("this model has no vision projector: load it with Model(..., mmproj=...) "
+                                              "to give it images")
+        for image in images:  # sizes and the pixel cap, at once
+            self._c_images([image], [])
+            shape = image.shape if isinstance(image, np.ndarray) else (image.height, image.width)
+            self.image_n_tokens(int(shape[1]), int(shape[0]))
         p = self.generation_params(len(prompt), max_new_tokens, steps, seed,
                                    dict(t_min=t_min, t_max=t_max, entropy_bound=entropy_bound,
                                         stability_threshold=stability_threshold,
                                         confidence_threshold=confidence_threshold), budget_name)
         keep: list = []
         rp = self._replay(replay, p.steps, keep)
-        return self._canvases(prompt, p, rp, keep, on_step)
+        return self._canvases(prompt, p, rp, keep, on_step, images)
 
-    def _canvases(self, prompt, p, rp, keep: list, on_step) -> Iterator[Block]:
+    def _canvases(self, prompt, p, rp, keep: list, on_step, images) -> Iterator[Block]:
         """The C generation as an iterator: begin at the first next(), one diffgemma_generate_next per canvas, and
         diffgemma_generate_end when the consumer stops early. `keep` holds the replay arrays alive meanwhile."""
         C = self.canvas_length
@@ -437,6 +526,7 @@ class Model(CompletionMixin, Closeable):
         canvas = np.empty(C, dtype=np.int32)
         info = ffi.new("diffgemma_canvas_info *")
         with self._using() as ctx:
+            self._set_images(ctx, images)
             check(lib.diffgemma_generate_begin(ctx, ffi.from_buffer("int32_t[]", prompt), len(prompt), p, rp))
             try:
                 while not info.done:
