@@ -9,7 +9,8 @@ server-sent events, one per committed canvas, then ``data: [DONE]``), ``GET /v1/
 Requests queue: the model runs one generation at a time behind a lock, so concurrent clients wait their
 turn (at most ``max_queue`` waiting; more get ``503``). Bodies over ``max_body_bytes`` get ``413``; a
 malformed body gets ``400``; a well-formed body with bad fields gets ``422``; unknown paths ``404``;
-a wrong method ``405``. Every error is OpenAI-shaped: ``{"error": {"message", "type", "param", "code"}}``.
+a wrong method ``405``; an image we refuse (not a data: URL, undecodable, too many pixels, or a model
+without a vision projector) ``400``. Every error is OpenAI-shaped: ``{"error": {"message", "type", "param", "code"}}``.
 A client that disconnects mid-stream stops its generation at the next canvas.
 """
 
@@ -25,14 +26,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterator
 
 from .chat import ChatTemplateError
-from .errors import ContextOverflowError, DiffGemmaError, InvalidArgumentError, ModelBusyError
+from .errors import ContextOverflowError, DiffGemmaError, ImageError, InvalidArgumentError, ModelBusyError
 from .openai_params import RequestError, chat_kwargs, completion_kwargs
 
 __all__ = ["CompletionServer", "make_server", "serve"]
 
 log = logging.getLogger("diffgemma_cpp.server")
 
-DEFAULT_MAX_BODY_BYTES = 4 << 20
+DEFAULT_MAX_BODY_BYTES = 20 << 20  # room for a few base64 (data: URL) photos
 DEFAULT_MAX_QUEUE = 32
 SOCKET_TIMEOUT_S = 60.0  # a client that stalls reading or writing this long is dropped
 
@@ -229,6 +230,8 @@ class _Handler(BaseHTTPRequestHandler):
                 raise
             except ContextOverflowError as exc:
                 raise RequestError(str(exc), status=400, code="context_length_exceeded") from exc
+            except ImageError as exc:
+                raise RequestError(str(exc), status=400, param="messages", code="invalid_image") from exc
             except (ChatTemplateError, InvalidArgumentError, ValueError, TypeError) as exc:
                 raise RequestError(str(exc), status=422) from exc
             except ModelBusyError as exc:  # someone used the model outside the server's queue
