@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from _fake_engine import BOI, BOS, EOI, IMAGE, FakeModel, gemma4_image_tokens
-from diffgemma_cpp.errors import ContextOverflowError, ImageError
+from diffgemma_cpp.errors import ContextOverflowError, ImageError, InvalidArgumentError
 from diffgemma_cpp.images import BOI_TEXT, EOI_TEXT, Image, expand_image_markers, split_image_parts
 
 GEMMA4_STYLE = (pathlib.Path(__file__).parent / "chat_templates" / "gemma4_style.jinja").read_text()
@@ -142,6 +142,22 @@ def test_streaming_chat_with_an_image():
         max_tokens=16, stream=True))
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == "A cat."
     assert len(model.calls[0]["images"]) == 1
+
+
+def test_create_completion_with_images_expands_the_prompts_markers():
+    model = vision_model()
+    out = model.create_completion("Caption <|image|>:", images=[pixels(10, 10)], max_tokens=8)
+    assert out["choices"][0]["text"] == "A cat."
+    ids = model.calls[0]["prompt_ids"]
+    assert runs(ids) == [(len("Caption ") + 2, gemma4_image_tokens(10, 10))]
+    assert ids[:2] == [BOS, ids[1]] and model.detokenize(ids[1:len("Caption ") + 1]) == b"Caption "
+    with pytest.raises(ImageError, match="wrote 1 image marker"):
+        model.create_completion("<|image|>", images=[pixels(2, 2), pixels(2, 2)])
+    with pytest.raises(InvalidArgumentError, match="text prompt"):
+        model.create_completion([BOS, 20], images=[pixels(2, 2)])
+    with pytest.raises(ImageError, match="no vision projector"):
+        FakeModel("x").create_completion("<|image|>", images=[pixels(2, 2)])
+    assert len(model.calls) == 1
 
 
 def test_apply_chat_template_renders_image_url_parts_like_hf_image_parts():

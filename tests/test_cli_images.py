@@ -53,8 +53,18 @@ def test_run_image_errors_come_before_the_model_loads(monkeypatch, tmp_path, cap
     bad.write_bytes(b"not a png")
     assert cli.main(["run", "-m", "x.gguf", "-p", "hi", "--image", str(bad)]) == 1
     assert "not an image format" in capsys.readouterr().err and loaded == []
-    assert cli.main(["run", "-m", "x.gguf", "-p", "hi", "--raw", "--image", str(bad)]) == 2
-    assert "--raw" in capsys.readouterr().err and loaded == []
+
+
+def test_run_raw_takes_the_markers_from_the_prompt(fake, pictures, capsys):
+    prompt = "<bos>Look: <|image|> then <|image|>. Answer:"
+    args = ["run", "-m", "x.gguf", "-p", prompt, "--raw", "-n", "16", "--image", pictures[0][0], "--image",
+            pictures[1][0]]
+    assert cli.main(args) == 0
+    ids = fake.calls[0]["prompt_ids"]
+    assert ids.count(BOI) == 2 and len(fake.calls[0]["images"]) == 2
+    assert fake.detokenize(ids[:ids.index(BOI)]).decode() == "<bos>Look: "
+    assert cli.main(args[:-2]) == 1  # two markers, one image
+    assert "wrote 2 image marker(s)" in capsys.readouterr().err
 
 
 def test_run_image_on_a_text_model_is_a_clear_error(monkeypatch, pictures, capsys):

@@ -14,7 +14,8 @@ import pytest
 
 from diffgemma_cpp._native import lib
 from diffgemma_cpp.errors import ImageError, InvalidArgumentError, VisionDependencyError
-from diffgemma_cpp.images import MAX_PIXELS, Image, load_image
+from diffgemma_cpp._native import ffi
+from diffgemma_cpp.images import MAX_PIXELS, Image, c_images, load_image
 
 PIL = pytest.importorskip("PIL.Image", reason="Pillow (the vision extra) decodes the image files")
 from PIL import Image as PILImage  # noqa: E402
@@ -51,6 +52,16 @@ def test_image_checks_its_fields():
     assert issubclass(ImageError, InvalidArgumentError)
     with pytest.raises(ImageError, match="over the limit"):
         Image(MAX_PIXELS + 1, 1, b"")  # refused on its size, before its bytes are looked at
+
+
+def test_c_images_is_the_c_array():
+    images = [Image(2, 1, bytes(range(6))), Image(1, 1, b"xyz")]
+    array, keep = c_images(images)
+    assert [(a.width, a.height) for a in array] == [(2, 1), (1, 1)]
+    assert bytes(ffi.buffer(array[0].rgb, 6)) == bytes(range(6)) and bytes(ffi.buffer(array[1].rgb, 3)) == b"xyz"
+    assert keep[0] is array and len(keep) == 3
+    with pytest.raises(ImageError, match="load_image"):
+        c_images([b"raw"])
 
 
 # ---- arrays (no Pillow needed) ------------------------------------------------------------------

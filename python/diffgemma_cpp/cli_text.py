@@ -210,17 +210,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print("diffgemma-cpp run: error: give a prompt with -p, or pipe one on stdin", file=sys.stderr)
             return 2
         prompt = sys.stdin.read()
-    if args.image and args.raw:
-        print("diffgemma-cpp run: error: --image needs the chat template (drop --raw)", file=sys.stderr)
-        return 2
     parts = _image_parts(args)
     model = _load_model(args)
     view = _canvas_view(args)
     kwargs = dict(_generation_kwargs(args), stream=True, on_step=_on_step(view))
     start = time.perf_counter()
     with _cancel_on_sigint(model):
-        if args.raw:
-            chunks = model.create_completion(prompt, **kwargs)
+        if args.raw:  # the prompt holds the image markers itself (Gemma-4: <|image|>), one per --image
+            chunks = model.create_completion(prompt, images=[part["image"] for part in parts], **kwargs)
             key = "text"
         else:
             chunks = model.create_chat_completion([_user_message(prompt, parts)],

@@ -210,7 +210,8 @@ class CompletionMixin:
 
     def create_completion(self, prompt: str | list[int], max_tokens: int = 256, *, stream: bool = False,
                           seed: int | None = None, stop: str | list[str] | None = None, steps: int | None = None,
-                          on_step: Callable[[int, int, str], None] | None = None, **sampler: Any) -> Any:
+                          on_step: Callable[[int, int, str], None] | None = None, images: list | None = None,
+                          **sampler: Any) -> Any:
         """Complete ``prompt`` (text, or token ids). Returns an OpenAI ``text_completion`` dict,
         or with ``stream=True`` an iterator of ``text_completion`` chunks (one per committed canvas).
 
@@ -218,8 +219,18 @@ class CompletionMixin:
         same prompt, same settings -> same text). ``stop`` ends the text before the first stop string.
         ``steps`` caps denoising steps per canvas. Sampler overrides: ``t_min``, ``t_max``,
         ``entropy_bound``, ``stability_threshold``, ``confidence_threshold``.
+        ``images`` (anything ``diffgemma_cpp.images.load_image`` takes) go where the text prompt holds the image
+        token's text (Gemma-4: ``<|image|>``), one each, in order, as HF's processor takes a text with images.
         """
-        settings = self._settings(prompt, max_tokens, stop, steps, seed, sampler, on_step, add_bos=True)
+        if images:
+            if not isinstance(prompt, str) or not isinstance(images, (list, tuple)):
+                raise InvalidArgumentError("images need a text prompt holding one image marker (<|image|>) per "
+                                           "image, and a list of images")
+            self._vision_required()
+            images = [load_image(image) for image in images]
+            prompt = self._image_prompt_ids(prompt, images)
+        settings = self._settings(prompt, max_tokens, stop, steps, seed, sampler, on_step, add_bos=True,
+                                  images=images or None)
         meta = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self._model_name()}
         if stream:
             return self._stream_completion(settings, meta)

@@ -45,7 +45,7 @@ import numpy as np
 from ._native import lib
 from .errors import ImageError, VisionDependencyError
 
-__all__ = ["Image", "MAX_PIXELS", "BOI_TEXT", "EOI_TEXT", "load_image", "split_image_parts",
+__all__ = ["Image", "MAX_PIXELS", "BOI_TEXT", "EOI_TEXT", "load_image", "c_images", "split_image_parts",
            "expand_image_markers"]
 
 MAX_PIXELS = int(lib.DIFFGEMMA_IMAGE_MAX_PIXELS)
@@ -256,6 +256,22 @@ def _from_array(array: np.ndarray) -> Image:
         raise ImageError(f"an image array must be (height, width, 3) RGB or (height, width) gray, got shape "
                          f"{array.shape} (composite an alpha channel first, or pass a PIL image)")
     return Image(int(width), int(height), np.ascontiguousarray(array).tobytes())
+
+
+def c_images(images: list) -> tuple[Any, list]:
+    """``(array, keep)``: ``images`` as a C ``diffgemma_image[]`` (for ``diffgemma_set_images``, which copies them);
+    ``keep`` holds the array and the pixel buffers alive until that call returns."""
+    from ._native import ffi
+
+    array = ffi.new("diffgemma_image[]", max(len(images), 1))
+    keep: list = [array]
+    for slot, image in zip(array, images):
+        if not isinstance(image, Image):
+            raise ImageError(f"expected a diffgemma_cpp.images.Image, got {type(image).__name__} (see load_image)")
+        pixels = ffi.from_buffer("uint8_t[]", image.rgb)
+        keep.append(pixels)
+        slot.rgb, slot.width, slot.height = pixels, image.width, image.height
+    return array, keep
 
 
 # ---- images in a chat ----------------------------------------------------------------------------
