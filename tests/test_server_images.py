@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from _fake_engine import BOI, EOI, IMAGE, FakeModel, gemma4_image_tokens
+from diffgemma_cpp.errors import ContextOverflowError
 from test_server import Running
 
 openai = pytest.importorskip("openai")
@@ -105,3 +106,27 @@ def test_images_over_the_context_are_context_length_exceeded(serve):
     running = serve(has_vision=True, n_ctx=300)
     status, error = _error(running, [image_message(data_url(np.zeros((64, 64, 3), np.uint8)))], max_tokens=64)
     assert status == 400 and error["code"] == "context_length_exceeded" and "max_tokens" in error["message"]
+
+
+class LateChecks(FakeModel):
+    """An engine that checks its images when the generation begins (at the first canvas asked for)."""
+
+    def generate_blocks(self, prompt_ids, max_new_tokens=256, images=None, **kwargs):
+        if images:
+            raise_now = ContextOverflowError("2 images of 256 soft tokens do not fit n_ctx 300")
+            def late():
+                raise raise_now
+                yield
+            return late()
+        return super().generate_blocks(prompt_ids, max_new_tokens, **kwargs)
+
+
+def test_a_check_at_the_first_chunk_of_a_stream_is_still_a_400():
+    running = Running(LateChecks("x", chat_template=GEMMA4_STYLE, has_vision=True))
+    try:
+        status, error = _error(running, [image_message(data_url())], stream=True)
+        assert status == 400 and error["code"] == "context_length_exceeded" and "n_ctx 300" in error["message"]
+        status, error = _error(running, [image_message(data_url())])
+        assert status == 400 and error["code"] == "context_length_exceeded"
+    finally:
+        running.close()

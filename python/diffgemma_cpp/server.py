@@ -228,16 +228,8 @@ class _Handler(BaseHTTPRequestHandler):
                 result = getattr(self.server.model, method)(**kwargs)
             except (RequestError, BrokenPipeError, ConnectionResetError):
                 raise
-            except ContextOverflowError as exc:
-                raise RequestError(str(exc), status=400, code="context_length_exceeded") from exc
-            except ImageError as exc:
-                raise RequestError(str(exc), status=400, param="messages", code="invalid_image") from exc
-            except (ChatTemplateError, InvalidArgumentError, ValueError, TypeError) as exc:
-                raise RequestError(str(exc), status=422) from exc
-            except ModelBusyError as exc:  # someone used the model outside the server's queue
-                raise RequestError(str(exc), status=503, error_type="server_error") from exc
-            except DiffGemmaError as exc:
-                raise RequestError(f"{type(exc).__name__}: {exc}", status=500, error_type="server_error") from exc
+            except (DiffGemmaError, ChatTemplateError, ValueError, TypeError) as exc:
+                raise _request_error(exc) from exc
             if stream:
                 self._send_events(result)
             else:
@@ -266,9 +258,8 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             log.info("client went away mid-stream; generation stopped")
         except DiffGemmaError as exc:
-            if not started:
-                status = 503 if isinstance(exc, ModelBusyError) else 500
-                raise RequestError(f"{type(exc).__name__}: {exc}", status=status, error_type="server_error") from exc
+            if not started:  # the engine checks some things when the generation begins, at the first chunk
+                raise _request_error(exc) from exc
             self._write_event(json.dumps({"error": {"message": str(exc), "type": "server_error",
                                                     "param": None, "code": None}}))
         finally:
@@ -279,6 +270,19 @@ class _Handler(BaseHTTPRequestHandler):
     def _write_event(self, data: str) -> None:
         self.wfile.write(f"data: {data}\n\n".encode("utf-8"))
         self.wfile.flush()
+
+
+def _request_error(exc: Exception) -> RequestError:
+    """The HTTP answer to an error of the model call: the client's fault (400 / 422), a busy model (503), ours (500)."""
+    if isinstance(exc, ContextOverflowError):
+        return RequestError(str(exc), status=400, code="context_length_exceeded")
+    if isinstance(exc, ImageError):
+        return RequestError(str(exc), status=400, param="messages", code="invalid_image")
+    if isinstance(exc, (ChatTemplateError, InvalidArgumentError, ValueError, TypeError)):
+        return RequestError(str(exc), status=422)
+    if isinstance(exc, ModelBusyError):  # someone used the model outside the server's queue
+        return RequestError(str(exc), status=503, error_type="server_error")
+    return RequestError(f"{type(exc).__name__}: {exc}", status=500, error_type="server_error")
 
 
 def make_server(model: Any, host: str = "127.0.0.1", port: int = 8080, **options: Any) -> CompletionServer:
