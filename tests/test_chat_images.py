@@ -270,7 +270,7 @@ def test_prompt_ids_equal_hf_processor_on_the_release_template(real):
     image), render the template, replace each <|image|> with boi + n x image + eoi, tokenize. We run HF's own
     functions for each step but the tokenizer (HF's Gemma-4 tokenizer cannot be built offline from the vocab GGUF;
     ours equals it, test_tokenizer_parity) and compare the ids."""
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     pytest.importorskip("PIL.Image")
     from types import SimpleNamespace
 
@@ -281,7 +281,6 @@ def test_prompt_ids_equal_hf_processor_on_the_release_template(real):
     from transformers.utils.chat_template_utils import render_jinja_template
 
     model, tok, template = real
-    assert transformers.__version__ == "5.23.0"
     a, b = pixels(120, 200, 3), pixels(500, 90, 4)
     messages = [
         {"role": "system", "content": "You describe pictures."},
