@@ -84,6 +84,16 @@ def test_chat_shows_the_images_with_the_first_message(fake, pictures, capsys, mo
     assert second["prompt_ids"][:end] == first["prompt_ids"][:end]
 
 
+def test_chat_image_command(fake, pictures, capsys, monkeypatch):
+    lines = f"/image {pictures[1][0]}\n/image /no/such.png\nLook.\nAgain.\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO(lines))
+    assert cli.main(["chat", "-m", "x.gguf", "-n", "16"]) == 0
+    err = capsys.readouterr().err
+    assert "no such image file" in err and "image 1 goes with the next message" in err
+    first, second = fake.calls
+    assert [im.height for im in first["images"]] == [50] and len(second["images"]) == 1
+
+
 def test_mmproj_reaches_the_model(monkeypatch):
     seen = {}
 

@@ -236,7 +236,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 # ---- chat -------------------------------------------------------------------------------------
 
 
-CHAT_HELP = "commands: /exit (or Ctrl-D) quits, /reset forgets the conversation, Ctrl-C stops an answer"
+CHAT_HELP = ("commands: /exit (or Ctrl-D) quits, /reset forgets the conversation, /image PATH shows an image with "
+             "the next message, Ctrl-C stops an answer")
 
 
 def _cmd_chat(args: argparse.Namespace) -> int:
@@ -262,6 +263,16 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         if user.strip() == "/reset":
             history = list(system)
             print("(conversation cleared)", file=sys.stderr)
+            continue
+        if user.strip().startswith("/image "):
+            from .errors import ImageError
+            from .images import load_image
+
+            try:
+                parts.append({"type": "image", "image": load_image(user.strip()[len("/image "):].strip())})
+                print(f"(image {len(parts)} goes with the next message)", file=sys.stderr)
+            except ImageError as exc:
+                print(f"diffgemma-cpp chat: {exc}", file=sys.stderr)
             continue
         if not user.strip():
             continue
