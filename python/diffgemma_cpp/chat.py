@@ -148,8 +148,8 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if isinstance(value, tuple):
         return tuple(_plain(v) for v in value)
-    if callable(getattr(value, "item", None)) and type(value).__module__ == "numpy":
-        return _plain(value.item())  # numpy scalar
+    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0 and callable(getattr(value, "item", None)):
+        return _plain(value.item())  # numpy scalar (an array, e.g. an image's pixels, becomes "<ndarray>")
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if callable(getattr(value, "model_dump", None)):

@@ -68,6 +68,26 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sc-top-k", type=int, default=None, metavar="K",
                         help="approximate self-conditioning with each position's K most probable tokens "
                              "(faster; default 0 = exact)")
+    parser.add_argument("--mmproj", default=None, metavar="FILE",
+                        help="the vision projector GGUF (mmproj-*.gguf), so the model takes images")
+
+
+def _add_image_option(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--image", action="append", default=None, metavar="PATH", help=help_text)
+
+
+def _image_parts(args: argparse.Namespace) -> list[dict]:
+    """The --image files as content parts, decoded now (a bad file fails before the model loads)."""
+    from .images import load_image
+
+    return [{"type": "image", "image": load_image(path)} for path in args.image or []]
+
+
+def _user_message(text: str, parts: list[dict]) -> dict:
+    """A user turn: plain text, or the images first and then the text (as Gemma-4's examples place them)."""
+    if not parts:
+        return {"role": "user", "content": text}
+    return {"role": "user", "content": [*parts, {"type": "text", "text": text}]}
 
 
 def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
@@ -86,7 +106,8 @@ def _load_model(args: argparse.Namespace) -> Any:
     """Open the model with the options given (options left unset keep the library defaults)."""
     from . import Model  # the engine; imported here so `--help` works without loading anything
 
-    names = {"n_threads": "threads", "fixed_threads": "fixed_threads", "n_ctx": "ctx_size", "sc_top_k": "sc_top_k"}
+    names = {"n_threads": "threads", "fixed_threads": "fixed_threads", "n_ctx": "ctx_size", "sc_top_k": "sc_top_k",
+             "mmproj": "mmproj"}
     options = {option: getattr(args, attr, None) for option, attr in names.items()}
     return Model(args.model, **offload_options(args), **{k: v for k, v in options.items() if v is not None})
 
@@ -189,16 +210,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print("diffgemma-cpp run: error: give a prompt with -p, or pipe one on stdin", file=sys.stderr)
             return 2
         prompt = sys.stdin.read()
+    parts = _image_parts(args)
     model = _load_model(args)
     view = _canvas_view(args)
     kwargs = dict(_generation_kwargs(args), stream=True, on_step=_on_step(view))
     start = time.perf_counter()
     with _cancel_on_sigint(model):
-        if args.raw:
-            chunks = model.create_completion(prompt, **kwargs)
+        if args.raw:  # the prompt holds the image markers itself (Gemma-4: <|image|>), one per --image
+            chunks = model.create_completion(prompt, images=[part["image"] for part in parts], **kwargs)
             key = "text"
         else:
-            chunks = model.create_chat_completion([{"role": "user", "content": prompt}],
+            chunks = model.create_chat_completion([_user_message(prompt, parts)],
                                                   chat_template=_read_template(args),
                                                   enable_thinking=args.think or None, **kwargs)
             key = "delta"
@@ -214,10 +236,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 # ---- chat -------------------------------------------------------------------------------------
 
 
-CHAT_HELP = "commands: /exit (or Ctrl-D) quits, /reset forgets the conversation, Ctrl-C stops an answer"
+CHAT_HELP = ("commands: /exit (or Ctrl-D) quits, /reset forgets the conversation, /image PATH shows an image with "
+             "the next message, Ctrl-C stops an answer")
 
 
 def _cmd_chat(args: argparse.Namespace) -> int:
+    parts = _image_parts(args)  # shown with the first message
     model = _load_model(args)
     template = _read_template(args)
     system = [{"role": "system", "content": args.system}] if args.system else []
@@ -240,9 +264,20 @@ def _cmd_chat(args: argparse.Namespace) -> int:
             history = list(system)
             print("(conversation cleared)", file=sys.stderr)
             continue
+        if user.strip().startswith("/image "):
+            from .errors import ImageError
+            from .images import load_image
+
+            try:
+                parts.append({"type": "image", "image": load_image(user.strip()[len("/image "):].strip())})
+                print(f"(image {len(parts)} goes with the next message)", file=sys.stderr)
+            except ImageError as exc:
+                print(f"diffgemma-cpp chat: {exc}", file=sys.stderr)
+            continue
         if not user.strip():
             continue
-        history.append({"role": "user", "content": user})
+        history.append(_user_message(user, parts))
+        parts = []
         view = _canvas_view(args)
         start = time.perf_counter()
         with _cancel_on_sigint(model):
@@ -284,6 +319,7 @@ def add_text_commands(subparsers: Any) -> None:
     run.add_argument("-p", "--prompt", default=None, help="the prompt (default: read stdin)")
     _add_sampling_options(run)
     run.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")
+    _add_image_option(run, "an image to show the model with the prompt (repeatable; needs --mmproj)")
     run.add_argument("--visual", action="store_true", help="watch each canvas denoise live (on a terminal; plain text when redirected)")
     run.set_defaults(func=_friendly_errors(_cmd_run))
 
@@ -292,6 +328,7 @@ def add_text_commands(subparsers: Any) -> None:
     _add_model_options(chat)
     _add_sampling_options(chat)
     chat.add_argument("--system", default=None, help="system prompt")
+    _add_image_option(chat, "an image to show the model with the first message (repeatable; needs --mmproj)")
     chat.add_argument("--visual", action="store_true",
                       help="watch each canvas denoise live (on a terminal; plain text when redirected)")
     chat.add_argument("--verbose-stats", action="store_true", help="print timing after each answer")

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
 from .chat import ChatTemplate
-from .errors import Cancelled, InvalidArgumentError
+from .errors import Cancelled, ImageError, InvalidArgumentError
+from .images import BOI_TEXT, EOI_TEXT, expand_image_markers, load_image, split_image_parts
 from .textstream import ReasoningSplitter, StopTextStream, decode_preview, normalise_stop
 from .tool_calls import ToolCallSplitter, messages_for_template, openai_tool_call, split_tool_calls
 
@@ -62,11 +63,21 @@ class Engine(Protocol):
 
     def detokenize(self, ids) -> bytes: ...
 
+    # Vision (optional: an engine without these is text only). has_vision: a projector is loaded; image_token: the
+    # image soft-token id (None when the model has none); image_n_tokens(width, height): the soft tokens (projector
+    # rows) one image becomes.
+    has_vision: bool
+    image_token: int | None
+
+    def image_n_tokens(self, width: int, height: int) -> int: ...
+
     def generate_blocks(self, prompt_ids, max_new_tokens: int, *, steps, seed, on_step, budget_name: str,
-                        **sampler) -> Iterator[Any]:
+                        images=None, **sampler) -> Iterator[Any]:
         """Checks the settings at once (InvalidArgumentError, ContextOverflowError); the returned iterator begins
         the generation at its first next() (ModelBusyError when another one runs) and yields committed canvases
-        (``ids``, ``eos``, ``steps``); closing it ends the generation."""
+        (``ids``, ``eos``, ``steps``); closing it ends the generation. ``images`` (a list of
+        ``diffgemma_cpp.images.Image``, passed only when the prompt has any): image i fills the i-th run of
+        ``image_token`` ids in the prompt."""
         ...
 
     def cancel(self) -> None: ...
@@ -138,7 +149,7 @@ class CompletionMixin:
         return max_tokens
 
     def _blocks(self: Engine, prompt_ids: list[int], max_tokens: int, steps: Any, seed: Any, sampler: dict,
-                on_step: Callable[[int, int, str], None] | None) -> Iterator[Any]:
+                on_step: Callable[[int, int, str], None] | None, images: list | None = None) -> Iterator[Any]:
         step_cb = None
         if on_step is not None:
             eos_ids = list(self.eos_ids)
@@ -146,6 +157,8 @@ class CompletionMixin:
             def step_cb(step: int, total: int, canvas_ids: list[int]) -> None:
                 on_step(step, total, decode_preview(self.detokenize, canvas_ids, eos_ids))
 
+        if images:  # only then: a text prompt runs on engines that know nothing of images
+            sampler = {**sampler, "images": images}
         return self.generate_blocks(prompt_ids, max_tokens, steps=steps, seed=seed, on_step=step_cb,
                                     budget_name="max_tokens", **sampler)
 
@@ -197,7 +210,8 @@ class CompletionMixin:
 
     def create_completion(self, prompt: str | list[int], max_tokens: int = 256, *, stream: bool = False,
                           seed: int | None = None, stop: str | list[str] | None = None, steps: int | None = None,
-                          on_step: Callable[[int, int, str], None] | None = None, **sampler: Any) -> Any:
+                          on_step: Callable[[int, int, str], None] | None = None, images: list | None = None,
+                          **sampler: Any) -> Any:
         """Complete ``prompt`` (text, or token ids). Returns an OpenAI ``text_completion`` dict,
         or with ``stream=True`` an iterator of ``text_completion`` chunks (one per committed canvas).
 
@@ -205,8 +219,18 @@ class CompletionMixin:
         same prompt, same settings -> same text). ``stop`` ends the text before the first stop string.
         ``steps`` caps denoising steps per canvas. Sampler overrides: ``t_min``, ``t_max``,
         ``entropy_bound``, ``stability_threshold``, ``confidence_threshold``.
+        ``images`` (anything ``diffgemma_cpp.images.load_image`` takes) go where the text prompt holds the image
+        token's text (Gemma-4: ``<|image|>``), one each, in order, as HF's processor takes a text with images.
         """
-        settings = self._settings(prompt, max_tokens, stop, steps, seed, sampler, on_step, add_bos=True)
+        if images:
+            if not isinstance(prompt, str) or not isinstance(images, (list, tuple)):
+                raise InvalidArgumentError("images need a text prompt holding one image marker (<|image|>) per "
+                                           "image, and a list of images")
+            self._vision_required()
+            images = [load_image(image) for image in images]
+            prompt = self._image_prompt_ids(prompt, images)
+        settings = self._settings(prompt, max_tokens, stop, steps, seed, sampler, on_step, add_bos=True,
+                                  images=images or None)
         meta = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self._model_name()}
         if stream:
             return self._stream_completion(settings, meta)
@@ -218,7 +242,7 @@ class CompletionMixin:
 
     __call__ = create_completion
 
-    def _settings(self, prompt, max_tokens, stop, steps, seed, sampler, on_step, add_bos) -> dict:
+    def _settings(self, prompt, max_tokens, stop, steps, seed, sampler, on_step, add_bos, images=None) -> dict:
         """Everything checked before any work (the engine checks its own settings when the blocks are made; the
         generation itself begins at the first canvas asked for)."""
         if on_step is not None and not callable(on_step):
@@ -226,7 +250,7 @@ class CompletionMixin:
         prompt_ids = self._prompt_ids(prompt, add_bos)
         max_tokens = self._check_max_tokens(max_tokens)
         stop = normalise_stop(stop)
-        blocks = self._blocks(prompt_ids, max_tokens, steps, seed, self._sampler(sampler), on_step)
+        blocks = self._blocks(prompt_ids, max_tokens, steps, seed, self._sampler(sampler), on_step, images)
         return dict(prompt_ids=prompt_ids, max_tokens=max_tokens, stop=stop, blocks=blocks)
 
     def _stream_completion(self, settings: dict, meta: dict) -> Iterator[dict]:
@@ -239,12 +263,51 @@ class CompletionMixin:
                     chunk["usage"] = summary["usage"]
                 yield chunk
 
+    # ---- images ---------------------------------------------------------------------------
+
+    def _vision_required(self) -> None:
+        if not getattr(self, "has_vision", False):
+            raise ImageError("this model has no vision projector, so it cannot take images: load it with its "
+                             "projector (Model(..., mmproj='mmproj.gguf'); on the command line --mmproj)")
+
+    def _single_token(self, text: str) -> int:
+        ids = list(self.tokenize(text, add_bos=False, special=True))
+        if len(ids) != 1:
+            raise ImageError(f"this model's vocabulary has no {text!r} token, which images need")
+        return ids[0]
+
+    def _image_prompt_ids(self, text: str, images: list) -> list[int]:
+        """A rendered chat prompt with its image markers expanded (``images.expand_image_markers``)."""
+        image_token = getattr(self, "image_token", None)
+        marker = self._special_token_text(image_token)
+        if image_token is None or not marker:
+            raise ImageError("this model names no image token, so it cannot take images")
+        return expand_image_markers(
+            text, images, marker=marker, image_token=image_token, boi=self._single_token(BOI_TEXT),
+            eoi=self._single_token(EOI_TEXT), n_tokens=self.image_n_tokens,
+            tokenize=lambda piece, add_bos: self.tokenize(piece, add_bos=add_bos, special=True))
+
+    def _chat_prompt(self, messages: Any, **render: Any) -> tuple[Any, list | None]:
+        """``(prompt, images)``: the rendered text, or, when the messages hold image parts, the token ids with
+        each image's soft tokens in place and the decoded images in prompt order."""
+        template_messages, sources = split_image_parts(messages_for_template(messages))
+        if not sources:
+            return self.apply_chat_template(template_messages, **render), None
+        self._vision_required()  # before decoding anything
+        images = [load_image(source) for source in sources]
+        text = self.apply_chat_template(template_messages, **render)
+        return self._image_prompt_ids(text, images), images
+
     # ---- create_chat_completion -----------------------------------------------------------
 
     def apply_chat_template(self, messages: list[dict], *, chat_template: str | None = None,
                             tools: list[dict] | None = None, add_generation_prompt: bool = True,
                             enable_thinking: bool | None = None, **template_kwargs: Any) -> str:
-        """Render ``messages`` with ``chat_template`` or, by default, the GGUF's ``tokenizer.chat_template``."""
+        """Render ``messages`` with ``chat_template`` or, by default, the GGUF's ``tokenizer.chat_template``.
+
+        Image content parts (OpenAI ``image_url`` or HF ``image``) render as HF's processor renders them: each as
+        the template writes an image (for Gemma-4 the marker ``<|image|>``, expanded only when generating)."""
+        messages, _ = split_image_parts(messages)
         source = chat_template if chat_template is not None else self.chat_template
         if not source:
             raise InvalidArgumentError("this model has no chat template (tokenizer.chat_template); "
@@ -272,6 +335,12 @@ class CompletionMixin:
         shown to the model nor parsed). Assistant messages may carry ``tool_calls`` with JSON-string
         ``arguments`` and tool messages only a ``tool_call_id``, as OpenAI clients send them.
         Consecutive turns share the rendered prefix, so the engine reuses its KV cache for the history.
+        Images: a user message's ``content`` may be a list of parts, OpenAI's ``{"type": "text", "text": ...}`` and
+        ``{"type": "image_url", "image_url": {"url": ...}}`` (a ``data:image/...;base64,`` URL, a ``file://`` URL or
+        a local path; never fetched from the network) or HF's ``{"type": "image", "image" | "url" | "path": ...}``
+        (also a PIL image, a numpy array or a ``diffgemma_cpp.images.Image``). They need a model loaded with its
+        vision projector (``ImageError`` otherwise); each image becomes ``image_n_tokens(width, height)`` prompt
+        tokens, so a prompt that no longer fits the context raises ``ContextOverflowError``.
         Other arguments are as for ``create_completion``.
         """
         if tool_choice is not None and tool_choice not in TOOL_CHOICES:
@@ -279,11 +348,12 @@ class CompletionMixin:
                                        "(a tool call cannot be forced)")
         if tool_choice == "none":
             tools = None
-        prompt = self.apply_chat_template(messages_for_template(messages), chat_template=chat_template, tools=tools,
-                                          enable_thinking=enable_thinking, **(template_kwargs or {}))
+        prompt, images = self._chat_prompt(messages, chat_template=chat_template, tools=tools,
+                                           enable_thinking=enable_thinking, **(template_kwargs or {}))
         parse_calls = bool(tools)
         # The template writes <bos> itself when it wants one; _prompt_ids drops a doubled one.
-        settings = self._settings(prompt, max_tokens, stop, steps, seed, sampler, on_step, add_bos=True)
+        settings = self._settings(prompt, max_tokens, stop, steps, seed, sampler, on_step, add_bos=True,
+                                  images=images)
         meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self._model_name()}
         if stream:
             return self._stream_chat(settings, meta, parse_calls)

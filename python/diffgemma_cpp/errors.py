@@ -14,6 +14,15 @@ class InvalidArgumentError(DiffGemmaError, ValueError):
     """A bad argument (NULL handle, value out of range, wrong shape)."""
 
 
+class ImageError(InvalidArgumentError):
+    """An image we refuse: not decodable, too many pixels, a remote URL (we never fetch), or sent to a model
+    without a vision projector."""
+
+
+class VisionDependencyError(DiffGemmaError, ImportError):
+    """An image format that needs Pillow, which is not installed (``pip install "diffgemma-cpp[vision]"``)."""
+
+
 class ModelFileError(DiffGemmaError, OSError):
     """A file is missing, unreadable or unwritable (including a full disk)."""
 

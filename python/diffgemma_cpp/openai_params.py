@@ -7,6 +7,10 @@ Accepted besides the OpenAI fields: the block-diffusion sampler settings ``steps
 OpenAI sampling fields that have no meaning for this sampler (``temperature``, ``top_p``, penalties,
 ``user``, ...) are accepted and ignored, so stock clients work; ``response_format`` asking for JSON is refused,
 as silently returning free text would break the caller's parser.
+
+Images come as OpenAI content parts ``{"type": "image_url", "image_url": {"url": "data:image/...;base64,..."}}``
+(``detail`` is accepted and ignored). Over HTTP only ``data:`` URLs are taken: the server never fetches a URL and
+never reads a file of its own host for a client.
 """
 
 from __future__ import annotations
@@ -106,6 +110,25 @@ def completion_kwargs(body: Any) -> dict:
     return {"prompt": prompt, **kwargs}
 
 
+def _check_content_part(part: Any, where: str) -> None:
+    if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+        raise RequestError(f"{where} must be an object with a string 'type'", param=where)
+    if part["type"] == "image":  # HF's form names files and objects; a client sends OpenAI's image_url
+        raise RequestError(f"{where}: send images as {{\"type\": \"image_url\", \"image_url\": {{\"url\": "
+                           "\"data:image/png;base64,...\"}}", param=where, status=400)
+    if part["type"] != "image_url":
+        return
+    info = part.get("image_url")
+    url = info.get("url") if isinstance(info, dict) else None
+    if not isinstance(url, str):
+        raise RequestError(f"{where}.image_url.url is required (a data:image/...;base64 URL)",
+                           param=f"{where}.image_url.url", status=400)
+    if not url[:5].lower() == "data:":
+        raise RequestError(f"{where}.image_url.url must be a data:image/...;base64 URL: this server never fetches "
+                           "URLs nor reads its own files for a client", param=f"{where}.image_url.url",
+                           status=400, code="invalid_image_url")
+
+
 def chat_kwargs(body: Any) -> dict:
     """``/v1/chat/completions`` body -> ``create_chat_completion`` kwargs."""
     field = "max_completion_tokens" if isinstance(body, dict) and body.get("max_completion_tokens") is not None \
@@ -117,6 +140,9 @@ def chat_kwargs(body: Any) -> dict:
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise RequestError(f"messages[{i}] must be an object with a string 'role'", param=f"messages[{i}]")
+        if isinstance(message.get("content"), list):
+            for j, part in enumerate(message["content"]):
+                _check_content_part(part, f"messages[{i}].content[{j}]")
     tools = body.get("tools")
     if tools is not None and (not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools)):
         raise RequestError("'tools' must be a list of objects", param="tools")

@@ -9,7 +9,8 @@ server-sent events, one per committed canvas, then ``data: [DONE]``), ``GET /v1/
 Requests queue: the model runs one generation at a time behind a lock, so concurrent clients wait their
 turn (at most ``max_queue`` waiting; more get ``503``). Bodies over ``max_body_bytes`` get ``413``; a
 malformed body gets ``400``; a well-formed body with bad fields gets ``422``; unknown paths ``404``;
-a wrong method ``405``. Every error is OpenAI-shaped: ``{"error": {"message", "type", "param", "code"}}``.
+a wrong method ``405``; an image we refuse (not a data: URL, undecodable, too many pixels, or a model
+without a vision projector) ``400``. Every error is OpenAI-shaped: ``{"error": {"message", "type", "param", "code"}}``.
 A client that disconnects mid-stream stops its generation at the next canvas.
 """
 
@@ -25,14 +26,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterator
 
 from .chat import ChatTemplateError
-from .errors import ContextOverflowError, DiffGemmaError, InvalidArgumentError, ModelBusyError
+from .errors import ContextOverflowError, DiffGemmaError, ImageError, InvalidArgumentError, ModelBusyError
 from .openai_params import RequestError, chat_kwargs, completion_kwargs
 
 __all__ = ["CompletionServer", "make_server", "serve"]
 
 log = logging.getLogger("diffgemma_cpp.server")
 
-DEFAULT_MAX_BODY_BYTES = 4 << 20
+DEFAULT_MAX_BODY_BYTES = 20 << 20  # room for a few base64 (data: URL) photos
 DEFAULT_MAX_QUEUE = 32
 SOCKET_TIMEOUT_S = 60.0  # a client that stalls reading or writing this long is dropped
 
@@ -227,14 +228,8 @@ class _Handler(BaseHTTPRequestHandler):
                 result = getattr(self.server.model, method)(**kwargs)
             except (RequestError, BrokenPipeError, ConnectionResetError):
                 raise
-            except ContextOverflowError as exc:
-                raise RequestError(str(exc), status=400, code="context_length_exceeded") from exc
-            except (ChatTemplateError, InvalidArgumentError, ValueError, TypeError) as exc:
-                raise RequestError(str(exc), status=422) from exc
-            except ModelBusyError as exc:  # someone used the model outside the server's queue
-                raise RequestError(str(exc), status=503, error_type="server_error") from exc
-            except DiffGemmaError as exc:
-                raise RequestError(f"{type(exc).__name__}: {exc}", status=500, error_type="server_error") from exc
+            except (DiffGemmaError, ChatTemplateError, ValueError, TypeError) as exc:
+                raise _request_error(exc) from exc
             if stream:
                 self._send_events(result)
             else:
@@ -263,9 +258,8 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             log.info("client went away mid-stream; generation stopped")
         except DiffGemmaError as exc:
-            if not started:
-                status = 503 if isinstance(exc, ModelBusyError) else 500
-                raise RequestError(f"{type(exc).__name__}: {exc}", status=status, error_type="server_error") from exc
+            if not started:  # the engine checks some things when the generation begins, at the first chunk
+                raise _request_error(exc) from exc
             self._write_event(json.dumps({"error": {"message": str(exc), "type": "server_error",
                                                     "param": None, "code": None}}))
         finally:
@@ -276,6 +270,19 @@ class _Handler(BaseHTTPRequestHandler):
     def _write_event(self, data: str) -> None:
         self.wfile.write(f"data: {data}\n\n".encode("utf-8"))
         self.wfile.flush()
+
+
+def _request_error(exc: Exception) -> RequestError:
+    """The HTTP answer to an error of the model call: the client's fault (400 / 422), a busy model (503), ours (500)."""
+    if isinstance(exc, ContextOverflowError):
+        return RequestError(str(exc), status=400, code="context_length_exceeded")
+    if isinstance(exc, ImageError):
+        return RequestError(str(exc), status=400, param="messages", code="invalid_image")
+    if isinstance(exc, (ChatTemplateError, InvalidArgumentError, ValueError, TypeError)):
+        return RequestError(str(exc), status=422)
+    if isinstance(exc, ModelBusyError):  # someone used the model outside the server's queue
+        return RequestError(str(exc), status=503, error_type="server_error")
+    return RequestError(f"{type(exc).__name__}: {exc}", status=500, error_type="server_error")
 
 
 def make_server(model: Any, host: str = "127.0.0.1", port: int = 8080, **options: Any) -> CompletionServer:
