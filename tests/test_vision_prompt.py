@@ -34,11 +34,21 @@ def _files(variant: str = "") -> tuple:
     from pathlib import Path
 
     root = Path(tempfile.mkdtemp(prefix="dg-vision-"))
-    kwargs = dict(weight_scale=0.08, self_conditioning_gain=0.1) if variant == "replay" else {}
+    kwargs = {"": {}, "replay": dict(weight_scale=0.08, self_conditioning_gain=0.1),
+              "trained": dict(conditioning="trained_like")}[variant]
     ckpt = tiny_hf.make_tiny_vision_checkpoint(root / "hf", seed=3, max_soft_tokens=MAX_SOFT_TOKENS, **kwargs)
     text, mmproj = root / "model-f32.gguf", root / "mmproj-f32.gguf"
     convert_checkpoint(ckpt, text, "f32", mmproj=mmproj, progress=False, quiet=True)
     return ckpt, text, mmproj
+
+
+@functools.lru_cache(maxsize=None)
+def _quantized_files(variant: str, outtype: str) -> tuple:
+    """The same checkpoint as _files(variant), text model and projector both converted to `outtype`."""
+    ckpt, text, _ = _files(variant)
+    q_text, q_mmproj = text.with_name(f"model-{outtype}.gguf"), text.with_name(f"mmproj-{outtype}.gguf")
+    convert_checkpoint(ckpt, q_text, outtype, mmproj=q_mmproj, progress=False, quiet=True)
+    return q_text, q_mmproj
 
 
 @functools.lru_cache(maxsize=None)
@@ -112,8 +122,8 @@ def _hf_logits(hf, prompt: list, images: list, canvas: list) -> np.ndarray:
         return hf(decoder_input_ids=torch.tensor([canvas]), past_key_values=cache).logits[0].numpy()
 
 
-def _ours(prompt, images, canvas, **kwargs) -> np.ndarray:
-    _, text, mmproj = _files()
+def _ours(prompt, images, canvas, files=None, **kwargs) -> np.ndarray:
+    text, mmproj = files or _files()[1:]
     with Model(text, mmproj=mmproj, n_threads=2, **kwargs) as m:
         m.encode(prompt, images=images)
         return m.decoder_logits(canvas)
@@ -146,6 +156,25 @@ def test_decoder_logits_with_an_image_match_hf(shape):
     # The image must matter (or the comparison proves nothing): HF with another picture gives other logits.
     other = _hf_logits(hf, prompt, [_image(2, *shape)], canvas)
     assert np.max(np.abs(other - ref)) > 1e-2
+
+
+# The text path's bounds for its quantized files on a trained-like model (test_engine_parity.py), here with an
+# image in the prompt: the projector converted to the same type as the text model.
+QUANTIZED_BOUNDS = [("f16", 1e-4), ("q8_0", 1e-3)]
+
+
+@pytest.mark.parametrize("outtype,bound", QUANTIZED_BOUNDS)
+def test_quantized_files_with_an_image_within_the_text_bounds(outtype, bound):
+    img = _image(10, 140, 100)
+    hf = _hf("trained")
+    n = _n_tokens(img)
+    prompt = _prompt(16, hf.config.text_config.vocab_size, n_tokens=[n])
+    canvas = _canvas(9)
+    ref = _hf_logits(hf, prompt, [img], canvas)
+    ours = _ours(prompt, [img], canvas, files=_quantized_files("trained", outtype))
+    nmse = float(np.sum((ours - ref) ** 2) / np.sum(ref ** 2))
+    print(f"trained-like model, {outtype} text + projector, one image: NMSE vs HF f64 = {nmse:.2e}")
+    assert nmse <= bound
 
 
 def test_two_images_and_bidirectional_spans_match_hf():
