@@ -331,8 +331,9 @@ class Model(CompletionMixin, Closeable):
 
     def image_embed(self, image) -> np.ndarray:
         """The projector's output for one image, [n_tokens, n_embd] float32 (what replaces its soft tokens)."""
-        keep: list = []
-        c_image = self._c_images([image], keep)
+        from .images import c_images
+
+        c_image, _keep = c_images(self._images([image]))
         n = ffi.new("int32_t *")
         with self._using() as ctx:
             status = lib.diffgemma_image_embed(ctx, c_image, ffi.NULL, 0, n)
@@ -343,39 +344,20 @@ class Model(CompletionMixin, Closeable):
         return out
 
     @staticmethod
-    def _c_images(images, keep: list):
-        """diffgemma_image[] over `images`: diffgemma_cpp.images.Image (width, height, rgb) or (h, w, 3) uint8
-        arrays. `keep` holds the pixel buffers alive while the C array is used."""
-        c_images = ffi.new("diffgemma_image[]", max(len(images), 1))
-        for i, image in enumerate(images):
-            if isinstance(image, np.ndarray):
-                if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-                    raise errors.InvalidArgumentError(f"image {i}: an array must be (height, width, 3) uint8, got "
-                                                      f"{image.shape} {image.dtype}")
-                pixels = np.ascontiguousarray(image)
-                height, width = pixels.shape[:2]
-            else:
-                try:
-                    width, height, pixels = int(image.width), int(image.height), image.rgb
-                except AttributeError:
-                    raise errors.InvalidArgumentError(f"image {i}: expected diffgemma_cpp.images.Image or a (h, w, 3) "
-                                                      f"uint8 array, got {type(image).__name__}") from None
-                if len(pixels) != width * height * 3:
-                    raise errors.InvalidArgumentError(f"image {i}: {len(pixels)} bytes for {width}x{height} RGB")
-            buf = ffi.from_buffer("uint8_t[]", pixels)
-            keep.append(buf)
-            c_images[i].rgb = buf
-            c_images[i].width = width
-            c_images[i].height = height
-        keep.append(c_images)
-        return c_images
+    def _images(images) -> list:
+        """The images as diffgemma_cpp.images.Image (anything load_image takes: Image, (h, w, 3) uint8 array,
+        path, bytes, data: URL, PIL image)."""
+        from .images import Image, load_image
+
+        return [image if isinstance(image, Image) else load_image(image) for image in (images or [])]
 
     def _set_images(self, ctx, images) -> None:
         """Give the context the images of the prompt that follows (none clears them)."""
-        images = list(images or [])
-        keep: list = []
-        c_images = self._c_images(images, keep) if images else ffi.NULL
-        check(lib.diffgemma_set_images(ctx, c_images, len(images)))
+        from .images import c_images
+
+        images = self._images(images)
+        array, _keep = c_images(images) if images else (ffi.NULL, None)
+        check(lib.diffgemma_set_images(ctx, array, len(images)))
 
     def decoder_logits(self, canvas_ids, sc_logits=None) -> np.ndarray:
         """Softcapped logits [canvas_length, n_vocab] of one decoder pass; the KV cache is unchanged.
@@ -499,16 +481,15 @@ class Model(CompletionMixin, Closeable):
         {"init", "sampled", "renoise"} per block (reproduces another implementation token for token).
         budget_name: what the caller's API calls max_new_tokens, for the hint of a context overflow.
         images: the prompt's images in order (the i-th run of image_token ids is images[i]): Image objects of
-        diffgemma_cpp.images or (h, w, 3) uint8 arrays; each is checked now."""
+        diffgemma_cpp.images, or anything its load_image takes ((h, w, 3) uint8 arrays, paths, ...); each is
+        checked now."""
         prompt = _ids(prompt_ids, "prompt_ids")
-        images = list(images or [])
+        images = self._images(images)
         if images and not self.has_vision:
-            raise errors.InvalidArgumentError("this model has no vision projector: load it with Model(..., mmproj=...) "
+            raise errors.ImageError("this model has no vision projector: load it with Model(..., mmproj=...) "
                                               "to give it images")
         for image in images:  # sizes and the pixel cap, at once
-            self._c_images([image], [])
-            shape = image.shape if isinstance(image, np.ndarray) else (image.height, image.width)
-            self.image_n_tokens(int(shape[1]), int(shape[0]))
+            self.image_n_tokens(image.width, image.height)
         p = self.generation_params(len(prompt), max_new_tokens, steps, seed,
                                    dict(t_min=t_min, t_max=t_max, entropy_bound=entropy_bound,
                                         stability_threshold=stability_threshold,
