@@ -112,7 +112,7 @@ class Model(CompletionMixin, Closeable):
                  rpc_servers=None, cpu_moe: bool = False, n_cpu_moe: int = 0, fit: bool = False,
                  n_threads: int | None = None, fixed_threads: bool = False, n_ctx: int | None = None,
                  n_batch: int | None = None, seed: int | None = None, kv_type: str = "f32", sc_top_k: int = 0,
-                 sc_top_k_renormalize: bool = False, verbose: bool = False):
+                 sc_top_k_renormalize: bool = False, verbose: bool = False, mmproj=None):
         """n_gpu_layers: 0 (default) runs on the CPU; k offloads the last k layers; -1 offloads every layer and the
         head, which keeps the logits and the sampler on the last layer's device. The offloaded layers are shared
         over the offload devices (`diffgemma_cpp.gpus()`, in that order, or those `devices` names, e.g.
@@ -134,7 +134,9 @@ class Model(CompletionMixin, Closeable):
         n_threads: compute threads at most (default: one per physical core we may use). More than the CPUs this
         process may use is capped there, with a warning, and each pass runs only as many threads as the machine
         has CPUs free just then, so other busy programs never make us many times slower (ggml's barriers spin).
-        fixed_threads=True runs exactly n_threads on every pass instead (scaling studies)."""
+        fixed_threads=True runs exactly n_threads on every pass instead (scaling studies).
+
+        mmproj: the vision projector GGUF (`convert --mmproj`) for images; None = text only."""
         self._model = None
         self._ctx = None
         # The calls and open streams using the C handles right now (see _using). Whether a call may run at
@@ -179,6 +181,8 @@ class Model(CompletionMixin, Closeable):
         mp.n_tensor_split = len(split)
         mp.devices = devices_c
         mp.rpc_servers = rpc_c
+        mmproj_c = ffi.new("char[]", str(mmproj).encode()) if mmproj is not None else ffi.NULL
+        mp.mmproj_path = mmproj_c
         out = ffi.new("diffgemma_model **")
         check(lib.diffgemma_model_load(self.model_path.encode(), mp, out))
         self._model = out[0]
@@ -299,6 +303,27 @@ class Model(CompletionMixin, Closeable):
         arr = _ids(ids, "ids")
         with self._using() as ctx:
             check(lib.diffgemma_encode(ctx, ffi.from_buffer("int32_t[]", arr), len(arr)))
+
+    def image_embed(self, image) -> np.ndarray:
+        """The projector's output for one image, [n_tokens, n_embd] float32: what replaces the image's soft tokens'
+        input embeddings. image: a (height, width, 3) uint8 array of RGB pixels."""
+        arr = np.asarray(image)
+        if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+            raise errors.InvalidArgumentError(f"image must be a (height, width, 3) uint8 array, got {arr.dtype} {arr.shape}")
+        arr = np.ascontiguousarray(arr)
+        height, width = int(arr.shape[0]), int(arr.shape[1])
+        img = ffi.new("diffgemma_image *")
+        img.rgb = ffi.from_buffer("uint8_t[]", arr)
+        img.width = width
+        img.height = height
+        n_out = ffi.new("int32_t *")
+        with self._using() as ctx:
+            n_tokens = lib.diffgemma_image_n_tokens(self._model, width, height)
+            if n_tokens < 0:
+                check(n_tokens)
+            out = np.empty((n_tokens, self.n_embd), dtype=np.float32)
+            check(lib.diffgemma_image_embed(ctx, img, ffi.from_buffer("float[]", out), out.size, n_out))
+        return out[: n_out[0]]
 
     def decoder_logits(self, canvas_ids, sc_logits=None) -> np.ndarray:
         """Softcapped logits [canvas_length, n_vocab] of one decoder pass; the KV cache is unchanged.
