@@ -339,10 +339,50 @@ def test_bad_projector_files(tmp_path, towers):
         Model(_text_gguf(), mmproj=tmp_path / "absent.gguf", n_threads=2)
 
 
-def test_image_token():
+def test_image_token(tmp_path):
+    """diffusion.image_token_id when the file has it, else the vocabulary's "<|image|>" (the tiny vocabulary has
+    none: -1)."""
+    from gguf_mutate import VT, Gguf
+
     with Model(_text_gguf(), n_threads=2) as m:
-        want = m.tokenizer.token_to_id("<|image|>") if hasattr(m.tokenizer, "token_to_id") else None
-        got = lib.diffgemma_model_image_token(m._model)
-        if want is not None:
-            assert got == (want if want is not None else -1)
-        assert got >= -1
+        assert m.tokenizer.token_to_id("<|image|>") is None if hasattr(m.tokenizer, "token_to_id") else True
+        assert lib.diffgemma_model_image_token(m._model) == -1
+    tagged = tmp_path / "tagged.gguf"
+    tagged.write_bytes(Gguf.parse(_text_gguf()).add_kv(key("IMAGE_TOKEN_ID"), VT.UINT32, 7).to_bytes())
+    with Model(tagged, n_threads=2) as m:
+        assert lib.diffgemma_model_image_token(m._model) == 7
+
+
+def test_tensor_dump_of_the_tower(towers):
+    """The tower's named nodes reach the tensor dump (diffgemma_set_tensor_callback): v_inp, v_l_out-N and
+    v_pooled equal HF's patch embedder, encoder layers (forward hooks) and pooler."""
+    from diffgemma_cpp.tensor_dump import _Collector
+
+    tower, embed, max_soft, path = towers["p4k2"]
+    rgb = _image(56, 80, seed=11)
+    collector = _Collector()
+    handle = ffi.new_handle(collector)
+    with Model(_text_gguf(), mmproj=path, n_threads=2) as m:
+        assert lib.diffgemma_set_tensor_callback(m._c, b"v_inp,v_l_out-*,v_pooled", lib._dg_py_tensor_callback,
+                                                 handle) == 0
+        m.image_embed(rgb)
+        lib.diffgemma_set_tensor_callback(m._c, ffi.NULL, ffi.NULL, ffi.NULL)
+    assert collector.error is None
+    got = collector.tensors
+    assert sorted(got) == ["v_inp", "v_l_out-0", "v_l_out-1", "v_pooled"]
+    pv, pos = hf_patches(rgb, 4, max_soft * 4)
+    seen = {}
+    hooks = [tower.patch_embedder.register_forward_hook(lambda mod, args, out: seen.__setitem__("v_inp", out))]
+    for il, layer in enumerate(tower.encoder.layers):
+        hooks.append(layer.register_forward_hook(lambda mod, args, out, il=il: seen.__setitem__(f"v_l_out-{il}", out)))
+    hooks.append(tower.pooler.register_forward_hook(lambda mod, args, out: seen.__setitem__("v_pooled", out[0])))
+    hf_features(tower, embed, pv, pos)
+    for h in hooks:
+        h.remove()
+    n = got["v_inp"].shape[0]
+    assert n == (56 // 4) * (80 // 4)
+    for name, values in got.items():
+        want = seen[name][0].numpy()
+        want = want[: values.shape[0]]  # HF's rows past ours are its padding
+        err = np.abs(values - want).max() / np.abs(want).max()
+        assert err < 1e-5, f"{name}: relative max |d| {err}"

@@ -93,7 +93,7 @@ VisionGraphInputs VisionGraphBuilder::build(int32_t grid_w, int32_t grid_h) {
 
     // Pooler: the mean of each k x k cell, cells row-major over the pooled grid (HF's kernel index
     // x/k + (grid_w/k) * (y/k)), times sqrt(n_embd).
-    ggml_tensor * grid = ggml_cont(ctx, ggml_transpose(ctx, x));  // [N, E]: patch index fastest
+    ggml_tensor * grid = named(ggml_cont(ctx, ggml_transpose(ctx, x)), "v_grid");  // [N, E]: patch index fastest
     grid = ggml_reshape_4d(ctx, grid, grid_w, grid_h, E, 1);
     ggml_tensor * pooled = ggml_pool_2d(ctx, grid, GGML_OP_POOL_AVG, static_cast<int>(k), static_cast<int>(k),
                                         static_cast<int>(k), static_cast<int>(k), 0, 0);
