@@ -14,7 +14,8 @@ import pytest
 import tiny_hf
 
 # Keys in the order PR #24423's converter writes them (gguf-format.md, "Observed" table), with ours inserted:
-# diffusion.embed_scale before general.quantization_version and tokenizer.ggml.eos_token_ids after the eos id.
+# diffusion.embed_scale, then the image keys (the tiny checkpoints have a vision tower) before
+# general.quantization_version, and tokenizer.ggml.eos_token_ids after the eos id.
 EXPECTED_KEYS = [
     ("general.architecture", "STRING"), ("general.type", "STRING"), ("general.name", "STRING"),
     ("general.size_label", "STRING"),
@@ -35,7 +36,8 @@ EXPECTED_KEYS = [
     ("diffusion.canvas_length", "UINT32"), ("diffusion.eb_max_steps", "UINT32"), ("diffusion.eb_t_min", "FLOAT32"),
     ("diffusion.eb_t_max", "FLOAT32"), ("diffusion.eb_entropy_bound", "FLOAT32"),
     ("diffusion.eb_stability_threshold", "UINT32"), ("diffusion.eb_confidence_threshold", "FLOAT32"),
-    ("diffusion.embed_scale", "FLOAT32"),
+    ("diffusion.embed_scale", "FLOAT32"), ("diffusion.image_token_id", "UINT32"),
+    ("diffusion.vision_bidirectional", "BOOL"),
     ("general.quantization_version", "UINT32"), ("tokenizer.ggml.model", "STRING"),
     ("tokenizer.ggml.tokens", "ARRAY[STRING]"), ("tokenizer.ggml.scores", "ARRAY[FLOAT32]"),
     ("tokenizer.ggml.token_type", "ARRAY[INT32]"), ("tokenizer.ggml.merges", "ARRAY[STRING]"),

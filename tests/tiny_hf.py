@@ -7,6 +7,7 @@ scales and per-expert scales) and saves it with `save_pretrained`, next to a rea
 
     from tiny_hf import CONFIGS, build_model, save_checkpoint, train_tiny_gemma_tokenizer
     path = save_checkpoint("small", tmp_path / "small")          # -> directory usable as HF_DIR
+    path = make_tiny_vision_checkpoint(tmp_path / "vis", seed=1)  # the same with a 2-layer Gemma 4 vision tower
 
 The tokenizer is a byte-fallback BPE trained here on a small built-in corpus to exactly `vocab_size` tokens,
 laid out like Gemma 4's: ids 0..4 are <pad> <eos> <bos> <unk> <mask>, the chat/tool markers sit at their Gemma 4
@@ -88,7 +89,8 @@ def _text_config_kwargs(name: str) -> dict:
 
 
 def build_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32, weight_scale: float = 0.3,
-                self_conditioning_gain: float = 1.0, conditioning: str = "harsh"):
+                self_conditioning_gain: float = 1.0, conditioning: str = "harsh", vision: dict | None = None,
+                image_token_ids: dict | None = None):
     """A random `DiffusionGemmaForBlockDiffusion` with geometry CONFIGS[name] (text + a 1-layer vision tower).
 
     conditioning="harsh" (default): matrices with std `weight_scale` whatever their fan-in, norm weights
@@ -97,6 +99,10 @@ def build_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32, we
     "calm": trained-like statistics instead (`_condition_low_rank`, `CALM`; `weight_scale` unused): 6-15x on
     wide, still far from the trained sudoku model's 0.6x. "trained_like" (`TRAINED_LIKE`): calm plus smaller
     post-norms, keys aligned with queries and layer scalars near 1: 0.7-2.6x over seeds, like the trained model.
+
+    vision: Gemma4VisionConfig kwargs replacing the default 1-layer tower (see make_tiny_vision_checkpoint); the
+    tower, its buffers and embed_vision are then drawn at random too (`_randomize_vision`). image_token_ids:
+    {"boi_token_id": .., "eoi_token_id": .., "image_token_id": ..} for the root config.
     """
     if conditioning != "harsh" and conditioning not in CONDITIONINGS:
         raise ValueError(f"conditioning must be 'harsh' or one of {sorted(CONDITIONINGS)}, not {conditioning!r}")
@@ -105,14 +111,17 @@ def build_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32, we
 
     torch.set_num_threads(1)
     torch.manual_seed(seed)
-    vision = Gemma4VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                num_key_value_heads=2, head_dim=16, patch_size=8, pooling_kernel_size=2,
-                                position_embedding_size=64)
+    vision_cfg = Gemma4VisionConfig(**(vision or dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+        head_dim=16, patch_size=8, pooling_kernel_size=2, position_embedding_size=64)))
     cfg = DiffusionGemmaConfig(text_config=DiffusionGemmaTextConfig(**_text_config_kwargs(name)),
-                               vision_config=vision, canvas_length=CONFIGS[name]["canvas_length"])
+                               vision_config=vision_cfg, canvas_length=CONFIGS[name]["canvas_length"],
+                               **(image_token_ids or {}))
     model = DiffusionGemmaForBlockDiffusion(cfg).eval()
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
+        if vision is not None:
+            _randomize_vision(model, torch.Generator().manual_seed(seed + 7919))
         if conditioning != "harsh":
             _condition_low_rank(model.model.decoder, gen, CONDITIONINGS[conditioning])
         else:
@@ -125,6 +134,29 @@ def build_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32, we
         model.model.decoder.self_conditioning.down_proj.weight.mul_(self_conditioning_gain)
         _set_layer_scalars(model, gen, conditioning)
     return model.to(dtype)
+
+
+def _randomize_vision(model, gen: torch.Generator) -> None:
+    """Every weight and buffer of the vision tower and embed_vision drawn at random, at sizes that keep a forward
+    pass well-conditioned: matrices N(0, 1/fan_in), norm weights 1 +- 0.1, the position tables N(0, 0.5^2),
+    std_bias N(0, 0.1^2), std_scale 1 +- 0.2 (HF's init leaves norms at 1, the tables at 1 and std_* at 0 / 1,
+    which would hide a swapped or dropped tensor)."""
+    enc = model.model.encoder
+    named = list(enc.vision_tower.named_parameters()) + list(enc.vision_tower.named_buffers())
+    named += [("embed_vision." + n, p) for n, p in enc.embed_vision.named_parameters()]
+    for pname, p in named:
+        noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
+        if pname.endswith("std_bias"):
+            value = 0.1 * noise
+        elif pname.endswith("std_scale"):
+            value = 1.0 + 0.2 * noise
+        elif "position_embedding_table" in pname:
+            value = 0.5 * noise
+        elif p.ndim == 1 or "norm" in pname:
+            value = 1.0 + 0.1 * noise
+        else:
+            value = noise / p.shape[-1] ** 0.5
+        p.copy_(value.to(p.dtype))
 
 
 def _set_layer_scalars(model, gen: torch.Generator, conditioning: str) -> None:
@@ -250,18 +282,21 @@ def _align_keys_with_queries(attn, align: float) -> None:
 def save_checkpoint(name: str, out_dir, seed: int = 0, generation_config: dict | None = None,
                     dtype: torch.dtype = torch.float32, released_config_layout: bool = True,
                     max_shard_size: str | None = None, weight_scale: float = 0.3,
-                    self_conditioning_gain: float = 1.0, conditioning: str = "harsh") -> Path:
+                    self_conditioning_gain: float = 1.0, conditioning: str = "harsh", vision: dict | None = None,
+                    extra_specials: dict | None = None, image_token_ids: dict | None = None) -> Path:
     """Build model `name` and write a complete HF checkpoint directory; returns its path.
 
     generation_config: the dict written as generation_config.json (default: the release's nested layout);
     pass {} to write none. released_config_layout: rewrite text_config the way the released config.json spells
     it (`global_head_dim` / `num_global_key_value_heads`, no `per_layer_config`); False keeps what
     transformers' `save_pretrained` writes. max_shard_size (e.g. "20KB") forces sharded safetensors + index.
+    vision / image_token_ids: see build_model; extra_specials: see train_tiny_gemma_tokenizer.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = build_model(name, seed=seed, dtype=dtype, weight_scale=weight_scale,
-                        self_conditioning_gain=self_conditioning_gain, conditioning=conditioning)
+                        self_conditioning_gain=self_conditioning_gain, conditioning=conditioning, vision=vision,
+                        image_token_ids=image_token_ids)
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(out, **kwargs)
     if released_config_layout:
@@ -271,7 +306,64 @@ def save_checkpoint(name: str, out_dir, seed: int = 0, generation_config: dict |
         (out / "generation_config.json").write_text(json.dumps(dict(gc, transformers_version="5.23.0"), indent=2))
     elif (out / "generation_config.json").exists():
         (out / "generation_config.json").unlink()
-    save_tokenizer(train_tiny_gemma_tokenizer(CONFIGS[name]["vocab_size"], seed=seed), out)
+    save_tokenizer(train_tiny_gemma_tokenizer(CONFIGS[name]["vocab_size"], seed=seed, extra_specials=extra_specials),
+                   out, extra_specials=extra_specials)
+    return out
+
+
+def image_processor_config(patch_size: int = 16, max_soft_tokens: int = 280, pooling_kernel_size: int = 3) -> dict:
+    """preprocessor_config.json of HF's Gemma4ImageProcessor with these settings (its defaults otherwise: RGB,
+    bicubic aspect-preserving resize, rescale by 1/255, no mean/std normalization). Written by hand: the class
+    needs torchvision, which the test environment lacks."""
+    if max_soft_tokens not in (70, 140, 280, 560, 1120):
+        raise ValueError(f"max_soft_tokens must be one of 70, 140, 280, 560, 1120 (HF's check), not {max_soft_tokens}")
+    return {"image_processor_type": "Gemma4ImageProcessor", "processor_class": "Gemma4Processor",
+            "do_convert_rgb": True, "do_resize": True, "resample": 3, "do_rescale": True, "rescale_factor": 1 / 255,
+            "do_normalize": False, "image_mean": [0.0, 0.0, 0.0], "image_std": [1.0, 1.0, 1.0],
+            "patch_size": patch_size, "max_soft_tokens": max_soft_tokens, "pooling_kernel_size": pooling_kernel_size}
+
+
+# The tiny vision checkpoint's image markers: the Gemma 4 strings, at ids the tiny vocabulary has room for (the
+# release's 255999 / 258882 / 258880 are past its end).
+TINY_IMAGE_TOKENS = {40: "<|image>", 41: "<image|>", 42: "<|image|>"}  # begin of image, end of image, soft token
+TINY_IMAGE_TOKEN_IDS = {"boi_token_id": 40, "eoi_token_id": 41, "image_token_id": 42}
+
+
+def make_tiny_vision_checkpoint(path, *, seed: int = 0, text: str = "small", vision_hidden: int = 64,
+                                vision_intermediate: int = 96, vision_layers: int = 2, vision_heads: int = 4,
+                                vision_head_dim: int = 16, patch_size: int = 16, pooling: int = 3,
+                                position_embedding_size: int = 64, standardize: bool = True,
+                                rope_theta: float = 100.0, max_soft_tokens: int = 280,
+                                dtype: torch.dtype = torch.float32, **save_kwargs) -> Path:
+    """A complete tiny HF DiffusionGemma checkpoint WITH a Gemma 4 vision tower, for the projector converter
+    (`convert --mmproj`) and the vision engine's tests; returns its path.
+
+    Text model: CONFIGS[text] as `save_checkpoint` builds it (text_config.use_bidirectional_attention "vision").
+    Vision tower: Gemma4VisionConfig(hidden_size=vision_hidden, intermediate_size=vision_intermediate,
+    num_hidden_layers=vision_layers, num_attention_heads = num_key_value_heads = vision_heads,
+    head_dim=vision_head_dim, patch_size, pooling_kernel_size=pooling, position_embedding_size, standardize,
+    rope_parameters {"rope_type": "axial", "rope_theta": rope_theta}); every weight and the std_bias / std_scale
+    buffers are random (`_randomize_vision`), so a dropped, swapped or mis-permuted tensor shows.
+    Image tokens: config boi / eoi / image_token_id = 40 / 41 / 42, and the tokenizer holds "<|image>",
+    "<image|>", "<|image|>" there (TINY_IMAGE_TOKENS). Also written: preprocessor_config.json
+    (`image_processor_config`: HF's Gemma4ImageProcessor with patch_size, max_soft_tokens (one of 70, 140, 280, 560,
+    1120) and pooling_kernel_size) and config.json's `vision_soft_tokens_per_image` = max_soft_tokens, as the release has.
+    save_kwargs go to `save_checkpoint` (generation_config, max_shard_size, conditioning, ...).
+
+        path = make_tiny_vision_checkpoint(tmp_path / "vis", seed=1)
+    """
+    vision = dict(hidden_size=vision_hidden, intermediate_size=vision_intermediate, num_hidden_layers=vision_layers,
+                  num_attention_heads=vision_heads, num_key_value_heads=vision_heads, head_dim=vision_head_dim,
+                  patch_size=patch_size, pooling_kernel_size=pooling, position_embedding_size=position_embedding_size,
+                  standardize=standardize, rope_parameters={"rope_type": "axial", "rope_theta": rope_theta})
+    out = save_checkpoint(text, path, seed=seed, dtype=dtype, vision=vision, extra_specials=TINY_IMAGE_TOKENS,
+                          image_token_ids=TINY_IMAGE_TOKEN_IDS, **save_kwargs)
+    (out / "preprocessor_config.json").write_text(json.dumps(image_processor_config(
+        patch_size=patch_size, max_soft_tokens=max_soft_tokens, pooling_kernel_size=pooling), indent=2))
+    cfg_path = out / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["vision_soft_tokens_per_image"] = max_soft_tokens
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
     return out
 
 
@@ -305,12 +397,14 @@ SPACE = "\u2581"  # "▁", SentencePiece's visible space
 MIN_VOCAB = FIRST_BYTE_ID + 256 + 1  # specials, "\n", bytes, and at least "▁"
 
 
-def special_tokens() -> list[str]:
-    """Contents of ids 0..106: the Gemma 4 specials, `<unusedN>` placeholders elsewhere."""
+def special_tokens(extra: dict | None = None) -> list[str]:
+    """Contents of ids 0..106: the Gemma 4 specials (plus `extra`, {id: token}), `<unusedN>` placeholders
+    elsewhere."""
+    specials = {**GEMMA4_SPECIAL_IDS, **{int(k): v for k, v in (extra or {}).items()}}
     out, unused = [], 0
     for i in range(NEWLINE_ID):
-        if i in GEMMA4_SPECIAL_IDS:
-            out.append(GEMMA4_SPECIAL_IDS[i])
+        if i in specials:
+            out.append(specials[i])
         else:
             out.append(f"<unused{unused}>")
             unused += 1
@@ -341,13 +435,15 @@ Tabs\tand\tnewlines\nare whitespace too, and so are    runs of spaces.
 """
 
 
-def train_tiny_gemma_tokenizer(vocab_size: int, seed: int = 0, corpus: str | None = None):
+def train_tiny_gemma_tokenizer(vocab_size: int, seed: int = 0, corpus: str | None = None,
+                               extra_specials: dict | None = None):
     """A Gemma-4-style byte-fallback BPE `tokenizers.Tokenizer` with exactly `vocab_size` tokens.
 
     Layout: see module docstring. The merges are learned greedily (most frequent adjacent pair, ties broken by
     a seeded shuffle) on `corpus` split into SentencePiece-style words (each starting at a "▁"); characters
-    the vocabulary has no room for are left to byte fallback. Raises ValueError if vocab_size < MIN_VOCAB or
-    the corpus is too small to learn enough merges.
+    the vocabulary has no room for are left to byte fallback. extra_specials ({id: token}, ids below 107 not
+    taken by a Gemma 4 special) adds special tokens in place of `<unusedN>` placeholders. Raises ValueError if
+    vocab_size < MIN_VOCAB or the corpus is too small to learn enough merges.
     """
     from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import BPE
@@ -359,7 +455,10 @@ def train_tiny_gemma_tokenizer(vocab_size: int, seed: int = 0, corpus: str | Non
     text = (DEFAULT_CORPUS if corpus is None else corpus).replace(" ", SPACE)
     words = Counter(_sentencepiece_words(text))
 
-    vocab: dict[str, int] = {tok: i for i, tok in enumerate(special_tokens())}
+    for i in extra_specials or {}:
+        if not 0 <= int(i) < NEWLINE_ID or int(i) in GEMMA4_SPECIAL_IDS:
+            raise ValueError(f"extra special token id {i}: must be below {NEWLINE_ID} and not a Gemma 4 special's")
+    vocab: dict[str, int] = {tok: i for i, tok in enumerate(special_tokens(extra_specials))}
     vocab["\n"] = NEWLINE_ID
     for b in range(256):
         vocab[f"<0x{b:02X}>"] = FIRST_BYTE_ID + b
@@ -408,7 +507,7 @@ def train_tiny_gemma_tokenizer(vocab_size: int, seed: int = 0, corpus: str | Non
     tok.normalizer = normalizers.Replace(" ", SPACE)
     tok.pre_tokenizer = pre_tokenizers.Split(" ", behavior="merged_with_previous", invert=False)
     tok.decoder = decoders.Sequence([decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse()])
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special_tokens()])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special_tokens(extra_specials)])
     tok.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A $B:1",
                                                        special_tokens=[("<bos>", 2)])
     assert tok.get_vocab_size() == vocab_size, (tok.get_vocab_size(), vocab_size)
@@ -468,11 +567,12 @@ CHAT_TEMPLATE = """\
 """
 
 
-def save_tokenizer(tok, out_dir) -> None:
+def save_tokenizer(tok, out_dir, extra_specials: dict | None = None) -> None:
     """Write tokenizer.json, tokenizer_config.json and chat_template.jinja the way transformers does."""
     from transformers import PreTrainedTokenizerFast
 
-    markers = [t for i, t in sorted(GEMMA4_SPECIAL_IDS.items()) if i > 4]
+    specials = {**GEMMA4_SPECIAL_IDS, **{int(k): v for k, v in (extra_specials or {}).items()}}
+    markers = [t for i, t in sorted(specials.items()) if i > 4]
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>",
                                  pad_token="<pad>", mask_token="<mask>", extra_special_tokens=markers,
                                  add_bos_token=True, add_eos_token=False, padding_side="left")

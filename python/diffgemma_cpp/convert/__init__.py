@@ -6,8 +6,9 @@
 Layout: checkpoint.py (lazy safetensors reader), hparams.py (config -> model keys), vocab.py (tokenizer keys),
 quant_formats.py (which quantized format a checkpoint holds), quantized.py (fp8 / int8 / NVFP4 weights read row
 by row, split experts re-fused; QUANTIZED_FORMATS.md documents the formats), tensors.py (HF -> GGUF
-names/shapes), quant_rules.py (per-tensor types), encode.py (ggml quantization), writer.py (streaming GGUF
-writer), pipeline.py (the two jobs), cli.py (the subcommands).
+names/shapes), mmproj.py (the vision tower as a projector GGUF, MMPROJ_FORMAT.md), quant_rules.py (per-tensor
+types), encode.py (ggml quantization), writer.py (streaming GGUF writer), pipeline.py (the two jobs), cli.py
+(the subcommands).
 """
 from .cli import add_convert_parser, add_quantize_parser
 from .pipeline import convert_checkpoint, requantize_gguf

@@ -1,6 +1,7 @@
 """`diffgemma-cpp convert` and `diffgemma-cpp quantize` subcommands (wired into the main CLI by cli.py).
 
     diffgemma-cpp convert HF_DIR --outfile model.gguf --outtype q4_k_m
+    diffgemma-cpp convert HF_DIR --outfile model.gguf --mmproj mmproj.gguf --mmproj-outtype f16
     diffgemma-cpp quantize model-BF16.gguf model-Q4_K_M.gguf q4_k_m
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 from contextlib import contextmanager
 
 from ..errors import InvalidArgumentError
-from .quant_rules import OUTTYPE_CHOICES
+from .quant_rules import OUTTYPE_CHOICES, PROJECTOR_OUTTYPE_CHOICES
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)B?\s*$", re.I)
 
@@ -70,7 +71,8 @@ def _run_convert(args) -> int:
     with _signals_as_interrupt():
         paths = convert_checkpoint(args.hf_dir, args.outfile, args.outtype, tensor_types=args.tensor_type,
                                    dry_run=args.dry_run, split_max_size=args.split_max_size, threads=args.threads,
-                                   progress=not args.no_progress and sys.stderr.isatty())
+                                   progress=not args.no_progress and sys.stderr.isatty(), mmproj=args.mmproj,
+                                   mmproj_outtype=args.mmproj_outtype, mmproj_only=args.mmproj_only)
     for p in paths:
         print(f"wrote {p}")
     return 0
@@ -94,6 +96,13 @@ def _outtype(text: str) -> str:
     return text.lower()
 
 
+def _mmproj_outtype(text: str) -> str:
+    if text.lower() not in PROJECTOR_OUTTYPE_CHOICES:
+        raise argparse.ArgumentTypeError(f"invalid choice {text!r} "
+                                         f"(choose from {', '.join(PROJECTOR_OUTTYPE_CHOICES)})")
+    return text.lower()
+
+
 def add_convert_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("convert", help="convert a Hugging Face DiffusionGemma checkpoint to GGUF",
                               description="Convert a Hugging Face DiffusionGemma checkpoint (safetensors) to a "
@@ -104,6 +113,14 @@ def add_convert_parser(subparsers) -> argparse.ArgumentParser:
                    help=f"one of {', '.join(OUTTYPE_CHOICES)} (default auto: bf16 for a bf16 checkpoint; a "
                         "quantized checkpoint keeps NVFP4 weights as NVFP4 and writes FP8 / INT8 ones as q8_0; "
                         "any other type dequantizes them first)")
+    p.add_argument("--mmproj", default=None, metavar="OUT",
+                   help="also write the vision tower as a projector GGUF OUT (llama.cpp's Gemma-4 mmproj layout: "
+                        "clip architecture, projector gemma4v), in the same run")
+    p.add_argument("--mmproj-outtype", type=_mmproj_outtype, default=None, metavar="TYPE",
+                   help=f"the projector's type, one of {', '.join(PROJECTOR_OUTTYPE_CHOICES)} (default: --outtype's "
+                        "when it is one of those, else the checkpoint's 16-bit float type); norms, std_bias / "
+                        "std_scale and the position table stay f32")
+    p.add_argument("--mmproj-only", action="store_true", help="write only the projector (--mmproj), no text GGUF")
     _common(p)
     p.set_defaults(func=_run_convert)
     return p

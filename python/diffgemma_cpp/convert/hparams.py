@@ -212,10 +212,11 @@ def embed_scale(n_embd: int, dtype: str) -> float:
     return float(value)
 
 
-def model_kv(hp: HParams, file_type: int, size_label: str, embed_dtype: str | None = None) -> list:
+def model_kv(hp: HParams, file_type: int, size_label: str, embed_dtype: str | None = None, extra=()) -> list:
     """(key, value, type, sub_type) for general.* and the model keys, in the order PR #24423's converter writes
     them (gguf-format.md, "Observed" table rows 1-37); general.architecture is written by the writer itself.
-    Ours on top: `diffusion.embed_scale` (after the sampler keys) when the embedding's dtype is known."""
+    Ours on top: `diffusion.embed_scale` (after the sampler keys) when the embedding's dtype is known, then
+    `extra` (the image keys of a checkpoint with a vision tower, mmproj.text_vision_kv)."""
     k = names.key
     kv = [
         (k("GENERAL_TYPE"), "model", VT.STRING, None),
@@ -254,5 +255,6 @@ def model_kv(hp: HParams, file_type: int, size_label: str, embed_dtype: str | No
             kv.append((k(ident), int(value) if vtype == VT.UINT32 else float(value), vtype, None))
     if embed_dtype is not None:
         kv.append((k("EMBED_SCALE"), embed_scale(hp.n_embd, embed_dtype), VT.FLOAT32, None))
+    kv.extend(extra)
     kv.append((k("GENERAL_QUANTIZATION_VERSION"), 2, VT.UINT32, None))
     return kv

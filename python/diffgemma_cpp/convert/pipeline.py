@@ -14,14 +14,17 @@ from gguf import GGMLQuantizationType as Q, GGUFValueType as VT
 from gguf.utility import size_label as gguf_size_label
 
 from .. import names
-from ..errors import ModelFileError, ModelLoadError, UnsupportedModelError, UnsupportedTypeError
+from ..errors import (InvalidArgumentError, ModelFileError, ModelLoadError, UnsupportedModelError,
+                      UnsupportedTypeError)
 from .checkpoint import Checkpoint, bf16_to_f32
 from .hparams import load_generation_eos, load_hparams, model_kv
+from .mmproj import (CLIP_ARCH, assign_mmproj_types, load_vision_hparams, mmproj_kv, plan_mmproj_tensors,
+                     projector_outtype, text_vision_kv)
 from .quant_formats import load_quant_scheme
 from .quant_rules import FLOAT_TYPES, assign_types, parse_outtype, parse_overrides
 from .tensors import RowSource, OutTensor, array_source, out_scale_name, plan_tensors, role_of
 from .vocab import load_vocab, vocab_kv
-from .writer import tensor_nbytes, write_gguf
+from .writer import Staging, tensor_nbytes, write_gguf
 
 logger = logging.getLogger("diffgemma_cpp.convert")
 
@@ -107,36 +110,75 @@ def _file_type(tensors, ot):
 
 def convert_checkpoint(hf_dir, outfile=None, outtype: str = "auto", *, tensor_types=(), dry_run: bool = False,
                        split_max_size: int = 0, threads: int | None = None, progress: bool = True,
-                       quiet: bool = False) -> list:
-    """Convert a HF DiffusionGemma checkpoint directory to GGUF. Returns the written paths ([] for a dry run)."""
+                       quiet: bool = False, mmproj=None, mmproj_outtype: str | None = None,
+                       mmproj_only: bool = False) -> list:
+    """Convert a HF DiffusionGemma checkpoint directory to GGUF. Returns the written paths ([] for a dry run).
+
+    mmproj: also write the vision tower as a projector GGUF at this path (llama.cpp's Gemma-4 "clip" layout,
+    mmproj.py), in the same run; both files are published only once both are written. Its type is
+    `mmproj_outtype` (f32 / f16 / bf16 / q8_0), by default --outtype's when that is one of those, else the
+    checkpoint's 16-bit float type. mmproj_only: write the projector alone (no text GGUF, no tokenizer needed)."""
     hf_dir = Path(hf_dir)
     if not hf_dir.is_dir():
         raise ModelFileError(f"{hf_dir}: not a directory (expected a Hugging Face checkpoint folder)")
+    if mmproj_only and mmproj is None:
+        raise InvalidArgumentError("--mmproj-only needs --mmproj OUT (where to write the projector)")
     hp = load_hparams(hf_dir)
-    vocab = load_vocab(hf_dir, generation_eos=load_generation_eos(hf_dir))
+    vhp = None
+    if mmproj is not None:
+        vhp = load_vision_hparams(hf_dir)
+        if vhp is None:
+            raise UnsupportedModelError(f"{hf_dir}: config.json has no vision_config, so the checkpoint has no vision "
+                                        "tower to write as a projector; leave out --mmproj")
+    vocab = None if mmproj_only else load_vocab(hf_dir, generation_eos=load_generation_eos(hf_dir))
     overrides = parse_overrides(tensor_types)
     scheme = load_quant_scheme(hf_dir)
     if scheme is not None:
         _emit(f"quantized checkpoint: {scheme.describe()}", quiet)
     with Checkpoint(hf_dir) as ckpt:
-        tensors = plan_tensors(hp, ckpt, n_vocab_out=len(vocab), log=lambda m: _emit(m, quiet), scheme=scheme)
-        source_dtypes = {t.source.dtype for t in tensors if t.hf_name}
-        ot = parse_outtype(outtype, source_dtypes)
-        keep_native = scheme is not None and outtype.lower() == "auto"
-        assign_types(tensors, ot, overrides, n_layer=hp.n_layer, keep_native=keep_native)
-        tensors = add_out_scales(tensors)
-        file_type = _file_type(tensors, ot) if keep_native else ot.file_type
-        name = ot.name.upper() if not keep_native else Q(file_type_main(tensors)).name
-        if outfile is None:
-            outfile = hf_dir / f"{hp.name}-{name}.gguf"
-        embd = next(t for t in tensors if t.role == "token_embd")
-        kv = model_kv(hp, int(file_type), size_label(tensors), embed_dtype=embd.source.dtype) + vocab_kv(vocab)
+        jobs = []  # (outfile, kv, tensors, arch, what)
+        if not mmproj_only:
+            tensors = plan_tensors(hp, ckpt, n_vocab_out=len(vocab), log=lambda m: _emit(m, quiet), scheme=scheme,
+                                   vision_converted=mmproj is not None)
+            source_dtypes = {t.source.dtype for t in tensors if t.hf_name}
+            ot = parse_outtype(outtype, source_dtypes)
+            keep_native = scheme is not None and outtype.lower() == "auto"
+            assign_types(tensors, ot, overrides, n_layer=hp.n_layer, keep_native=keep_native)
+            tensors = add_out_scales(tensors)
+            file_type = _file_type(tensors, ot) if keep_native else ot.file_type
+            name = ot.name.upper() if not keep_native else Q(file_type_main(tensors)).name
+            if outfile is None:
+                outfile = hf_dir / f"{hp.name}-{name}.gguf"
+            embd = next(t for t in tensors if t.role == "token_embd")
+            kv = (model_kv(hp, int(file_type), size_label(tensors), embed_dtype=embd.source.dtype,
+                           extra=text_vision_kv(hf_dir)) + vocab_kv(vocab))
+            kept = (" (quantized weights keep their format: NVFP4 as NVFP4, FP8 / INT8 as Q8_0)"
+                    if keep_native else "")
+            jobs.append((Path(outfile), kv, tensors, names.ARCH, f"{ot.name}{kept}"))
+        if mmproj is not None:
+            vtensors = plan_mmproj_tensors(vhp, ckpt, scheme)
+            vsource = {t.source.dtype for t in vtensors}
+            vtype = (mmproj_outtype or projector_outtype(outtype, vsource)).lower()
+            vfile_type = assign_mmproj_types(vtensors, vtype)
+            vkv = mmproj_kv(vhp, hp.name, size_label(vtensors), vfile_type)
+            if jobs and Path(mmproj).resolve() == jobs[0][0].resolve():
+                raise InvalidArgumentError(f"--mmproj {mmproj}: the projector must not overwrite the text GGUF")
+            jobs.append((Path(mmproj), vkv, vtensors, CLIP_ARCH, f"projector, {vtype}"))
         if dry_run:
-            print(format_plan(tensors, [outfile]))
+            for path, _, ts, _, _ in jobs:
+                print(format_plan(ts, [path]))
             return []
-        kept = " (quantized weights keep their format: NVFP4 as NVFP4, FP8 / INT8 as Q8_0)" if keep_native else ""
-        _emit(f"converting {hf_dir} -> {outfile} ({ot.name}{kept}, {len(tensors)} tensors)", quiet)
-        return write_gguf(outfile, kv, tensors, split_max_size=split_max_size, threads=threads, progress=progress)
+        staging = Staging()
+        try:
+            paths = []
+            for path, kv, ts, arch, what in jobs:
+                _emit(f"converting {hf_dir} -> {path} ({what}, {len(ts)} tensors)", quiet)
+                paths += write_gguf(path, kv, ts, split_max_size=split_max_size, threads=threads,
+                                    progress=progress, arch=arch, staging=staging)
+            staging.publish()
+            return paths
+        finally:
+            staging.discard()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ OUTTYPES = {
     "mxfp4": OutType("mxfp4", Q.MXFP4, FT.MOSTLY_MXFP4_MOE),
 }
 OUTTYPE_CHOICES = tuple(OUTTYPES) + ("auto",)
+PROJECTOR_OUTTYPE_CHOICES = ("f32", "f16", "bf16", "q8_0")  # the vision projector's (mmproj.py) types
 FLOAT_TYPES = (Q.F32, Q.F16, Q.BF16)
 _ALWAYS_F32_ROLES = {"norm", "scalar", "scale", "rope_freqs", "router"}
 _EXPERT_ROLES = {"ffn_gate_up_exps", "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"}

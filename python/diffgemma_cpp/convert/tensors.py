@@ -249,7 +249,8 @@ class _Resolver:
         return None
 
 
-def plan_tensors(hp: HParams, ckpt: Checkpoint, n_vocab_out: int, log=print, scheme: QuantScheme | None = None) -> list:
+def plan_tensors(hp: HParams, ckpt: Checkpoint, n_vocab_out: int, log=print, scheme: QuantScheme | None = None,
+                 vision_converted: bool = False) -> list:
     """The output tensors in file order, each with its source. Raises UnsupportedModelError listing every missing
     or misshapen tensor at once."""
     res = _Resolver(ckpt, scheme)
@@ -299,8 +300,9 @@ def plan_tensors(hp: HParams, ckpt: Checkpoint, n_vocab_out: int, log=print, sch
             "unquantized)")
     unused = [n for n in ckpt.names() if n not in res.used]
     vision = [n for n in unused if n.startswith("model.encoder.") and not n.startswith(ENCODER)]
-    if vision:
-        log(f"dropping {len(vision)} vision-tower tensors (text-only conversion)")
+    if vision and not vision_converted:
+        log(f"dropping {len(vision)} vision-tower tensors (text-only conversion; --mmproj OUT writes them as a "
+            "projector GGUF)")
     other = [n for n in unused if n not in vision]
     if other:
         log(f"ignoring {len(other)} tensor(s) the text model does not use: {', '.join(other[:8])}"

@@ -62,10 +62,47 @@ def _disk_full(path: Path, need: int) -> ModelFileError:
                           f"{free / 1e9:.2f} GB free; free some space or choose another --outfile")
 
 
+class Staging:
+    """Several outputs published together: each write_gguf given this staging leaves its finished file(s) in its
+    hidden temporary folder; `publish` then renames them all into place (after every one was written), and
+    `discard` removes whatever is left, so a failure in any output leaves none of them under its name."""
+
+    def __init__(self):
+        self.moves: list[tuple[Path, Path]] = []
+        self.tmpdirs: list[Path] = []
+
+    def publish(self) -> list:
+        final = []
+        for src, dest in self.moves:
+            os.replace(src, dest)
+            final.append(dest)
+        self.moves.clear()
+        return final
+
+    def discard(self) -> None:
+        self.moves.clear()
+        for d in self.tmpdirs:
+            shutil.rmtree(d, ignore_errors=True)
+        self.tmpdirs.clear()
+
+
 def write_gguf(outfile, kv, tensors, *, split_max_size: int = 0, threads: int | None = None,
-               progress: bool = True) -> list:
-    """Write `kv` ((key, value, type, sub_type) in order) and `tensors` (OutTensor with qtype set) to `outfile`.
-    Returns the paths written (several with split_max_size)."""
+               progress: bool = True, arch: str = names.ARCH, staging: Staging | None = None) -> list:
+    """Write `kv` ((key, value, type, sub_type) in order) and `tensors` (OutTensor with qtype set) to `outfile`
+    with general.architecture `arch`. Returns the paths written (several with split_max_size). With `staging`, the
+    finished file(s) wait in their temporary folder for `staging.publish()` (the returned paths are where they
+    will be) and the caller must end with `staging.discard()`."""
+    own = staging is None
+    staging = Staging() if own else staging
+    try:
+        final = _write_staged(outfile, kv, tensors, split_max_size, threads, progress, arch, staging)
+        return staging.publish() if own else final
+    finally:
+        if own:
+            staging.discard()
+
+
+def _write_staged(outfile, kv, tensors, split_max_size, threads, progress, arch, staging: Staging) -> list:
     outfile = Path(outfile)
     outdir = outfile.parent if str(outfile.parent) else Path(".")
     if not outdir.is_dir():
@@ -79,7 +116,8 @@ def write_gguf(outfile, kv, tensors, *, split_max_size: int = 0, threads: int | 
     tmpdir = outdir / f".{outfile.name}.partial-{os.getpid()}"
     shutil.rmtree(tmpdir, ignore_errors=True)
     tmpdir.mkdir()
-    writer = GGUFWriter(tmpdir / outfile.name, arch=names.ARCH, split_max_size=split_max_size)
+    staging.tmpdirs.append(tmpdir)
+    writer = GGUFWriter(tmpdir / outfile.name, arch=arch, split_max_size=split_max_size)
     try:
         for key, value, vtype, sub_type in kv:
             writer.add_key_value(key, value, vtype, sub_type=sub_type)
@@ -105,7 +143,7 @@ def write_gguf(outfile, kv, tensors, *, split_max_size: int = 0, threads: int | 
         final = []
         for p in shard_paths:
             dest = outdir / p.name
-            os.replace(p, dest)
+            staging.moves.append((p, dest))
             final.append(dest)
         return final
     except OSError as exc:
@@ -113,10 +151,7 @@ def write_gguf(outfile, kv, tensors, *, split_max_size: int = 0, threads: int | 
             raise _disk_full(outdir, total) from None
         raise
     finally:
-        try:
-            writer.close()
-        finally:
-            shutil.rmtree(tmpdir, ignore_errors=True)
+        writer.close()
 
 
 class _StopRequest:
