@@ -386,3 +386,37 @@ def test_tensor_dump_of_the_tower(towers):
         want = want[: values.shape[0]]  # HF's rows past ours are its padding
         err = np.abs(values - want).max() / np.abs(want).max()
         assert err < 1e-5, f"{name}: relative max |d| {err}"
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """tiny_hf's vision checkpoint through `convert --mmproj` (our converter): (checkpoint, text GGUF, projector)."""
+    import tiny_hf
+    from diffgemma_cpp.convert.pipeline import convert_checkpoint
+
+    root = tmp_path_factory.mktemp("converted")
+    ckpt = tiny_hf.make_tiny_vision_checkpoint(root / "vis", seed=2, patch_size=4, pooling=2, max_soft_tokens=70,
+                                               position_embedding_size=40)
+    paths = convert_checkpoint(ckpt, root / "text.gguf", "f32", mmproj=root / "mmproj.gguf", progress=False,
+                               quiet=True)
+    return ckpt, paths[0], paths[1]
+
+
+def test_converted_checkpoint_matches_hf_get_image_features(converted):
+    """The converter's projector and text GGUF: diffgemma_image_embed equals HF DiffusionGemma's
+    get_image_features (pooler_output) of the same checkpoint in float64, and the image token is config's."""
+    from transformers import DiffusionGemmaForBlockDiffusion
+
+    ckpt, text, mmproj = converted
+    hf = DiffusionGemmaForBlockDiffusion.from_pretrained(ckpt, dtype=torch.float64).eval()
+    rgb = _image(56, 80, seed=5)
+    pv, pos = hf_patches(rgb, 4, 70 * 4)
+    with torch.no_grad():
+        want = hf.model.encoder.get_image_features(pv, pos).pooler_output.numpy()
+    with Model(text, mmproj=mmproj, n_threads=2) as m:
+        assert lib.diffgemma_model_image_token(m._model) == hf.config.image_token_id
+        got = m.image_embed(rgb)
+    err = np.abs(got - want).max()
+    print(f"converted f32: max |d| {err:.3g}")
+    assert got.shape == want.shape == (7 * 10, 64)
+    assert err <= 1e-3

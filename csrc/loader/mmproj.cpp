@@ -33,11 +33,14 @@ bool ends_with(const std::string & s, const char * suffix) {
 
 VisionHParams read_vision_hparams(const gguf_context * g, const std::string & path) {
     const GgufMeta m(g);
-    if (!m.has(Key::CLIP_PROJECTOR_TYPE)) {
-        raise(DIFFGEMMA_ERR_UNSUPPORTED_MODEL, "%s is not a vision projector (the key '%s' is missing; make one with "
-              "`convert --mmproj`)", path.c_str(), key_name(Key::CLIP_PROJECTOR_TYPE).c_str());
+    // clip.cpp reads the plain key first, then the per-modality one (which llama.cpp's Gemma-4 converter writes).
+    const Key type_key = m.has(Key::CLIP_PROJECTOR_TYPE) ? Key::CLIP_PROJECTOR_TYPE : Key::CLIP_VISION_PROJECTOR_TYPE;
+    if (!m.has(type_key)) {
+        raise(DIFFGEMMA_ERR_UNSUPPORTED_MODEL, "%s is not a vision projector (neither '%s' nor '%s' is set; make one "
+              "with `convert --mmproj`)", path.c_str(), key_name(Key::CLIP_PROJECTOR_TYPE).c_str(),
+              key_name(Key::CLIP_VISION_PROJECTOR_TYPE).c_str());
     }
-    const std::string type = m.str(Key::CLIP_PROJECTOR_TYPE);
+    const std::string type = m.str(type_key);
     if (type != kProjectorType) {
         raise(DIFFGEMMA_ERR_UNSUPPORTED_MODEL, "%s has projector type '%s'; DiffusionGemma's vision tower is '%s'",
               path.c_str(), type.c_str(), kProjectorType);
