@@ -51,11 +51,11 @@ ggml_tensor * GraphBuilder::rms(ggml_tensor * x, ggml_tensor * weight) {
 // Offloaded weights always take ggml's op: a custom op would run on the CPU and pull the weight back.
 // An NVFP4 weight's second-level scale multiplies the product (y = (W_blocks x) * s row by row, which equals
 // (W_blocks * s) x, the checkpoint's weights, up to float32 rounding of the output).
-ggml_tensor * GraphBuilder::matmul(ggml_tensor * weight, ggml_tensor * x, GemmActivations activations,
-                                   ggml_tensor * out_scale) {
+ggml_tensor * weight_matmul(ggml_context * ctx, const KernelConfig & kernels, ggml_tensor * weight, ggml_tensor * x,
+                            bool on_gpu, GemmActivations activations, ggml_tensor * out_scale) {
     ggml_tensor * y;
-    if (w.on_gpu(weight)) {
-        y = gpu_mul_mat(weight, x);
+    if (on_gpu) {
+        y = gpu_mul_mat(ctx, weight, x);
     } else if (!gemm_f32_applies(kernels, weight, x)) {
         y = ggml_mul_mat(ctx, weight, x);
     } else {
@@ -66,11 +66,16 @@ ggml_tensor * GraphBuilder::matmul(ggml_tensor * weight, ggml_tensor * x, GemmAc
     return out_scale != nullptr ? ggml_mul(ctx, y, out_scale) : y;
 }
 
+ggml_tensor * GraphBuilder::matmul(ggml_tensor * weight, ggml_tensor * x, GemmActivations activations,
+                                   ggml_tensor * out_scale) {
+    return weight_matmul(ctx, kernels, weight, x, w.on_gpu(weight), activations, out_scale);
+}
+
 // ggml_mul_mat for the GPU. ggml-cuda multiplies f16 operands through cuBLAS with f16 accumulation unless the
 // node asks for f32: over a 2816-long dot product that is ~1e-2 relative error, a hundred times what the F16
 // parity bound allows. Quantized weights take ggml's int8 kernels (f32 accumulation) and ignore the request;
 // bf16 operands accumulate in f32 on Ampere and later anyway.
-ggml_tensor * GraphBuilder::gpu_mul_mat(ggml_tensor * a, ggml_tensor * b) {
+ggml_tensor * gpu_mul_mat(ggml_context * ctx, ggml_tensor * a, ggml_tensor * b) {
     ggml_tensor * y = ggml_mul_mat(ctx, a, b);
     if (a->type == GGML_TYPE_F16 || b->type == GGML_TYPE_F16) {
         ggml_mul_mat_set_prec(y, GGML_PREC_F32);
@@ -106,18 +111,22 @@ ggml_tensor * GraphBuilder::matmul_id(ggml_tensor * experts, ggml_tensor * x, gg
 // On an RPC device the remote backend is unknown and may be a CPU, whose table GELU is too coarse for parity
 // (bench/README.md, "Numerics behind graph choices"): there gelu_tanh is built from ggml's exact element-wise
 // ops, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
-ggml_tensor * GraphBuilder::geglu(ggml_tensor * gate, ggml_tensor * up, const ggml_tensor * weight) {
-    if (w.on_remote(weight)) {
+ggml_tensor * geglu_tanh(ggml_context * ctx, ggml_tensor * gate, ggml_tensor * up, bool on_real_gpu, bool on_remote) {
+    if (on_remote) {
         ggml_tensor * x = ggml_cont(ctx, gate);
         ggml_tensor * cube = ggml_mul(ctx, x, ggml_sqr(ctx, x));
         ggml_tensor * inner = ggml_scale(ctx, ggml_add(ctx, x, ggml_scale(ctx, cube, 0.044715f)), 0.7978845608028654f);
         ggml_tensor * half_one_plus_tanh = ggml_scale_bias(ctx, ggml_tanh(ctx, inner), 0.5f, 0.5f);
         return ggml_mul(ctx, ggml_mul(ctx, x, half_one_plus_tanh), up);
     }
-    if (real_gpu && w.on_gpu(weight)) {
+    if (on_real_gpu) {
         return ggml_geglu_split(ctx, gate, up);
     }
     return ggml_map_custom2(ctx, gate, up, geglu_tanh_kernel, GGML_N_TASKS_MAX, nullptr);
+}
+
+ggml_tensor * GraphBuilder::geglu(ggml_tensor * gate, ggml_tensor * up, const ggml_tensor * weight) {
+    return geglu_tanh(ctx, gate, up, real_gpu && w.on_gpu(weight), w.on_remote(weight));
 }
 
 // cap * tanh(logits / cap): our one-pass CPU op, or three ggml ops (exact on every backend) on the GPU.
@@ -128,12 +137,12 @@ ggml_tensor * GraphBuilder::softcap(ggml_tensor * logits) {
     return ggml_map_custom1(ctx, logits, softcap_kernel, GGML_N_TASKS_MAX, const_cast<float *>(&hp.softcap));
 }
 
-ggml_tensor * GraphBuilder::attend(ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, ggml_tensor * mask,
-                                   const ggml_tensor * wq) {
+ggml_tensor * attend_heads(ggml_context * ctx, const KernelConfig & kernels, ggml_tensor * q, ggml_tensor * k,
+                          ggml_tensor * v, ggml_tensor * mask, bool on_gpu) {
     const int64_t D = q->ne[0];
     const int64_t H = q->ne[1];
     const int64_t T = q->ne[2];
-    if (!w.on_gpu(wq) && attention_cpu_applies(kernels, q, k, v)) {
+    if (!on_gpu && attention_cpu_applies(kernels, q, k, v)) {
         ggml_tensor * args[4] = {q, k, v, mask};
         ggml_tensor * out = ggml_custom_4d(ctx, GGML_TYPE_F32, D, H, T, 1, args, mask != nullptr ? 4 : 3,
                                            attention_cpu_kernel, GGML_N_TASKS_MAX, nullptr);
@@ -141,11 +150,16 @@ ggml_tensor * GraphBuilder::attend(ggml_tensor * q, ggml_tensor * k, ggml_tensor
     }
     ggml_tensor * qp = ggml_permute(ctx, q, 0, 2, 1, 3);                  // [D, T, H]
     ggml_tensor * kp = ggml_permute(ctx, k, 0, 2, 1, 3);                  // [D, Nk, Hkv]
-    ggml_tensor * kq = gpu_mul_mat(kp, qp);                               // [Nk, T, H]; GQA by broadcast
+    ggml_tensor * kq = gpu_mul_mat(ctx, kp, qp);                          // [Nk, T, H]; GQA by broadcast
     kq = ggml_soft_max_ext(ctx, kq, mask, 1.0f, 0.0f);                    // scale 1.0: q/k are normalised
     ggml_tensor * vt = ggml_cont(ctx, ggml_permute(ctx, v, 1, 2, 0, 3));  // [Nk, D, Hkv]
-    ggml_tensor * out = gpu_mul_mat(vt, kq);                              // [D, T, H]
+    ggml_tensor * out = gpu_mul_mat(ctx, vt, kq);                         // [D, T, H]
     return ggml_cont_2d(ctx, ggml_permute(ctx, out, 0, 2, 1, 3), D * H, T);
+}
+
+ggml_tensor * GraphBuilder::attend(ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, ggml_tensor * mask,
+                                   const ggml_tensor * wq) {
+    return attend_heads(ctx, kernels, q, k, v, mask, w.on_gpu(wq));
 }
 
 // An offloaded router picks its experts with ARGSORT + view: ggml-cuda sorts every token's row in one kernel, while

@@ -32,6 +32,23 @@ struct GraphInputs {
     ggml_tensor * logits = nullptr;     // [n_vocab, C] f32 output (decoder)
 };
 
+// The op helpers the graph builders share (the text model's GraphBuilder, the vision tower's vision_graph.h). Each is
+// told where its weight lives: `on_gpu` (an offloaded copy: ggml's ops, which every backend has, instead of our CPU
+// custom ops), `on_real_gpu` (on a real device, not the test stand-in), `on_remote` (an RPC device, whose backend may
+// be a CPU with ggml's f16-table GELU: exact element-wise ops instead).
+// weight [K, N] times x [K, T]; `out_scale`: an NVFP4 weight's per-row second-level scale (weights.h) or nullptr.
+ggml_tensor * weight_matmul(ggml_context * ctx, const KernelConfig & kernels, ggml_tensor * weight, ggml_tensor * x,
+                            bool on_gpu, GemmActivations activations = GemmActivations::kAuto,
+                            ggml_tensor * out_scale = nullptr);
+// ggml_mul_mat with f32 accumulation asked for where an operand is f16 (ggml-cuda's cuBLAS path).
+ggml_tensor * gpu_mul_mat(ggml_context * ctx, ggml_tensor * a, ggml_tensor * b);
+// gelu_tanh(gate) * up, exact on every backend (ggml's CPU gelu reads an f16 table).
+ggml_tensor * geglu_tanh(ggml_context * ctx, ggml_tensor * gate, ggml_tensor * up, bool on_real_gpu, bool on_remote);
+// softmax(q k^T + mask) v per head, scale 1 (q and k are normalised), GQA by broadcast; q [D, H, T], k and v
+// [D, Hkv, Nk], mask [Nk, T] or nullptr: [D * H, T].
+ggml_tensor * attend_heads(ggml_context * ctx, const KernelConfig & kernels, ggml_tensor * q, ggml_tensor * k,
+                           ggml_tensor * v, ggml_tensor * mask, bool on_gpu);
+
 struct GraphBuilder {
     const HParams & hp;
     const Weights & w;
@@ -78,7 +95,6 @@ struct GraphBuilder {
     ggml_tensor * matmul(ggml_tensor * weight, ggml_tensor * out_scale, ggml_tensor * x) {
         return matmul(weight, x, GemmActivations::kAuto, out_scale);
     }
-    ggml_tensor * gpu_mul_mat(ggml_tensor * a, ggml_tensor * b);
     ggml_tensor * matmul_id(ggml_tensor * experts, ggml_tensor * x, ggml_tensor * ids, ggml_tensor * out_scale);
     // softmax(q k^T + mask) v per head, GQA by broadcast: [D * H, T]. `wq` tells where the layer lives.
     ggml_tensor * attend(ggml_tensor * q, ggml_tensor * k, ggml_tensor * v, ggml_tensor * mask, const ggml_tensor * wq);

@@ -23,12 +23,6 @@ namespace dg {
 
 namespace {
 
-enum class Role {
-    Vector,  // norms and scalars: read by element-wise ops, must be F32
-    Matrix,  // multiplied by mul_mat / mul_mat_id: any type the CPU backend can multiply
-    Embed,   // read by get_rows and mul_mat
-};
-
 bool is_matrix_type(ggml_type t) {
     switch (t) {
         case GGML_TYPE_F32: case GGML_TYPE_F16: case GGML_TYPE_BF16:
@@ -47,65 +41,6 @@ std::string shape_str(const int64_t * ne, int n) {
         s += (i ? ", " : "") + std::to_string(ne[i]);
     }
     return s + "]";
-}
-
-class Binder {
-  public:
-    Binder(ggml_context * meta, std::set<std::string> & used, std::vector<ggml_tensor *> & vectors)
-        : meta_(meta), used_(used), vectors_(vectors) {}
-
-    ggml_tensor * get(const std::string & name, std::initializer_list<int64_t> shape, bool required, Role role) {
-        ggml_tensor * t = ggml_get_tensor(meta_, name.c_str());
-        if (t == nullptr) {
-            if (required) {
-                raise(DIFFGEMMA_ERR_UNSUPPORTED_MODEL, "tensor '%s' is missing from the GGUF (expected shape %s)",
-                      name.c_str(), shape_str(shape.begin(), static_cast<int>(shape.size())).c_str());
-            }
-            return nullptr;
-        }
-        used_.insert(name);
-        int64_t want[GGML_MAX_DIMS] = {1, 1, 1, 1};
-        int i = 0;
-        for (int64_t d : shape) {
-            want[i++] = d;
-        }
-        for (int d = 0; d < GGML_MAX_DIMS; ++d) {
-            if (t->ne[d] != want[d]) {
-                raise(DIFFGEMMA_ERR_UNSUPPORTED_MODEL, "tensor '%s' has shape %s, expected %s", name.c_str(),
-                      shape_str(t->ne, ggml_n_dims(t)).c_str(), shape_str(want, static_cast<int>(shape.size())).c_str());
-            }
-        }
-        const bool ok = role == Role::Vector ? t->type == GGML_TYPE_F32 : is_matrix_type(t->type);
-        if (!ok) {
-            raise(DIFFGEMMA_ERR_UNSUPPORTED_TYPE, "tensor '%s' has type %s, which we cannot run for this tensor%s",
-                  name.c_str(), ggml_type_name(t->type),
-                  role == Role::Vector ? " (norms and scalars must be f32)" : "");
-        }
-        if (role == Role::Vector) {
-            vectors_.push_back(t);
-        }
-        return t;
-    }
-
-  private:
-    ggml_context * meta_;
-    std::set<std::string> & used_;
-    std::vector<ggml_tensor *> & vectors_;
-};
-
-// Norm weights and scales multiply every activation: one NaN or infinity in them turns every logit into NaN,
-// which would surface only as a sampler failure much later. They are small (f32 vectors), so all are read.
-void check_finite(const std::vector<ggml_tensor *> & vectors) {
-    for (const ggml_tensor * t : vectors) {
-        const float * v = static_cast<const float *>(t->data);
-        const int64_t n = ggml_nelements(t);
-        for (int64_t i = 0; i < n; ++i) {
-            if (!std::isfinite(v[i])) {
-                raise(DIFFGEMMA_ERR_BAD_FORMAT, "tensor '%s' holds %s at index %lld (norm and scale weights must be finite)",
-                      ggml_get_name(t), std::isnan(v[i]) ? "NaN" : (v[i] > 0 ? "inf" : "-inf"), static_cast<long long>(i));
-            }
-        }
-    }
 }
 
 // The tensor's size in bytes from its shape and type, or false if a product overflows. ggml's parser has
@@ -135,7 +70,7 @@ bool checked_nbytes(const ggml_tensor * t, size_t * out) {
 std::vector<ggml_tensor *> bind_tensors(ggml_context * meta, HParams & hp, Weights & w) {
     std::set<std::string> used;
     std::vector<ggml_tensor *> vectors;
-    Binder b(meta, used, vectors);
+    TensorBinder b(meta, used, vectors);
     ggml_tensor * embd = ggml_get_tensor(meta, tensor_name(Tensor::TOKEN_EMBD).c_str());
     if (embd == nullptr) {
         raise(DIFFGEMMA_ERR_UNSUPPORTED_MODEL, "tensor '%s' is missing from the GGUF", tensor_name(Tensor::TOKEN_EMBD).c_str());
@@ -148,16 +83,16 @@ std::vector<ggml_tensor *> bind_tensors(ggml_context * meta, HParams & hp, Weigh
     }
     hp.n_vocab = static_cast<int32_t>(embd->ne[1]);
     const int64_t E = hp.n_embd;
-    w.tok_embd = b.get(tensor_name(Tensor::TOKEN_EMBD), {E, hp.n_vocab}, true, Role::Embed);
-    w.output_norm = b.get(tensor_name(Tensor::OUTPUT_NORM), {E}, true, Role::Vector);
-    w.rope_freqs = b.get(tensor_name(Tensor::ROPE_FREQS), {hp.head_dim_full / 2}, false, Role::Vector);
-    w.sc_pre_norm = b.get(tensor_name(Tensor::SELF_COND_PRE_NORM), {E}, false, Role::Vector);
-    w.sc_gate = b.get(tensor_name(Tensor::SELF_COND_GATE), {E, hp.n_ff}, false, Role::Matrix);
-    w.sc_up = b.get(tensor_name(Tensor::SELF_COND_UP), {E, hp.n_ff}, false, Role::Matrix);
-    w.sc_down = b.get(tensor_name(Tensor::SELF_COND_DOWN), {hp.n_ff, E}, false, Role::Matrix);
-    w.sc_gate_s = b.get(tensor_name(Tensor::SELF_COND_GATE_OUT_SCALE), {hp.n_ff}, false, Role::Vector);
-    w.sc_up_s = b.get(tensor_name(Tensor::SELF_COND_UP_OUT_SCALE), {hp.n_ff}, false, Role::Vector);
-    w.sc_down_s = b.get(tensor_name(Tensor::SELF_COND_DOWN_OUT_SCALE), {E}, false, Role::Vector);
+    w.tok_embd = b.get(tensor_name(Tensor::TOKEN_EMBD), {E, hp.n_vocab}, true, TensorRole::Embed);
+    w.output_norm = b.get(tensor_name(Tensor::OUTPUT_NORM), {E}, true, TensorRole::Vector);
+    w.rope_freqs = b.get(tensor_name(Tensor::ROPE_FREQS), {hp.head_dim_full / 2}, false, TensorRole::Vector);
+    w.sc_pre_norm = b.get(tensor_name(Tensor::SELF_COND_PRE_NORM), {E}, false, TensorRole::Vector);
+    w.sc_gate = b.get(tensor_name(Tensor::SELF_COND_GATE), {E, hp.n_ff}, false, TensorRole::Matrix);
+    w.sc_up = b.get(tensor_name(Tensor::SELF_COND_UP), {E, hp.n_ff}, false, TensorRole::Matrix);
+    w.sc_down = b.get(tensor_name(Tensor::SELF_COND_DOWN), {hp.n_ff, E}, false, TensorRole::Matrix);
+    w.sc_gate_s = b.get(tensor_name(Tensor::SELF_COND_GATE_OUT_SCALE), {hp.n_ff}, false, TensorRole::Vector);
+    w.sc_up_s = b.get(tensor_name(Tensor::SELF_COND_UP_OUT_SCALE), {hp.n_ff}, false, TensorRole::Vector);
+    w.sc_down_s = b.get(tensor_name(Tensor::SELF_COND_DOWN_OUT_SCALE), {E}, false, TensorRole::Vector);
     const int n_sc = (w.sc_pre_norm != nullptr) + (w.sc_gate != nullptr) + (w.sc_up != nullptr) + (w.sc_down != nullptr);
     if (n_sc != 0 && n_sc != 4) {
         raise(DIFFGEMMA_ERR_UNSUPPORTED_MODEL, "the self-conditioning tensors (self_cond_pre_norm/gate/up/down) must be all present or all absent; %d of 4 found", n_sc);
@@ -169,40 +104,40 @@ std::vector<ggml_tensor *> bind_tensors(ggml_context * meta, HParams & hp, Weigh
         const int64_t q_dim = hp.n_head * D;
         const int64_t kv_dim = hp.n_head_kv[il] * D;
         auto name = [il](LayerTensor t) { return tensor_name(t, il); };
-        l.attn_norm = b.get(name(LayerTensor::ATTN_NORM), {E}, true, Role::Vector);
-        l.wq = b.get(name(LayerTensor::ATTN_Q), {E, q_dim}, true, Role::Matrix);
-        l.wk = b.get(name(LayerTensor::ATTN_K), {E, kv_dim}, true, Role::Matrix);
-        l.wv = b.get(name(LayerTensor::ATTN_V), {E, kv_dim}, hp.is_swa[il], Role::Matrix);
+        l.attn_norm = b.get(name(LayerTensor::ATTN_NORM), {E}, true, TensorRole::Vector);
+        l.wq = b.get(name(LayerTensor::ATTN_Q), {E, q_dim}, true, TensorRole::Matrix);
+        l.wk = b.get(name(LayerTensor::ATTN_K), {E, kv_dim}, true, TensorRole::Matrix);
+        l.wv = b.get(name(LayerTensor::ATTN_V), {E, kv_dim}, hp.is_swa[il], TensorRole::Matrix);
         if (!hp.is_swa[il] && l.wv != nullptr) {
             // Full-attention layers take V from the raw K projection (spec 4.2); a stray attn_v is ignored.
             log(DIFFGEMMA_LOG_WARN, "ignoring %s: full-attention layers use the raw K projection as V", name(LayerTensor::ATTN_V).c_str());
             l.wv = nullptr;
         }
-        l.wo = b.get(name(LayerTensor::ATTN_OUTPUT), {q_dim, E}, true, Role::Matrix);
-        l.q_norm = b.get(name(LayerTensor::ATTN_Q_NORM), {D}, true, Role::Vector);
-        l.k_norm = b.get(name(LayerTensor::ATTN_K_NORM), {D}, true, Role::Vector);
-        l.post_attn_norm = b.get(name(LayerTensor::POST_ATTENTION_NORM), {E}, true, Role::Vector);
-        l.ffn_norm = b.get(name(LayerTensor::FFN_NORM), {E}, true, Role::Vector);
-        l.ffn_gate = b.get(name(LayerTensor::FFN_GATE), {E, hp.n_ff}, true, Role::Matrix);
-        l.ffn_up = b.get(name(LayerTensor::FFN_UP), {E, hp.n_ff}, true, Role::Matrix);
-        l.ffn_down = b.get(name(LayerTensor::FFN_DOWN), {hp.n_ff, E}, true, Role::Matrix);
-        l.post_ffw_norm_1 = b.get(name(LayerTensor::POST_FFW_NORM_1), {E}, true, Role::Vector);
-        l.gate_inp = b.get(name(LayerTensor::FFN_GATE_INP), {E, hp.n_expert}, true, Role::Matrix);
-        l.gate_inp_scale = b.get(name(LayerTensor::FFN_GATE_INP_SCALE), {E}, true, Role::Vector);
-        l.pre_ffw_norm_2 = b.get(name(LayerTensor::PRE_FFW_NORM_2), {E}, true, Role::Vector);
-        l.gate_up_exps = b.get(name(LayerTensor::FFN_GATE_UP_EXPS), {E, 2 * hp.n_ff_exp, hp.n_expert}, false, Role::Matrix);
+        l.wo = b.get(name(LayerTensor::ATTN_OUTPUT), {q_dim, E}, true, TensorRole::Matrix);
+        l.q_norm = b.get(name(LayerTensor::ATTN_Q_NORM), {D}, true, TensorRole::Vector);
+        l.k_norm = b.get(name(LayerTensor::ATTN_K_NORM), {D}, true, TensorRole::Vector);
+        l.post_attn_norm = b.get(name(LayerTensor::POST_ATTENTION_NORM), {E}, true, TensorRole::Vector);
+        l.ffn_norm = b.get(name(LayerTensor::FFN_NORM), {E}, true, TensorRole::Vector);
+        l.ffn_gate = b.get(name(LayerTensor::FFN_GATE), {E, hp.n_ff}, true, TensorRole::Matrix);
+        l.ffn_up = b.get(name(LayerTensor::FFN_UP), {E, hp.n_ff}, true, TensorRole::Matrix);
+        l.ffn_down = b.get(name(LayerTensor::FFN_DOWN), {hp.n_ff, E}, true, TensorRole::Matrix);
+        l.post_ffw_norm_1 = b.get(name(LayerTensor::POST_FFW_NORM_1), {E}, true, TensorRole::Vector);
+        l.gate_inp = b.get(name(LayerTensor::FFN_GATE_INP), {E, hp.n_expert}, true, TensorRole::Matrix);
+        l.gate_inp_scale = b.get(name(LayerTensor::FFN_GATE_INP_SCALE), {E}, true, TensorRole::Vector);
+        l.pre_ffw_norm_2 = b.get(name(LayerTensor::PRE_FFW_NORM_2), {E}, true, TensorRole::Vector);
+        l.gate_up_exps = b.get(name(LayerTensor::FFN_GATE_UP_EXPS), {E, 2 * hp.n_ff_exp, hp.n_expert}, false, TensorRole::Matrix);
         if (l.gate_up_exps == nullptr) {
-            l.gate_exps = b.get(name(LayerTensor::FFN_GATE_EXPS), {E, hp.n_ff_exp, hp.n_expert}, true, Role::Matrix);
-            l.up_exps = b.get(name(LayerTensor::FFN_UP_EXPS), {E, hp.n_ff_exp, hp.n_expert}, true, Role::Matrix);
+            l.gate_exps = b.get(name(LayerTensor::FFN_GATE_EXPS), {E, hp.n_ff_exp, hp.n_expert}, true, TensorRole::Matrix);
+            l.up_exps = b.get(name(LayerTensor::FFN_UP_EXPS), {E, hp.n_ff_exp, hp.n_expert}, true, TensorRole::Matrix);
         }
-        l.down_exps = b.get(name(LayerTensor::FFN_DOWN_EXPS), {hp.n_ff_exp, E, hp.n_expert}, true, Role::Matrix);
-        l.down_exps_scale = b.get(name(LayerTensor::FFN_DOWN_EXPS_SCALE), {hp.n_expert}, true, Role::Vector);
-        l.post_ffw_norm_2 = b.get(name(LayerTensor::POST_FFW_NORM_2), {E}, true, Role::Vector);
-        l.post_ffw_norm = b.get(name(LayerTensor::POST_FFW_NORM), {E}, true, Role::Vector);
-        l.dec_scale = b.get(name(LayerTensor::LAYER_OUTPUT_SCALE), {1}, true, Role::Vector);
-        l.enc_scale = b.get(name(LayerTensor::ENC_LAYER_OUTPUT_SCALE), {1}, true, Role::Vector);
+        l.down_exps = b.get(name(LayerTensor::FFN_DOWN_EXPS), {hp.n_ff_exp, E, hp.n_expert}, true, TensorRole::Matrix);
+        l.down_exps_scale = b.get(name(LayerTensor::FFN_DOWN_EXPS_SCALE), {hp.n_expert}, true, TensorRole::Vector);
+        l.post_ffw_norm_2 = b.get(name(LayerTensor::POST_FFW_NORM_2), {E}, true, TensorRole::Vector);
+        l.post_ffw_norm = b.get(name(LayerTensor::POST_FFW_NORM), {E}, true, TensorRole::Vector);
+        l.dec_scale = b.get(name(LayerTensor::LAYER_OUTPUT_SCALE), {1}, true, TensorRole::Vector);
+        l.enc_scale = b.get(name(LayerTensor::ENC_LAYER_OUTPUT_SCALE), {1}, true, TensorRole::Vector);
         auto out_scale = [&](LayerTensor t, std::initializer_list<int64_t> shape) {
-            return b.get(name(t), shape, false, Role::Vector);
+            return b.get(name(t), shape, false, TensorRole::Vector);
         };
         const int64_t FE = hp.n_ff_exp;
         const int64_t NE = hp.n_expert;
@@ -279,31 +214,67 @@ void upload_f16_as_bf16(const ggml_tensor * src, ggml_tensor * dst) {
 
 }  // namespace
 
-WeightStore::~WeightStore() {
-    for (ggml_backend_buffer_t buf : gpu_bufs_) {
-        free_remote_quietly([buf] { ggml_backend_buffer_free(buf); });  // an RPC server may be gone (rpc.h)
+TensorBinder::TensorBinder(ggml_context * meta, std::set<std::string> & used, std::vector<ggml_tensor *> & vectors)
+    : meta_(meta), used_(used), vectors_(vectors) {}
+
+ggml_tensor * TensorBinder::get(const std::string & name, std::initializer_list<int64_t> shape, bool required,
+                                TensorRole role) {
+    ggml_tensor * t = ggml_get_tensor(meta_, name.c_str());
+    if (t == nullptr) {
+        if (required) {
+            raise(DIFFGEMMA_ERR_UNSUPPORTED_MODEL, "tensor '%s' is missing from the GGUF (expected shape %s)",
+                  name.c_str(), shape_str(shape.begin(), static_cast<int>(shape.size())).c_str());
+        }
+        return nullptr;
     }
-    for (ggml_context * ctx : gpu_ctxs_) {
-        ggml_free(ctx);
+    used_.insert(name);
+    int64_t want[GGML_MAX_DIMS] = {1, 1, 1, 1};
+    int i = 0;
+    for (int64_t d : shape) {
+        want[i++] = d;
     }
-    if (derived_buf_ != nullptr) {
-        ggml_backend_buffer_free(derived_buf_);
+    for (int d = 0; d < GGML_MAX_DIMS; ++d) {
+        if (t->ne[d] != want[d]) {
+            raise(DIFFGEMMA_ERR_UNSUPPORTED_MODEL, "tensor '%s' has shape %s, expected %s", name.c_str(),
+                  shape_str(t->ne, ggml_n_dims(t)).c_str(), shape_str(want, static_cast<int>(shape.size())).c_str());
+        }
     }
-    if (derived_ctx_ != nullptr) {
-        ggml_free(derived_ctx_);
+    const bool ok = role == TensorRole::Vector ? t->type == GGML_TYPE_F32 : is_matrix_type(t->type);
+    if (!ok) {
+        raise(DIFFGEMMA_ERR_UNSUPPORTED_TYPE, "tensor '%s' has type %s, which we cannot run for this tensor%s",
+              name.c_str(), ggml_type_name(t->type), role == TensorRole::Vector ? " (norms and scalars must be f32)" : "");
     }
-    if (weights_buf_ != nullptr) {
-        ggml_backend_buffer_free(weights_buf_);
+    if (role == TensorRole::Vector) {
+        vectors_.push_back(t);
+    }
+    return t;
+}
+
+// Norm weights and scales multiply every activation: one NaN or infinity in them turns every logit into NaN,
+// which would surface only as a sampler failure much later. They are small (f32 vectors), so all are read.
+void check_finite(const std::vector<ggml_tensor *> & vectors) {
+    for (const ggml_tensor * t : vectors) {
+        const float * v = static_cast<const float *>(t->data);
+        const int64_t n = ggml_nelements(t);
+        for (int64_t i = 0; i < n; ++i) {
+            if (!std::isfinite(v[i])) {
+                raise(DIFFGEMMA_ERR_BAD_FORMAT, "tensor '%s' holds %s at index %lld (norm and scale weights must be finite)",
+                      ggml_get_name(t), std::isnan(v[i]) ? "NaN" : (v[i] > 0 ? "inf" : "-inf"), static_cast<long long>(i));
+            }
+        }
+    }
+}
+
+GgufMapping::~GgufMapping() {
+    if (buf_ != nullptr) {
+        ggml_backend_buffer_free(buf_);
     }
     if (map_ != nullptr) {
         munmap(map_, map_size_);
     }
 }
 
-void WeightStore::load(const std::string & path, gguf_context * gguf, ggml_context * meta_ctx, HParams & hp, Weights & w,
-                       int n_threads) {
-    const std::vector<ggml_tensor *> vectors = bind_tensors(meta_ctx, hp, w);
-
+void GgufMapping::map(const std::string & path, gguf_context * gguf, ggml_context * meta_ctx) {
     const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         raise(DIFFGEMMA_ERR_IO, "cannot open %s: %s", path.c_str(), std::strerror(errno));
@@ -330,11 +301,11 @@ void WeightStore::load(const std::string & path, gguf_context * gguf, ggml_conte
     char * data = static_cast<char *>(map_) + data_offset;
     const size_t data_size = map_size_ - data_offset;
     // ggml only reads through this buffer; the mapping is read-only.
-    weights_buf_ = ggml_backend_cpu_buffer_from_ptr(data, std::max<size_t>(data_size, 1));
-    if (weights_buf_ == nullptr) {
+    buf_ = ggml_backend_cpu_buffer_from_ptr(data, std::max<size_t>(data_size, 1));
+    if (buf_ == nullptr) {
         raise(DIFFGEMMA_ERR_BACKEND, "cannot wrap the mapped weights in a CPU buffer");
     }
-    ggml_backend_buffer_set_usage(weights_buf_, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+    ggml_backend_buffer_set_usage(buf_, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
     const int64_t n_tensors = gguf_get_n_tensors(gguf);
     for (int64_t i = 0; i < n_tensors; ++i) {
         const char * name = gguf_get_tensor_name(gguf, i);
@@ -356,10 +327,32 @@ void WeightStore::load(const std::string & path, gguf_context * gguf, ggml_conte
             raise(DIFFGEMMA_ERR_BAD_FORMAT, "tensor '%s' (%zu bytes at offset %zu) lies outside the file's %zu bytes of tensor data (truncated file?)",
                   name, nbytes, offset, data_size);
         }
-        if (ggml_backend_tensor_alloc(weights_buf_, t, data + offset) != GGML_STATUS_SUCCESS) {
+        if (ggml_backend_tensor_alloc(buf_, t, data + offset) != GGML_STATUS_SUCCESS) {
             raise(DIFFGEMMA_ERR_BACKEND, "cannot place tensor '%s' in the weights buffer", name);
         }
     }
+}
+
+WeightStore::~WeightStore() {
+    for (ggml_backend_buffer_t buf : gpu_bufs_) {
+        free_remote_quietly([buf] { ggml_backend_buffer_free(buf); });  // an RPC server may be gone (rpc.h)
+    }
+    for (ggml_context * ctx : gpu_ctxs_) {
+        ggml_free(ctx);
+    }
+    if (derived_buf_ != nullptr) {
+        ggml_backend_buffer_free(derived_buf_);
+    }
+    if (derived_ctx_ != nullptr) {
+        ggml_free(derived_ctx_);
+    }
+}
+
+void WeightStore::load(const std::string & path, gguf_context * gguf, ggml_context * meta_ctx, HParams & hp, Weights & w,
+                       int n_threads) {
+    const std::vector<ggml_tensor *> vectors = bind_tensors(meta_ctx, hp, w);
+
+    mapping_.map(path, gguf, meta_ctx);
     check_finite(vectors);
 
     if (w.sc_gate != nullptr) {

@@ -7,6 +7,8 @@
 #include "ggml-backend.h"
 #include "ggml.h"
 
+#include <initializer_list>
+#include <set>
 #include <string>
 #include <unordered_set>
 #include <vector>
@@ -124,6 +126,47 @@ inline constexpr ggml_tensor * Weights::* kHeadTensors[] = {
 
 struct Gpu;
 
+// How a bound tensor is read, which decides the types it may have.
+enum class TensorRole {
+    Vector,  // norms and scalars: read by element-wise ops, must be F32
+    Matrix,  // multiplied by mul_mat / mul_mat_id: any type the CPU backend can multiply
+    Embed,   // read by get_rows and mul_mat
+};
+
+// Finds a tensor of a GGUF's metadata context with its expected shape (ggml ne order) and a type its role allows;
+// errors name the tensor. Records the names it bound (`used`) and the f32 vectors (`vectors`, for check_finite).
+class TensorBinder {
+  public:
+    TensorBinder(ggml_context * meta, std::set<std::string> & used, std::vector<ggml_tensor *> & vectors);
+    // nullptr when absent and not required; throws dg::Error otherwise.
+    ggml_tensor * get(const std::string & name, std::initializer_list<int64_t> shape, bool required, TensorRole role);
+
+  private:
+    ggml_context * meta_;
+    std::set<std::string> & used_;
+    std::vector<ggml_tensor *> & vectors_;
+};
+
+// Norm weights and scales multiply every activation: one NaN or infinity in them turns every output into NaN.
+// Reads every (mapped) f32 vector; throws DIFFGEMMA_ERR_BAD_FORMAT naming the tensor and the index.
+void check_finite(const std::vector<ggml_tensor *> & vectors);
+
+// A GGUF file mapped read-only, with every tensor of its metadata context bound to the mapping (in one CPU buffer
+// that wraps it: no copy). Checks each tensor's size, alignment and extent against the file.
+class GgufMapping {
+  public:
+    GgufMapping() = default;
+    GgufMapping(const GgufMapping &) = delete;
+    GgufMapping & operator=(const GgufMapping &) = delete;
+    ~GgufMapping();
+    void map(const std::string & path, gguf_context * gguf, ggml_context * meta_ctx);  // throws dg::Error
+
+  private:
+    void * map_ = nullptr;
+    size_t map_size_ = 0;
+    ggml_backend_buffer_t buf_ = nullptr;
+};
+
 // Owns the mapping, the ggml contexts and buffers behind Weights.
 class WeightStore {
   public:
@@ -146,9 +189,7 @@ class WeightStore {
 
   private:
 
-    void * map_ = nullptr;
-    size_t map_size_ = 0;
-    ggml_backend_buffer_t weights_buf_ = nullptr;
+    GgufMapping mapping_;  // first: destroyed last, after the buffers copied from it
     ggml_context * derived_ctx_ = nullptr;
     ggml_backend_buffer_t derived_buf_ = nullptr;
     std::vector<ggml_context *> gpu_ctxs_;           // one per offload device that holds weights

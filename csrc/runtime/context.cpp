@@ -55,12 +55,6 @@ constexpr size_t kGraphNodes = 16384;
 // ggml's CPU backend polls this between graph nodes: a cancel stops a long pass promptly.
 bool abort_requested(void * data) { return static_cast<diffgemma_context *>(data)->cancel.load(); }
 
-void set_input(ggml_tensor * t, const void * data, size_t bytes) {
-    if (t != nullptr && t->buffer != nullptr) {  // an input no node reads is not allocated
-        ggml_backend_tensor_set(t, data, 0, bytes);
-    }
-}
-
 // A no-alloc ggml context for one graph over reusable metadata storage `meta`, and its graph in *gf.
 ggml_context * new_graph_context(std::vector<uint8_t> & meta, ggml_cgraph ** gf) {
     const size_t need = ggml_tensor_overhead() * kGraphNodes + ggml_graph_overhead_custom(kGraphNodes, false);
@@ -74,36 +68,6 @@ ggml_context * new_graph_context(std::vector<uint8_t> & meta, ggml_cgraph ** gf)
     }
     *gf = ggml_new_graph_custom(ctx, kGraphNodes, false);
     return ctx;
-}
-
-// One graph's context over the context's shared metadata storage, for graphs that are not kept (encoder).
-struct GraphScope {
-    ggml_context * ctx = nullptr;
-    ggml_cgraph * gf = nullptr;
-    explicit GraphScope(diffgemma_context * c) { ctx = new_graph_context(c->graph_meta, &gf); }
-    ~GraphScope() { ggml_free(ctx); }
-};
-
-void compute(diffgemma_context * c, ggml_cgraph * gf, const char * what) {
-    if (c->decoder_graph != nullptr && gf != c->decoder_graph->gf) {
-        c->decoder_graph->allocated = false;  // the scheduler's buffers now belong to another graph
-    }
-    if (!ggml_backend_sched_alloc_graph(c->sched, gf)) {
-        dg::raise(DIFFGEMMA_ERR_OUT_OF_MEMORY, "cannot allocate the compute buffers of the %s pass", what);
-    }
-}
-
-void run(diffgemma_context * c, ggml_cgraph * gf, const char * what) {
-    c->timing.totals.n_threads_last = c->threads->prepare_pass(c->cpu);
-    const auto t0 = dg::Clock::now();
-    const enum ggml_status st = ggml_backend_sched_graph_compute(c->sched, gf);
-    if (st == GGML_STATUS_ABORTED || c->cancel.load()) {
-        dg::raise(DIFFGEMMA_ERR_CANCELLED, "the %s pass was cancelled", what);
-    }
-    if (st != GGML_STATUS_SUCCESS) {
-        dg::raise(DIFFGEMMA_ERR_BACKEND, "the %s pass failed (ggml status %d)", what, (int) st);
-    }
-    dg::note_compute_pass(dg::ms_since(t0) / 1000.0);  // how long an RPC server may legitimately stay silent
 }
 
 }  // namespace
@@ -121,6 +85,38 @@ diffgemma_context::~diffgemma_context() {
 }
 
 namespace dg {
+
+void set_graph_input(ggml_tensor * t, const void * data, size_t bytes) {
+    if (t != nullptr && t->buffer != nullptr) {  // an input no node reads is not allocated
+        ggml_backend_tensor_set(t, data, 0, bytes);
+    }
+}
+
+GraphScope::GraphScope(diffgemma_context * c) { ctx = new_graph_context(c->graph_meta, &gf); }
+
+GraphScope::~GraphScope() { ggml_free(ctx); }
+
+void allocate_graph(diffgemma_context * c, ggml_cgraph * gf, const char * what) {
+    if (c->decoder_graph != nullptr && gf != c->decoder_graph->gf) {
+        c->decoder_graph->allocated = false;  // the scheduler's buffers now belong to another graph
+    }
+    if (!ggml_backend_sched_alloc_graph(c->sched, gf)) {
+        raise(DIFFGEMMA_ERR_OUT_OF_MEMORY, "cannot allocate the compute buffers of the %s pass", what);
+    }
+}
+
+void compute_graph(diffgemma_context * c, ggml_cgraph * gf, const char * what) {
+    c->timing.totals.n_threads_last = c->threads->prepare_pass(c->cpu);
+    const auto t0 = Clock::now();
+    const enum ggml_status st = ggml_backend_sched_graph_compute(c->sched, gf);
+    if (st == GGML_STATUS_ABORTED || c->cancel.load()) {
+        raise(DIFFGEMMA_ERR_CANCELLED, "the %s pass was cancelled", what);
+    }
+    if (st != GGML_STATUS_SUCCESS) {
+        raise(DIFFGEMMA_ERR_BACKEND, "the %s pass failed (ggml status %d)", what, (int) st);
+    }
+    note_compute_pass(ms_since(t0) / 1000.0);  // how long an RPC server may legitimately stay silent
+}
 
 int32_t exclusive_call(diffgemma_context * ctx, CallKind kind, const std::function<void()> & body) {
     bool expected = false;
@@ -210,25 +206,25 @@ void encode_tokens(diffgemma_context * c, const int32_t * tokens, int32_t n_toke
         GraphBuilder b{hp, c->model->w, c->kv, g.ctx, g.gf, c->gpu_graph, c->kernels};
         GraphInputs in = b.build_encoder(c->n_past, T, n_image_rows);
         ggml_backend_sched_reset(c->sched);
-        compute(c, g.gf, "encoder");
+        allocate_graph(c, g.gf, "encoder");
         std::vector<int32_t> pos(static_cast<size_t>(T));
         for (int32_t t = 0; t < T; ++t) {
             pos[static_cast<size_t>(t)] = c->n_past + t;
         }
-        set_input(in.ids, tokens + start, sizeof(int32_t) * static_cast<size_t>(T));
-        set_input(in.pos, pos.data(), sizeof(int32_t) * pos.size());
+        set_graph_input(in.ids, tokens + start, sizeof(int32_t) * static_cast<size_t>(T));
+        set_graph_input(in.pos, pos.data(), sizeof(int32_t) * pos.size());
         if (n_image_rows > 0) {
-            set_input(in.image_embd, image_rows.data(), sizeof(float) * image_rows.size());
-            set_input(in.embd_rows, rows.data(), sizeof(int32_t) * rows.size());
+            set_graph_input(in.image_embd, image_rows.data(), sizeof(float) * image_rows.size());
+            set_graph_input(in.embd_rows, rows.data(), sizeof(int32_t) * rows.size());
         }
         for (auto [mask, begin, window] : {std::tuple{in.mask_full, 0, 0},
                                            std::tuple{in.mask_swa, swa_first_key(hp, c->n_past), hp.n_swa}}) {
             std::vector<float> m(static_cast<size_t>(mask->ne[0] * mask->ne[1]));
             fill_encoder_mask(m.data(), begin, c->n_past, T, window, bidirectional);
-            set_input(mask, m.data(), m.size() * sizeof(float));
+            set_graph_input(mask, m.data(), m.size() * sizeof(float));
         }
         c->timing.last_node = Clock::now();
-        run(c, g.gf, "encoder");
+        compute_graph(c, g.gf, "encoder");
         c->cached_tokens.insert(c->cached_tokens.end(), tokens + start, tokens + start + T);
         c->cached_spans.insert(c->cached_spans.end(), chunk_spans.begin(), chunk_spans.end());
         c->n_past += T;
@@ -304,7 +300,7 @@ void run_decoder(diffgemma_context * c, const int32_t * canvas, const float * sc
     }
     if (!cache.allocated) {
         ggml_backend_sched_reset(c->sched);
-        compute(c, cache.gf, "decoder");
+        allocate_graph(c, cache.gf, "decoder");
         cache.allocated = true;
     }
     const GraphInputs & in = cache.in;
@@ -312,16 +308,16 @@ void run_decoder(diffgemma_context * c, const int32_t * canvas, const float * sc
     for (int32_t t = 0; t < C; ++t) {
         pos[static_cast<size_t>(t)] = c->n_past + t;
     }
-    set_input(in.ids, canvas, sizeof(int32_t) * static_cast<size_t>(C));
-    set_input(in.pos, pos.data(), sizeof(int32_t) * pos.size());
+    set_graph_input(in.ids, canvas, sizeof(int32_t) * static_cast<size_t>(C));
+    set_graph_input(in.pos, pos.data(), sizeof(int32_t) * pos.size());
     if (sc_logits != nullptr) {
-        set_input(in.sc_logits, sc_logits, sizeof(float) * static_cast<size_t>(C) * static_cast<size_t>(hp.n_vocab));
+        set_graph_input(in.sc_logits, sc_logits, sizeof(float) * static_cast<size_t>(C) * static_cast<size_t>(hp.n_vocab));
     }
     Timings & tm = c->timing;
     tm.totals.decoder_setup_ms += ms_since(t_setup);
     tm.compute_begin = tm.last_node = Clock::now();
     try {
-        run(c, cache.gf, "decoder");
+        compute_graph(c, cache.gf, "decoder");
     } catch (...) {
         cache.allocated = false;  // a cancelled or failed pass: allocate afresh next time
         throw;

@@ -66,6 +66,22 @@ enum class CallKind { kTouchesCache, kDuringGeneration };
 // codes.
 int32_t exclusive_call(diffgemma_context * ctx, CallKind kind, const std::function<void()> & body);
 
+// One graph's context over the context's shared metadata storage, for graphs that are not kept (encoder, vision).
+struct GraphScope {
+    ggml_context * ctx = nullptr;
+    ggml_cgraph * gf = nullptr;
+    explicit GraphScope(diffgemma_context * c);
+    ~GraphScope();
+    GraphScope(const GraphScope &) = delete;
+    GraphScope & operator=(const GraphScope &) = delete;
+};
+// Allocates `gf` on the context's scheduler (reset it first); its inputs can be set afterwards. Throws dg::Error.
+void allocate_graph(diffgemma_context * c, ggml_cgraph * gf, const char * what);
+// Computes an allocated graph with this pass's threads; a cancel gives DIFFGEMMA_ERR_CANCELLED. Throws dg::Error.
+void compute_graph(diffgemma_context * c, ggml_cgraph * gf, const char * what);
+// Sets an allocated graph input (an input no node reads is not allocated and is skipped).
+void set_graph_input(ggml_tensor * t, const void * data, size_t bytes);
+
 // Compute pieces shared by the C API entry points (context.cpp, generation.cpp). All throw dg::Error.
 // Encodes tokens at [n_past, n_past + n_tokens); `spans` (absolute positions inside that range) are its images.
 void encode_tokens(diffgemma_context * ctx, const int32_t * tokens, int32_t n_tokens,

@@ -20,15 +20,16 @@
 namespace {
 
 // A friendlier reason than gguf's NULL for the common cases: missing file, not a GGUF at all.
-void precheck_file(const char * path) {
+// `what`: "model" or "projector", for the messages.
+void precheck_file(const char * path, const char * what = "model") {
     struct stat st {};
     if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
         // fopen succeeds on a directory and a FIFO would block the read: name the problem instead.
-        dg::raise(DIFFGEMMA_ERR_IO, "model path %s is not a regular file%s", path, S_ISDIR(st.st_mode) ? " (it is a directory)" : "");
+        dg::raise(DIFFGEMMA_ERR_IO, "%s path %s is not a regular file%s", what, path, S_ISDIR(st.st_mode) ? " (it is a directory)" : "");
     }
     FILE * f = std::fopen(path, "rb");
     if (f == nullptr) {
-        dg::raise(DIFFGEMMA_ERR_IO, "cannot open model file %s: %s", path, std::strerror(errno));
+        dg::raise(DIFFGEMMA_ERR_IO, "cannot open %s file %s: %s", what, path, std::strerror(errno));
     }
     char magic[4] = {0, 0, 0, 0};
     const size_t n = std::fread(magic, 1, 4, f);
@@ -168,6 +169,13 @@ int32_t diffgemma_model_load(const char * path, const diffgemma_model_params * p
                 dg::raise(DIFFGEMMA_ERR_UNSUPPORTED_MODEL, "the tokenizer has %d tokens but token_embd has only %d rows",
                           model->vocab->n_tokens(), model->hp.n_vocab);
             }
+        }
+        if (p.mmproj_path != nullptr && p.mmproj_path[0] != '\0') {
+            precheck_file(p.mmproj_path, "projector");
+            model->vision = dg::load_vision_model(p.mmproj_path, model->hp.n_embd);
+            const dg::VisionHParams & v = model->vision->hp;
+            dg::log(DIFFGEMMA_LOG_INFO, "loaded the projector %s: %d layers, n_embd %d, patch %d, pooling %d", p.mmproj_path,
+                    v.n_layer, v.n_embd, v.patch_size, v.pooling);
         }
         dg::log(DIFFGEMMA_LOG_INFO, "loaded %s: %d layers, n_embd %d, %d experts (top %d), vocab %d, canvas %d", path,
                 model->hp.n_layer, model->hp.n_embd, model->hp.n_expert, model->hp.n_expert_used, model->hp.n_vocab,

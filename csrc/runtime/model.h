@@ -3,6 +3,7 @@
 
 #include "diffgemma.h"
 #include "loader/hparams.h"
+#include "loader/mmproj.h"
 #include "loader/weights.h"
 #include "offload/placement.h"
 
@@ -28,5 +29,6 @@ struct diffgemma_model {
     ggml_context * meta_ctx = nullptr;   // tensor descriptors bound to the mapping
     std::unique_ptr<diffgemma_vocab> vocab;  // nullptr when the GGUF has no tokenizer
     std::vector<std::pair<std::string, std::string>> meta;  // metadata rendered as strings
+    std::unique_ptr<dg::VisionModel> vision;  // the projector (model params mmproj_path), nullptr when text only
     ~diffgemma_model();
 };

@@ -1,5 +1,6 @@
-// The vision projector at run time: an image checked and preprocessed for the model's projector, and the
-// tower + projection run on a context's scheduler. (Interface shared with the encoder integration.)
+// One image through the projector: the checks and HF's preprocessing (prepare_image), then the vision tower and
+// its projection on the context's scheduler and threads (encode_image). The encoder integration (set_images) and
+// diffgemma_image_embed (vision_api.cpp) call these.
 #pragma once
 
 #include "diffgemma.h"
@@ -12,16 +13,24 @@ namespace dg {
 struct PreparedImage {
     int32_t width = 0, height = 0;    // resized
     int32_t grid_w = 0, grid_h = 0;   // patches
-    std::vector<float> patches;       // n_patches rows, HF order
-    std::vector<int32_t> positions;   // (x, y) pairs
-    int32_t n_tokens = 0;             // soft tokens
-    uint64_t identity = 0;            // hash of the RGB bytes and size: the same pixels, the same K/V
+    std::vector<float> patches;       // n_patches rows of patch_size^2 * 3 floats in [0, 1], HF order (row, column, channel)
+    std::vector<int32_t> positions;   // n_patches (x, y) pairs, row-major
+    int32_t n_tokens = 0;             // soft tokens: n_patches / pooling^2
+    uint64_t identity = 0;            // hash of the RGB bytes + size
 };
 
-// Checks the image against the model's projector and preprocesses it (throws dg::Error).
+// The soft-token message every vision call gives without a projector.
+inline constexpr const char * kNoProjector = "no vision projector loaded (pass mmproj_path / Model(..., mmproj=...))";
+
+// Checks the image (pixels, size, the pixel cap) and preprocesses it for the model's projector. Throws dg::Error
+// (DIFFGEMMA_ERR_UNSUPPORTED_MODEL without a projector, DIFFGEMMA_ERR_INVALID_ARGUMENT for a bad image).
 PreparedImage prepare_image(const diffgemma_model & model, const diffgemma_image & image);
 
-// The projector's output for one image: n_tokens * n_embd floats (throws dg::Error).
+// Soft tokens an image of width x height becomes with the model's projector (> 0). Throws dg::Error.
+int32_t image_n_tokens(const diffgemma_model & model, int32_t width, int32_t height);
+
+// The projector's output for a prepared image: n_tokens * n_embd floats (n_embd of the text model), token-major.
+// Runs on ctx's scheduler; the scheduler's buffers then belong to this graph. Throws dg::Error.
 std::vector<float> encode_image(diffgemma_context & ctx, const PreparedImage & image);
 
 }  // namespace dg
