@@ -7,6 +7,8 @@
 #include "runtime/model.h"
 #include "runtime/vision.h"
 
+#include <cstring>
+
 extern "C" int32_t diffgemma_model_has_vision(const diffgemma_model * model) {
     return model != nullptr && model->vision != nullptr ? 1 : 0;
 }
