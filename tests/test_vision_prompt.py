@@ -28,15 +28,22 @@ BOI, EOI = tiny_hf.TINY_IMAGE_TOKEN_IDS["boi_token_id"], tiny_hf.TINY_IMAGE_TOKE
 
 @functools.lru_cache(maxsize=None)
 def _files(variant: str = "") -> tuple:
-    """(HF checkpoint dir, text GGUF, projector GGUF) of the tiny vision model; "replay" = the calm weights the
-    text replay test uses (random weights at full scale make sampling chaotic)."""
+    """(HF checkpoint dir, text GGUF, projector GGUF) of the tiny vision model.
+
+    "" : the text model with tiny_hf's trained-like init. Image features carry the tower's float32 rounding
+    (relative ~1e-6 in HF's own float32), which the default harsh random text model amplifies about 200-fold:
+    there HF float32 is 6.4e-4 from float64 and we are 3e-4..8.7e-4 (AMD Zen 3), too close to the 1e-3 bound to
+    tell a fault from rounding; trained-like, we are 2e-5..5e-5.
+    "replay": the calm weights the text replay test uses (random weights at full scale make sampling chaotic).
+    "trained": the "wide" text model, trained-like, as the text path's quantized bounds use."""
     import tempfile
     from pathlib import Path
 
     root = Path(tempfile.mkdtemp(prefix="dg-vision-"))
-    kwargs = {"": {}, "replay": dict(weight_scale=0.08, self_conditioning_gain=0.1),
-              "trained": dict(conditioning="trained_like")}[variant]
-    ckpt = tiny_hf.make_tiny_vision_checkpoint(root / "hf", seed=3, max_soft_tokens=MAX_SOFT_TOKENS, **kwargs)
+    kwargs = {"": dict(conditioning="trained_like"), "replay": dict(weight_scale=0.08, self_conditioning_gain=0.1),
+              "trained": dict(text="wide", conditioning="trained_like")}[variant]
+    ckpt = tiny_hf.make_tiny_vision_checkpoint(root / "hf", seed=3, max_soft_tokens=MAX_SOFT_TOKENS,
+                                               position_embedding_size=128, **kwargs)  # tall images: 69 rows
     text, mmproj = root / "model-f32.gguf", root / "mmproj-f32.gguf"
     convert_checkpoint(ckpt, text, "f32", mmproj=mmproj, progress=False, quiet=True)
     return ckpt, text, mmproj
@@ -55,7 +62,10 @@ def _quantized_files(variant: str, outtype: str) -> tuple:
 def _hf(variant: str = ""):
     from transformers import DiffusionGemmaForBlockDiffusion
 
-    return DiffusionGemmaForBlockDiffusion.from_pretrained(str(_files(variant)[0]), dtype=torch.float64).eval()
+    model = DiffusionGemmaForBlockDiffusion.from_pretrained(str(_files(variant)[0]), dtype=torch.float64).eval()
+    for cfg in (model.config, model.config.text_config):
+        cfg._experts_implementation = "eager"  # grouped_mm has no float64 kernel
+    return model
 
 
 def _image(seed: int, width: int, height: int) -> np.ndarray:
@@ -129,8 +139,8 @@ def _ours(prompt, images, canvas, files=None, **kwargs) -> np.ndarray:
         return m.decoder_logits(canvas)
 
 
-def _canvas(seed: int) -> list:
-    hf = _hf()
+def _canvas(seed: int, variant: str = "") -> list:
+    hf = _hf(variant)
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, hf.config.text_config.vocab_size, (hf.config.canvas_length,), generator=g).tolist()
 
@@ -158,18 +168,26 @@ def test_decoder_logits_with_an_image_match_hf(shape):
     assert np.max(np.abs(other - ref)) > 1e-2
 
 
-# The text path's bounds for its quantized files on a trained-like model (test_engine_parity.py), here with an
-# image in the prompt: the projector converted to the same type as the text model.
+# The text path's bounds for its quantized files on a trained-like model (test_engine_parity.py: "wide" with
+# the trained_like init), here with an image in the prompt and the projector converted to the same type. As
+# there, the bound is for our kernels: where ggml's own multiply a weight type, it rounds the activations to 8
+# bits, and on the tiny random tower that alone is a feature NMSE of 1.2e-3 for a q8_0 projector (AMD Zen 3,
+# AVX2: measured; 1.0e-6 for f16). The engine's faithfulness to a quantized projector's own weights on every
+# tier is test_vision_tower.py's.
 QUANTIZED_BOUNDS = [("f16", 1e-4), ("q8_0", 1e-3)]
 
 
 @pytest.mark.parametrize("outtype,bound", QUANTIZED_BOUNDS)
 def test_quantized_files_with_an_image_within_the_text_bounds(outtype, bound):
+    from kernel_tier import kernel_tier
+
+    if outtype not in ("f16", "bf16") and kernel_tier() != "avx512":
+        pytest.skip(f"{outtype}: bound set for our kernels; ggml's round activations to 8 bits ({kernel_tier()})")
     img = _image(10, 140, 100)
     hf = _hf("trained")
     n = _n_tokens(img)
     prompt = _prompt(16, hf.config.text_config.vocab_size, n_tokens=[n])
-    canvas = _canvas(9)
+    canvas = _canvas(9, "trained")
     ref = _hf_logits(hf, prompt, [img], canvas)
     ours = _ours(prompt, [img], canvas, files=_quantized_files("trained", outtype))
     nmse = float(np.sum((ours - ref) ** 2) / np.sum(ref ** 2))
@@ -245,7 +263,71 @@ def test_image_errors_are_specific():
             list(text_only.generate_blocks(prompt, max_new_tokens=1, images=[img]))
 
 
+class _DecoderCalls:
+    """Records HF's decoder passes during generate: (canvas, self-conditioning logits, logits) and the smallest
+    relative gap between the k-th and (k+1)-th router probability of any token in any layer of that pass (how
+    close the pass was to choosing another expert)."""
+
+    def __init__(self, hf):
+        from transformers.models.diffusion_gemma import modeling_diffusion_gemma as mdg
+
+        self.hf, self.router_cls, self.passes, self._margins = hf, mdg.DiffusionGemmaTextRouter, [], None
+
+    def __enter__(self):
+        forward, route = self.hf.forward, self.router_cls.forward
+        recorder = self
+
+        def recorded_route(router, *args, **kwargs):
+            probs, weights, index = route(router, *args, **kwargs)
+            if recorder._margins is not None:
+                k = router.config.top_k_experts
+                top = torch.sort(probs, dim=-1, descending=True).values
+                recorder._margins.append(float(((top[..., k - 1] - top[..., k]) / top[..., k - 1]).min()))
+            return probs, weights, index
+
+        def recorded_forward(*args, **kwargs):
+            recorder._margins = [] if kwargs.get("decoder_input_ids") is not None else None
+            out = forward(*args, **kwargs)
+            if recorder._margins is not None:
+                sc = kwargs.get("self_conditioning_logits")
+                self.passes.append((kwargs["decoder_input_ids"][0].tolist(), None if sc is None else sc[0].numpy(),
+                                    out.logits[0].numpy(), min(recorder._margins)))
+            recorder._margins = None
+            return out
+
+        self._saved = (forward, route)
+        self.hf.forward, self.router_cls.forward = recorded_forward, recorded_route
+        return self
+
+    def __exit__(self, *exc):
+        self.hf.forward, self.router_cls.forward = self._saved
+
+
+def _first_divergence(m, prompt, img, ref, replay, passes, C):
+    """Our logits for each of HF's decoder passes, fed HF's own inputs and cache contents (prompt + image, then
+    HF's committed canvases): (index, max|d|, HF's router margin) of the first pass where they differ by more
+    than 1e-3, or None."""
+    m.reset()
+    m.encode(prompt, images=[img])
+    i = 0
+    for block, sampled in enumerate(replay["sampled"]):
+        if block > 0:
+            start = len(prompt) + (block - 1) * C
+            m.encode(ref[start: start + C])
+        for _ in sampled:
+            canvas, sc, logits, margin = passes[i]
+            err = float(np.max(np.abs(m.decoder_logits(canvas, None if sc is None else sc.astype(np.float32)) - logits)))
+            if err > 1e-3:
+                return i, err, margin
+            i += 1
+    return None
+
+
 def test_generate_replay_with_an_image_matches_hf_token_for_token():
+    """20 seeds identical to HF's generate. A seed that is not must be explained: the first decoder pass whose
+    logits differ (given HF's own inputs) is one where HF's router sat within 1e-4 (relative) of choosing
+    another expert for some token, a discontinuity that float32 rounding flips either way (HF float32 itself
+    flips such ties against float64). Seen once in 20 seeds here (AMD Zen 3): a margin of 3.6e-6."""
     import engine_fixtures as fx
     from transformers import DiffusionGemmaGenerationConfig, EntropyBoundSamplerConfig
 
@@ -254,7 +336,7 @@ def test_generate_replay_with_an_image_matches_hf_token_for_token():
     C = hf.config.canvas_length
     img = _image(9, 130, 95)
     pixel_values, image_position_ids = _hf_inputs([img])
-    identical, seeds = 0, range(20)
+    identical, explained, seeds = 0, [], range(22)
     with Model(text, mmproj=mmproj, n_threads=2) as m:
         n = m.image_n_tokens(130, 95)
         eos = m.eos_ids
@@ -266,12 +348,21 @@ def test_generate_replay_with_an_image_matches_hf_token_for_token():
             prompt = _prompt(100 + seed, hf.config.text_config.vocab_size, before=3 + seed % 5, n_tokens=[n])
             ids = torch.tensor([prompt])
             torch.manual_seed(seed)
-            with fx.DrawRecorder(C) as rec, torch.no_grad():
+            with fx.DrawRecorder(C) as rec, _DecoderCalls(hf) as calls, torch.no_grad():
                 ref = hf.generate(ids, generation_config=gc, pixel_values=pixel_values,
                                   image_position_ids=image_position_ids,
                                   mm_token_type_ids=(ids == IMAGE_TOKEN).long()).sequences[0].tolist()
+            replay = rec.replay()
             ours = m.generate_ids(prompt, max_new_tokens=2 * C, steps=5, t_min=0.4, t_max=0.8, entropy_bound=2.0,
-                                  stability_threshold=1, confidence_threshold=2.5, replay=rec.replay(), images=[img])
-            identical += ours == ref
-    print(f"generate replay with an image ({n} soft tokens): identical {identical}/{len(seeds)}")
-    assert identical == len(seeds)
+                                  stability_threshold=1, confidence_threshold=2.5, replay=replay, images=[img])
+            if ours == ref:
+                identical += 1
+                continue
+            divergence = _first_divergence(m, prompt, img, ref, replay, calls.passes, C)
+            assert divergence is not None, f"seed {seed}: tokens differ but every decoder pass matches HF's"
+            index, err, margin = divergence
+            assert margin < 1e-4, f"seed {seed}: pass {index} differs by {err:.2e}, router margin {margin:.1e}"
+            explained.append(f"seed {seed}: pass {index} max|d| {err:.2f} at a router margin of {margin:.1e}")
+    print(f"generate replay with an image ({n} soft tokens): identical {identical}/{len(seeds)}; "
+          f"explained by expert-routing ties: {explained}")
+    assert identical >= 20

@@ -326,7 +326,8 @@ class Model(CompletionMixin, Closeable):
         """Soft tokens an image of width x height becomes (raises without a projector or for a bad size)."""
         self._c
         n = lib.diffgemma_image_n_tokens(self._model, _c_int("width", width), _c_int("height", height))
-        check(n)
+        if n < 0:
+            check(n)
         return int(n)
 
     def image_embed(self, image) -> np.ndarray:
