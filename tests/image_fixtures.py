@@ -41,6 +41,8 @@ CASES = {
     "allbytes_336x480_B": ("allbytes", 336, 480, 8, "B"),  # 336 * 480 = 70 * 48^2: no resize
     "noise_280x392_C": ("noise", 280, 392, 9, "C"),  # 280 * 392 = 140 * 4 * 14^2: no resize
     "gradient_768x768_A": ("gradient", 768, 768, 10, "A"),  # a fixed point of the rule: no resize
+    "gradient_912x700_A": ("gradient", 912, 700, 16, "A"),  # -> 912 x 672: the height pass alone
+    "edges_950x672_A": ("edges", 950, 672, 17, "A"),  # -> 912 x 672: the width pass alone
     "blocks_2000x3_B": ("blocks", 2000, 3, 11, "B"),  # height rounds to 0
     "edges_5x2000_C": ("edges", 5, 2000, 12, "C"),  # width rounds to 0
     "edges_4000x3000_C": ("edges", 4000, 3000, 13, "C"),  # 12 MP, shrunk 13x: the widest filters
