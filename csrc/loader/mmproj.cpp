@@ -6,6 +6,7 @@
 
 #include "gguf.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <set>
@@ -151,6 +152,19 @@ void bind_vision_tensors(ggml_context * meta, VisionHParams & hp, VisionWeights 
 }
 
 }  // namespace
+
+std::vector<ggml_tensor **> vision_tensor_slots(VisionWeights & w) {
+    std::vector<ggml_tensor **> slots = {&w.patch_embd, &w.position_embd, &w.std_bias, &w.std_scale, &w.mm_proj};
+    for (VisionLayerWeights & l : w.layers) {
+        for (ggml_tensor ** t : {&l.ln1, &l.wq, &l.wk, &l.wv, &l.wo, &l.q_norm, &l.k_norm, &l.attn_post_norm, &l.ln2,
+                                 &l.ffn_gate, &l.ffn_up, &l.ffn_down, &l.ffn_post_norm}) {
+            slots.push_back(t);
+        }
+    }
+    static_assert(sizeof(VisionLayerWeights) == 13 * sizeof(ggml_tensor *), "a VisionLayerWeights member is not listed");
+    slots.erase(std::remove_if(slots.begin(), slots.end(), [](ggml_tensor ** t) { return *t == nullptr; }), slots.end());
+    return slots;
+}
 
 VisionModel::~VisionModel() {
     if (meta_ctx != nullptr) {

@@ -157,7 +157,7 @@ std::vector<float> encode_image(diffgemma_context & ctx, const PreparedImage & i
         pos_y[i] = image.positions[2 * i + 1];
     }
     GraphScope g(&ctx);
-    VisionGraphBuilder b{hp, vm.w, g.ctx, g.gf, ctx.kernels};
+    VisionGraphBuilder b{hp, vm.w, g.ctx, g.gf, ctx.kernels, &model.w, ctx.gpu_graph};
     const VisionGraphInputs in = b.build(image.grid_w, image.grid_h);
     ggml_backend_sched_reset(ctx.sched);
     allocate_graph(&ctx, g.gf, "vision");
