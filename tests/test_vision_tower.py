@@ -31,10 +31,10 @@ def _text_gguf():
 TOWERS = {
     # head_dim 24 = n_embd / n_head, pooling 2, standardize
     "p4k2": (dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2, head_dim=24,
-                  patch_size=4, pooling_kernel_size=2, position_embedding_size=40), 70, True),
+                  patch_size=4, pooling_kernel_size=2, position_embedding_size=160), 70, True),
     # head_dim 16 with n_embd 32 and 4 heads (q/k/v are 64 wide), pooling 3, no standardize, eps 1e-5
     "p8k3": (dict(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4, head_dim=16,
-                  patch_size=8, pooling_kernel_size=3, position_embedding_size=32, rms_norm_eps=1e-5), 70, False),
+                  patch_size=8, pooling_kernel_size=3, position_embedding_size=256, rms_norm_eps=1e-5), 70, False),
     # widths that Q8_0 can hold (multiples of 32)
     "q": (dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, head_dim=32,
                patch_size=4, pooling_kernel_size=2, position_embedding_size=40), 70, True),
@@ -334,6 +334,11 @@ def test_bad_projector_files(tmp_path, towers):
                     extra={"v.blk.0.attn_q.input_min": np.array([-1.0], dtype=np.float32)})
     with pytest.raises(errors.UnsupportedModelError, match="clipped linears"):
         Model(_text_gguf(), mmproj=clipped, n_threads=2)
+    # an image wider than the position tables (the "q" tower's hold 40 positions; 8 x 400 pixels is 140 patches wide)
+    q_tower, q_embed, q_max_soft, q_path = towers["q"]
+    with Model(_text_gguf(), mmproj=q_path, n_threads=2) as m:
+        with pytest.raises(errors.UnsupportedModelError, match="position"):
+            m.image_embed(_image(8, 400, 0))
     # no such file
     with pytest.raises(errors.DiffGemmaError, match="cannot open projector file"):
         Model(_text_gguf(), mmproj=tmp_path / "absent.gguf", n_threads=2)
@@ -348,7 +353,11 @@ def test_image_token(tmp_path):
         assert m.tokenizer.token_to_id("<|image|>") is None if hasattr(m.tokenizer, "token_to_id") else True
         assert lib.diffgemma_model_image_token(m._model) == -1
     tagged = tmp_path / "tagged.gguf"
-    tagged.write_bytes(Gguf.parse(_text_gguf()).add_kv(key("IMAGE_TOKEN_ID"), VT.UINT32, 7).to_bytes())
+    g = Gguf.parse(_text_gguf())
+    # The converter writes config's image_token_id (258880, outside the tiny vocabulary: -1 above).
+    g = g.set_kv(key("IMAGE_TOKEN_ID"), VT.UINT32, 7) if key("IMAGE_TOKEN_ID") in [kv.key for kv in g.kvs] else \
+        g.add_kv(key("IMAGE_TOKEN_ID"), VT.UINT32, 7)
+    tagged.write_bytes(g.to_bytes())
     with Model(tagged, n_threads=2) as m:
         assert lib.diffgemma_model_image_token(m._model) == 7
 

@@ -2,6 +2,7 @@
 
 #include "core/errors.h"
 #include "core/names.h"
+#include "image/image_patches.h"
 #include "loader/gguf_meta.h"
 
 #include "gguf.h"
@@ -65,9 +66,15 @@ VisionHParams read_vision_hparams(const gguf_context * g, const std::string & pa
         raise(DIFFGEMMA_ERR_UNSUPPORTED_MODEL, "projector %s: layer_norm_epsilon (%g) and rope.freq_base (%g) must be positive",
               path.c_str(), hp.eps, hp.rope_theta);
     }
-    if (hp.patch_size > 1024 || hp.pooling > 64) {
-        raise(DIFFGEMMA_ERR_UNSUPPORTED_MODEL, "projector %s: patch_size %d or pooling %d is implausibly large", path.c_str(),
-              hp.patch_size, hp.pooling);
+    // The image processor's rules for these settings (image/image_patches.h), checked once here.
+    PatchSettings settings;
+    settings.patch_size = hp.patch_size;
+    settings.pooling = hp.pooling;
+    settings.max_soft_tokens = hp.max_soft_tokens;
+    try {
+        check_patch_settings(settings);
+    } catch (const Error & e) {
+        raise(DIFFGEMMA_ERR_UNSUPPORTED_MODEL, "projector %s: %s", path.c_str(), e.message.c_str());
     }
     return hp;
 }
