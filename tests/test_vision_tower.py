@@ -31,10 +31,10 @@ def _text_gguf():
 TOWERS = {
     # head_dim 24 = n_embd / n_head, pooling 2, standardize
     "p4k2": (dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2, head_dim=24,
-                  patch_size=4, pooling_kernel_size=2, position_embedding_size=40), 70, True),
+                  patch_size=4, pooling_kernel_size=2, position_embedding_size=160), 70, True),
     # head_dim 16 with n_embd 32 and 4 heads (q/k/v are 64 wide), pooling 3, no standardize, eps 1e-5
     "p8k3": (dict(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4, head_dim=16,
-                  patch_size=8, pooling_kernel_size=3, position_embedding_size=32, rms_norm_eps=1e-5), 70, False),
+                  patch_size=8, pooling_kernel_size=3, position_embedding_size=256, rms_norm_eps=1e-5), 70, False),
     # widths that Q8_0 can hold (multiples of 32)
     "q": (dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, head_dim=32,
                patch_size=4, pooling_kernel_size=2, position_embedding_size=40), 70, True),
@@ -334,6 +334,11 @@ def test_bad_projector_files(tmp_path, towers):
                     extra={"v.blk.0.attn_q.input_min": np.array([-1.0], dtype=np.float32)})
     with pytest.raises(errors.UnsupportedModelError, match="clipped linears"):
         Model(_text_gguf(), mmproj=clipped, n_threads=2)
+    # an image wider than the position tables (the "q" tower's hold 40 positions; 8 x 400 pixels is 140 patches wide)
+    q_tower, q_embed, q_max_soft, q_path = towers["q"]
+    with Model(_text_gguf(), mmproj=q_path, n_threads=2) as m:
+        with pytest.raises(errors.UnsupportedModelError, match="position"):
+            m.image_embed(_image(8, 400, 0))
     # no such file
     with pytest.raises(errors.DiffGemmaError, match="cannot open projector file"):
         Model(_text_gguf(), mmproj=tmp_path / "absent.gguf", n_threads=2)
@@ -348,7 +353,11 @@ def test_image_token(tmp_path):
         assert m.tokenizer.token_to_id("<|image|>") is None if hasattr(m.tokenizer, "token_to_id") else True
         assert lib.diffgemma_model_image_token(m._model) == -1
     tagged = tmp_path / "tagged.gguf"
-    tagged.write_bytes(Gguf.parse(_text_gguf()).add_kv(key("IMAGE_TOKEN_ID"), VT.UINT32, 7).to_bytes())
+    g = Gguf.parse(_text_gguf())
+    # The converter writes config's image_token_id (258880, outside the tiny vocabulary: -1 above).
+    g = g.set_kv(key("IMAGE_TOKEN_ID"), VT.UINT32, 7) if key("IMAGE_TOKEN_ID") in [kv.key for kv in g.kvs] else \
+        g.add_kv(key("IMAGE_TOKEN_ID"), VT.UINT32, 7)
+    tagged.write_bytes(g.to_bytes())
     with Model(tagged, n_threads=2) as m:
         assert lib.diffgemma_model_image_token(m._model) == 7
 
@@ -419,4 +428,72 @@ def test_converted_checkpoint_matches_hf_get_image_features(converted):
     err = np.abs(got - want).max()
     print(f"converted f32: max |d| {err:.3g}")
     assert got.shape == want.shape == (7 * 10, 64)
+    assert err <= 1e-3
+
+
+@pytest.mark.parametrize("gpu_graph", [False, True])
+def test_offloaded_projector(towers, monkeypatch, caplog, gpu_graph):
+    """With the text model offloaded (the stand-in GPU, gpu_devices.h), the projector's weights go to the first
+    offloaded layer's device and the tower runs ggml's ops on them (with DIFFGEMMA_TEST_GPU_GRAPH, the real
+    device's graph: ggml's GEGLU): the same features as on the CPU."""
+    import logging
+
+    tower, embed, max_soft, path = towers["p4k2"]
+    rgb = _image(56, 80, seed=9)
+    with Model(_text_gguf(), mmproj=path, n_threads=2) as m:
+        cpu = m.image_embed(rgb)
+    monkeypatch.setenv("DIFFGEMMA_TEST_GPU_MIB", "4096")
+    if gpu_graph:
+        monkeypatch.setenv("DIFFGEMMA_TEST_GPU_GRAPH", "1")
+    with caplog.at_level(logging.INFO, logger="diffgemma_cpp"):
+        with Model(_text_gguf(), mmproj=path, n_threads=2, n_gpu_layers=-1, verbose=True) as m:
+            gpu = m.image_embed(rgb)
+    assert any("vision projector's weights" in r.getMessage() and "stand-in" in r.getMessage() for r in caplog.records)
+    err = np.abs(gpu - cpu).max()
+    print(f"offloaded (gpu_graph={gpu_graph}) vs CPU: max |d| {err:.3g}")
+    # Measured 8.5e-6 (ggml's ops instead of our CPU kernels) and 1.7e-3 with the real device's graph: on the
+    # stand-in, ggml's GEGLU runs on the CPU backend, whose GELU reads an f16 table (a real GPU computes it in f32).
+    assert err <= (5e-3 if gpu_graph else 1e-4)
+
+
+def _our_patches(rgb: np.ndarray, p: int, k: int, max_soft: int):
+    """diffgemma_image_preprocess's patches and positions for an image (None while it is not built)."""
+    h, w, _ = rgb.shape
+    img = ffi.new("diffgemma_image *")
+    buf = ffi.from_buffer("uint8_t[]", np.ascontiguousarray(rgb))
+    img.rgb, img.width, img.height = buf, w, h
+    ow, oh = ffi.new("int32_t *"), ffi.new("int32_t *")
+    n = lib.diffgemma_image_preprocess(img, p, k, max_soft, ffi.NULL, ffi.NULL, 0, ow, oh)
+    if n < 0 and "not built yet" in ffi.string(lib.diffgemma_last_error()).decode():
+        return None
+    assert n > 0
+    pixels = np.empty((n, 3 * p * p), dtype=np.float32)
+    positions = np.empty((n, 2), dtype=np.int32)
+    assert lib.diffgemma_image_preprocess(img, p, k, max_soft, ffi.from_buffer("float[]", pixels),
+                                          ffi.from_buffer("int32_t[]", positions), n, ow, oh) == n
+    return pixels, positions
+
+
+# Sizes the processor resizes: tiny (upscaled), long and thin both ways, larger than the budget.
+@pytest.mark.parametrize("name,h,w", [("p4k2", 5, 7), ("p4k2", 30, 200), ("p8k3", 100, 37), ("p8k3", 400, 300)])
+def test_resized_images_match_hf_on_our_patches(towers, name, h, w):
+    """Any image size: HF's tower fed our preprocessing's patches (whose parity with HF's processor is the
+    preprocessing's test) against diffgemma_image_embed of the image."""
+    tower, embed, max_soft, path = towers[name]
+    p, k = tower.config.patch_size, tower.config.pooling_kernel_size
+    rgb = _image(h, w, seed=h + w)
+    ours = _our_patches(rgb, p, k, max_soft)
+    if ours is None:
+        pytest.skip("diffgemma_image_preprocess is not built yet (helper H1's branch)")
+    pixels, positions = ours
+    n = pixels.shape[0]
+    pad = max_soft * k * k - n
+    pv = torch.cat([torch.from_numpy(pixels).double(), torch.zeros(pad, pixels.shape[1], dtype=torch.float64)])[None]
+    pos = torch.cat([torch.from_numpy(positions).long(), torch.full((pad, 2), -1, dtype=torch.long)])[None]
+    want = hf_features(tower, embed, pv, pos)
+    with Model(_text_gguf(), mmproj=path, n_threads=2) as m:
+        got = m.image_embed(rgb)
+        assert lib.diffgemma_image_n_tokens(m._model, w, h) == got.shape[0] == n // (k * k)
+    err = np.abs(got - want).max()
+    print(f"{name} {h}x{w} -> {n} patches: max |d| {err:.3g}")
     assert err <= 1e-3

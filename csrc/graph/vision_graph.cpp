@@ -21,7 +21,7 @@ ggml_tensor * VisionGraphBuilder::rms(ggml_tensor * x, ggml_tensor * weight) {
 }
 
 ggml_tensor * VisionGraphBuilder::matmul(ggml_tensor * weight, ggml_tensor * x) {
-    return weight_matmul(ctx, kernels, weight, x, on_gpu);
+    return weight_matmul(ctx, kernels, weight, x, on_gpu(weight));
 }
 
 ggml_tensor * VisionGraphBuilder::rope_2d(ggml_tensor * x, ggml_tensor * pos_x, ggml_tensor * pos_y) {
@@ -46,14 +46,15 @@ ggml_tensor * VisionGraphBuilder::attention(int il, ggml_tensor * h, ggml_tensor
     k = named(rope_2d(rms(k, l.k_norm), pos_x, pos_y), "v_k", il);
     v = named(rms(v, nullptr), "v_v", il);  // v_norm has no weight
     // One image, no padding: every patch sees every patch (no mask); scale 1 (q and k are normalised).
-    ggml_tensor * kqv = named(attend_heads(ctx, kernels, q, k, v, nullptr, on_gpu), "v_kqv", il);
+    ggml_tensor * kqv = named(attend_heads(ctx, kernels, q, k, v, nullptr, on_gpu(l.wq)), "v_kqv", il);
     return named(matmul(l.wo, kqv), "v_attn_out", il);
 }
 
 ggml_tensor * VisionGraphBuilder::mlp(int il, ggml_tensor * h) {
     const VisionLayerWeights & l = w.layers[static_cast<size_t>(il)];
     // HF hidden_activation gelu_pytorch_tanh, exact (graph.h geglu_tanh).
-    ggml_tensor * act = geglu_tanh(ctx, matmul(l.ffn_gate, h), matmul(l.ffn_up, h), real_gpu && on_gpu, false);
+    ggml_tensor * act = geglu_tanh(ctx, matmul(l.ffn_gate, h), matmul(l.ffn_up, h), real_gpu && on_gpu(l.ffn_gate),
+                                   on_remote(l.ffn_gate));
     return named(matmul(l.ffn_down, act), "v_ffn_out", il);
 }
 

@@ -5,6 +5,7 @@
 
 #include "core/kernel_config.h"
 #include "loader/mmproj.h"
+#include "loader/weights.h"
 
 #include "ggml.h"
 
@@ -31,8 +32,10 @@ struct VisionGraphBuilder {
     ggml_context * ctx;
     ggml_cgraph * gf;
     const KernelConfig & kernels;
-    bool on_gpu = false;    // the projector's weights are on an offload device (ggml's ops)
-    bool real_gpu = false;  // ... a real one, not the test stand-in
+    // The model's record of offloaded weight copies (Weights::on_gpu / on_remote: place_vision_weights puts the
+    // projector's there too), or nullptr when nothing is offloaded.
+    const Weights * placed = nullptr;
+    bool real_gpu = false;  // the offload device is a real one, not the test stand-in (GraphBuilder::real_gpu)
 
     // One image of grid_w x grid_h patches in row-major order (patch i at column i % grid_w, row i / grid_w);
     // both sides multiples of hp.pooling.
@@ -41,6 +44,8 @@ struct VisionGraphBuilder {
   private:
     ggml_tensor * named(ggml_tensor * t, const char * name, int il = -1);
     ggml_tensor * rms(ggml_tensor * x, ggml_tensor * weight);
+    bool on_gpu(const ggml_tensor * weight) const { return placed != nullptr && placed->on_gpu(weight); }
+    bool on_remote(const ggml_tensor * weight) const { return placed != nullptr && placed->on_remote(weight); }
     ggml_tensor * matmul(ggml_tensor * weight, ggml_tensor * x);
     // HF apply_multidimensional_rope with 2 axes: the first half of each head rotated by the column, the second by
     // the row, each NEOX-style (rotate_half) with inv_freq = theta^(-2i / (D/2)).

@@ -2,10 +2,12 @@
 
 #include "core/errors.h"
 #include "core/names.h"
+#include "image/image_patches.h"
 #include "loader/gguf_meta.h"
 
 #include "gguf.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <set>
@@ -64,9 +66,15 @@ VisionHParams read_vision_hparams(const gguf_context * g, const std::string & pa
         raise(DIFFGEMMA_ERR_UNSUPPORTED_MODEL, "projector %s: layer_norm_epsilon (%g) and rope.freq_base (%g) must be positive",
               path.c_str(), hp.eps, hp.rope_theta);
     }
-    if (hp.patch_size > 1024 || hp.pooling > 64) {
-        raise(DIFFGEMMA_ERR_UNSUPPORTED_MODEL, "projector %s: patch_size %d or pooling %d is implausibly large", path.c_str(),
-              hp.patch_size, hp.pooling);
+    // The image processor's rules for these settings (image/image_patches.h), checked once here.
+    PatchSettings settings;
+    settings.patch_size = hp.patch_size;
+    settings.pooling = hp.pooling;
+    settings.max_soft_tokens = hp.max_soft_tokens;
+    try {
+        check_patch_settings(settings);
+    } catch (const Error & e) {
+        raise(DIFFGEMMA_ERR_UNSUPPORTED_MODEL, "projector %s: %s", path.c_str(), e.message.c_str());
     }
     return hp;
 }
@@ -151,6 +159,19 @@ void bind_vision_tensors(ggml_context * meta, VisionHParams & hp, VisionWeights 
 }
 
 }  // namespace
+
+std::vector<ggml_tensor **> vision_tensor_slots(VisionWeights & w) {
+    std::vector<ggml_tensor **> slots = {&w.patch_embd, &w.position_embd, &w.std_bias, &w.std_scale, &w.mm_proj};
+    for (VisionLayerWeights & l : w.layers) {
+        for (ggml_tensor ** t : {&l.ln1, &l.wq, &l.wk, &l.wv, &l.wo, &l.q_norm, &l.k_norm, &l.attn_post_norm, &l.ln2,
+                                 &l.ffn_gate, &l.ffn_up, &l.ffn_down, &l.ffn_post_norm}) {
+            slots.push_back(t);
+        }
+    }
+    static_assert(sizeof(VisionLayerWeights) == 13 * sizeof(ggml_tensor *), "a VisionLayerWeights member is not listed");
+    slots.erase(std::remove_if(slots.begin(), slots.end(), [](ggml_tensor ** t) { return *t == nullptr; }), slots.end());
+    return slots;
+}
 
 VisionModel::~VisionModel() {
     if (meta_ctx != nullptr) {

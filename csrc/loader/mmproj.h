@@ -55,6 +55,9 @@ struct VisionWeights {
     std::vector<VisionLayerWeights> layers;
 };
 
+// Every tensor of a projector's weights (the slots that hold them), for placement and byte counts.
+std::vector<ggml_tensor **> vision_tensor_slots(VisionWeights & w);
+
 // A loaded projector: metadata, tensor descriptors and the mapping that backs them.
 struct VisionModel {
     std::string path;

@@ -12,6 +12,7 @@
 #include "diffgemma.h"
 #include "devices/gpu_devices.h"
 #include "loader/hparams.h"
+#include "loader/mmproj.h"
 #include "loader/weights.h"
 
 #include <cstddef>
@@ -91,6 +92,11 @@ std::string check_and_announce_plan(const HParams & hp, const Weights & w, Place
 // Copies the weights `pl` offloads into one buffer per device and repoints `w` at the copies (the mapping keeps
 // the originals: the host layers and the input embedding read them there). Throws dg::Error.
 void place_weights(const HParams & hp, const Placement & pl, WeightStore & store, Weights & w);
+
+// With anything offloaded, the projector's weights go to the device of the first offloaded layer (the vision
+// tower runs before the text layers read its output); `w` records the copies (Weights::on_gpu) as for the text
+// weights, whose store owns them. Not in the memory plan. Throws dg::Error.
+void place_vision_weights(const Placement & pl, WeightStore & store, Weights & w, VisionModel & vision);
 
 // Before a context allocates its KV cache: each device's share of the cache (kv_bytes_at(n_ctx, d)) and its
 // compute buffers must fit in what it has free now (a stand-in: its size less its weights). The error names

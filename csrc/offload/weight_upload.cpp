@@ -1,5 +1,6 @@
 // Uploads the weights a placement offloads: one allocation per device (WeightStore::place_on), `Weights`
 // repointed at the copies.
+#include "core/errors.h"
 #include "devices/rpc.h"
 #include "offload/placement.h"
 
@@ -36,6 +37,31 @@ void place_weights(const HParams & hp, const Placement & pl, WeightStore & store
     if (pl.head_on_gpu) {
         store.free_host_embd_t();
     }
+    set_rpc_socket_timeouts();
+}
+
+void place_vision_weights(const Placement & pl, WeightStore & store, Weights & w, VisionModel & vision) {
+    if (!pl.use_gpu) {
+        return;
+    }
+    int d = pl.head_on_gpu ? pl.head_device : -1;
+    for (int dev : pl.layer_device) {
+        if (dev >= 0) {
+            d = dev;
+            break;
+        }
+    }
+    if (d < 0) {
+        return;
+    }
+    std::vector<ggml_tensor **> slots = vision_tensor_slots(vision.w);
+    size_t bytes = 0;
+    for (ggml_tensor ** t : slots) {
+        bytes += ggml_nbytes(*t);
+    }
+    const Gpu & gpu = pl.devices[static_cast<size_t>(d)];
+    store.place_on(gpu, slots, w);
+    log(DIFFGEMMA_LOG_INFO, "the vision projector's weights (%.1f MiB) are on %s", bytes / 1048576.0, gpu.name.c_str());
     set_rpc_socket_timeouts();
 }
 

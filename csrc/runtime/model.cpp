@@ -173,6 +173,7 @@ int32_t diffgemma_model_load(const char * path, const diffgemma_model_params * p
         if (p.mmproj_path != nullptr && p.mmproj_path[0] != '\0') {
             precheck_file(p.mmproj_path, "projector");
             model->vision = dg::load_vision_model(p.mmproj_path, model->hp.n_embd);
+            dg::place_vision_weights(model->placement, model->store, model->w, *model->vision);
             const dg::VisionHParams & v = model->vision->hp;
             dg::log(DIFFGEMMA_LOG_INFO, "loaded the projector %s: %d layers, n_embd %d, patch %d, pooling %d", p.mmproj_path,
                     v.n_layer, v.n_embd, v.patch_size, v.pooling);

@@ -2,11 +2,11 @@
 
 #include "core/errors.h"
 #include "graph/vision_graph.h"
+#include "image/image_patches.h"
 #include "runtime/context.h"
 
-#include <algorithm>
-#include <cmath>
 #include <cstring>
+#include <utility>
 
 namespace dg {
 
@@ -26,45 +26,12 @@ uint64_t image_identity(const diffgemma_image & image) {
     return h;
 }
 
-// The C API's preprocessing, whose failure (recorded as the thread's last error) is rethrown as is.
-int32_t preprocess(const diffgemma_image & image, const VisionHParams & hp, float * pixels, int32_t * positions,
-                   int32_t capacity, int32_t * width, int32_t * height) {
-    const int32_t n = diffgemma_image_preprocess(&image, hp.patch_size, hp.pooling, hp.max_soft_tokens, pixels, positions,
-                                                 capacity, width, height);
-    if (n < 0) {
-        raise(n, "%s", diffgemma_last_error());
-    }
-    return n;
-}
-
-// TODO(issue 19): the resize rule belongs to the image layer (csrc/image/image_patches.h, helper H1); this
-// stand-in (HF get_aspect_ratio_preserving_size) goes when that lands.
-struct ImageGrid {
-    int32_t width = 0, height = 0;  // resized pixels
-    int32_t n_tokens(int32_t pooling) const { return width / side_ * (height / side_) ; }
-    int32_t side_ = 1;              // patch_size * pooling
-};
-
-ImageGrid image_grid(int32_t width, int32_t height, int32_t patch, int32_t pooling, int32_t max_soft_tokens) {
-    const double max_patches = static_cast<double>(max_soft_tokens) * pooling * pooling;
-    const double factor = std::sqrt(max_patches * patch * patch / (static_cast<double>(width) * height));
-    const int32_t side = patch * pooling;
-    ImageGrid g;
-    g.side_ = side;
-    g.height = static_cast<int32_t>(std::floor(factor * height / side)) * side;
-    g.width = static_cast<int32_t>(std::floor(factor * width / side)) * side;
-    const int32_t max_side = max_soft_tokens * side;
-    if (g.height == 0 && g.width == 0) {
-        raise(DIFFGEMMA_ERR_INVALID_ARGUMENT, "an image of %d x %d pixels resizes to nothing", width, height);
-    }
-    if (g.height == 0) {
-        g.height = side;
-        g.width = std::min(static_cast<int32_t>(width / height) * side, max_side);
-    } else if (g.width == 0) {
-        g.width = side;
-        g.height = std::min(static_cast<int32_t>(height / width) * side, max_side);
-    }
-    return g;
+PatchSettings patch_settings(const VisionHParams & hp) {
+    PatchSettings settings;
+    settings.patch_size = hp.patch_size;
+    settings.pooling = hp.pooling;
+    settings.max_soft_tokens = hp.max_soft_tokens;
+    return settings;
 }
 
 }  // namespace
@@ -73,54 +40,42 @@ int32_t image_n_tokens(const diffgemma_model & model, int32_t width, int32_t hei
     if (model.vision == nullptr) {
         raise(DIFFGEMMA_ERR_UNSUPPORTED_MODEL, "%s", kNoProjector);
     }
-    if (width <= 0 || height <= 0 || static_cast<int64_t>(width) * height > DIFFGEMMA_IMAGE_MAX_PIXELS) {
-        raise(DIFFGEMMA_ERR_INVALID_ARGUMENT, "an image of %d x %d pixels: each side must be positive and the area at most "
-              "DIFFGEMMA_IMAGE_MAX_PIXELS (%d)", width, height, DIFFGEMMA_IMAGE_MAX_PIXELS);
-    }
-    const VisionHParams & hp = model.vision->hp;
-    const ImageGrid grid = image_grid(width, height, hp.patch_size, hp.pooling, hp.max_soft_tokens);
-    return grid.n_tokens(hp.pooling);
+    return patch_grid(width, height, patch_settings(model.vision->hp)).n_soft_tokens;
 }
 
 PreparedImage prepare_image(const diffgemma_model & model, const diffgemma_image & image) {
     if (model.vision == nullptr) {
         raise(DIFFGEMMA_ERR_UNSUPPORTED_MODEL, "%s", kNoProjector);
     }
-    if (image.rgb == nullptr || image.width <= 0 || image.height <= 0) {
-        raise(DIFFGEMMA_ERR_INVALID_ARGUMENT, "an image needs pixels and a positive size (got %d x %d%s)", image.width,
-              image.height, image.rgb == nullptr ? ", no pixels" : "");
-    }
-    if (static_cast<int64_t>(image.width) * image.height > DIFFGEMMA_IMAGE_MAX_PIXELS) {
-        raise(DIFFGEMMA_ERR_INVALID_ARGUMENT, "an image of %d x %d pixels exceeds DIFFGEMMA_IMAGE_MAX_PIXELS (%d)",
-              image.width, image.height, DIFFGEMMA_IMAGE_MAX_PIXELS);
-    }
     const VisionHParams & hp = model.vision->hp;
+    ImagePatches patches = preprocess_image(&image, patch_settings(hp));  // checks the image and the settings
+    const PatchGrid & grid = patches.grid;
     PreparedImage out;
-    const int32_t n = preprocess(image, hp, nullptr, nullptr, 0, &out.width, &out.height);
-    const size_t row = 3ull * hp.patch_size * hp.patch_size;
-    out.patches.resize(static_cast<size_t>(n) * row);
-    out.positions.resize(static_cast<size_t>(n) * 2);
-    if (preprocess(image, hp, out.patches.data(), out.positions.data(), n, &out.width, &out.height) != n) {
-        raise(DIFFGEMMA_ERR_INTERNAL, "the image preprocessing changed its patch count between two calls");
-    }
-    out.grid_w = out.width / hp.patch_size;
-    out.grid_h = out.height / hp.patch_size;
+    out.width = grid.width;
+    out.height = grid.height;
+    out.grid_w = grid.cols;
+    out.grid_h = grid.rows;
+    out.n_tokens = grid.n_soft_tokens;
+    out.patches = std::move(patches.pixels);
+    out.positions = std::move(patches.positions);
+    // The tower pools by rows of the patch grid (row-major, as HF's processor writes them) and looks the
+    // coordinates up in the position tables.
+    const int32_t n = grid.n_patches();
     const int32_t k = hp.pooling;
-    if (static_cast<int64_t>(out.grid_w) * out.grid_h != n || out.grid_w % k != 0 || out.grid_h % k != 0) {
-        raise(DIFFGEMMA_ERR_INTERNAL, "the image preprocessing gave %d patches for %d x %d pixels (patch %d, pooling %d)", n,
-              out.width, out.height, hp.patch_size, k);
+    if (grid.cols % k != 0 || grid.rows % k != 0 || out.n_tokens * k * k != n ||
+        out.positions.size() != 2 * static_cast<size_t>(n)) {
+        raise(DIFFGEMMA_ERR_INTERNAL, "the image preprocessing gave %d x %d patches for pooling %d", grid.cols, grid.rows, k);
     }
-    // The tower pools by rows of the patch grid: the patches must come row-major, as HF's processor writes them.
     for (int32_t i = 0; i < n; ++i) {
-        if (out.positions[2 * static_cast<size_t>(i)] != i % out.grid_w || out.positions[2 * static_cast<size_t>(i) + 1] != i / out.grid_w) {
+        if (out.positions[2 * static_cast<size_t>(i)] != i % grid.cols ||
+            out.positions[2 * static_cast<size_t>(i) + 1] != i / grid.cols) {
             raise(DIFFGEMMA_ERR_INTERNAL, "the image preprocessing's patch %d is not at its row-major position", i);
         }
     }
-    if (out.grid_w > hp.n_pos || out.grid_h > hp.n_pos) {
-        raise(DIFFGEMMA_ERR_INVALID_ARGUMENT, "an image of %d x %d patches exceeds the projector's position table (%d)",
-              out.grid_w, out.grid_h, hp.n_pos);
+    if (grid.cols > hp.n_pos || grid.rows > hp.n_pos) {
+        raise(DIFFGEMMA_ERR_UNSUPPORTED_MODEL, "an image of %d x %d patches needs more positions than the projector's "
+              "tables hold (%d)", grid.cols, grid.rows, hp.n_pos);
     }
-    out.n_tokens = n / (k * k);
     out.identity = image_identity(image);
     return out;
 }
@@ -157,7 +112,7 @@ std::vector<float> encode_image(diffgemma_context & ctx, const PreparedImage & i
         pos_y[i] = image.positions[2 * i + 1];
     }
     GraphScope g(&ctx);
-    VisionGraphBuilder b{hp, vm.w, g.ctx, g.gf, ctx.kernels};
+    VisionGraphBuilder b{hp, vm.w, g.ctx, g.gf, ctx.kernels, &model.w, ctx.gpu_graph};
     const VisionGraphInputs in = b.build(image.grid_w, image.grid_h);
     ggml_backend_sched_reset(ctx.sched);
     allocate_graph(&ctx, g.gf, "vision");
