@@ -156,11 +156,6 @@ float draw_uniform(std::mt19937_64 & rng) {
     return static_cast<float>(rng() >> 40) * (1.0f / 16777216.0f);
 }
 
-std::vector<ImageSpan> prompt_image_spans(const diffgemma_context * c, const int32_t * tokens, int32_t n, int32_t base) {
-    const int32_t image_token = diffgemma_model_has_vision(c->model) ? c->model->hp.image_token_id : -1;
-    return find_image_spans(tokens, n, base, image_token, c->images, c->n_batch);
-}
-
 void encode_tokens(diffgemma_context * c, const int32_t * tokens, int32_t n_tokens, const std::vector<ImageSpan> & spans) {
     const HParams & hp = c->model->hp;
     for (int32_t i = 0; i < n_tokens; ++i) {
@@ -176,7 +171,7 @@ void encode_tokens(diffgemma_context * c, const int32_t * tokens, int32_t n_toke
     for (int32_t start = 0; start < n_tokens;) {
         const int32_t T = next_chunk_length(first + start, first + n_tokens, c->n_batch, spans) ;
         const int32_t chunk_begin = c->n_past;
-        // The images of this chunk, run through the projector first (their graph uses the same scheduler).
+        // The images of this chunk: their features stand in for the soft tokens' embeddings.
         std::vector<ImageSpan> chunk_spans;
         std::vector<float> image_rows;
         std::vector<int32_t> rows(static_cast<size_t>(T));
@@ -186,8 +181,10 @@ void encode_tokens(diffgemma_context * c, const int32_t * tokens, int32_t n_toke
         for (const ImageSpan & s : spans) {
             if (s.begin >= chunk_begin && s.end <= chunk_begin + T) {
                 const int32_t row0 = T + static_cast<int32_t>(image_rows.size() / static_cast<size_t>(hp.n_embd));
-                const std::vector<float> features = encode_image(*c, *s.image);
-                image_rows.insert(image_rows.end(), features.begin(), features.end());
+                if (s.features == nullptr) {
+                    raise(DIFFGEMMA_ERR_INTERNAL, "image span at %d reached the encoder without its features", s.begin);
+                }
+                image_rows.insert(image_rows.end(), s.features->begin(), s.features->end());
                 for (int32_t p = s.begin; p < s.end; ++p) {
                     rows[static_cast<size_t>(p - chunk_begin)] = row0 + (p - s.begin);
                 }
@@ -490,39 +487,12 @@ int32_t diffgemma_kv_truncate(diffgemma_context * ctx, int32_t n_keep) {
     });
 }
 
-int32_t diffgemma_encode(diffgemma_context * ctx, const int32_t * tokens, int32_t n_tokens) {
-    if (ctx == nullptr || (tokens == nullptr && n_tokens > 0) || n_tokens < 0) {
-        return dg::fail(DIFFGEMMA_ERR_INVALID_ARGUMENT, "diffgemma_encode: bad arguments");
-    }
-    return dg::exclusive_call(ctx, dg::CallKind::kTouchesCache, [&] {
-    dg::encode_tokens(ctx, tokens, n_tokens, dg::prompt_image_spans(ctx, tokens, n_tokens, ctx->n_past));
-    });
-}
-
 int32_t diffgemma_decoder_logits(diffgemma_context * ctx, const int32_t * canvas, const float * sc_logits, float * out_logits) {
     if (ctx == nullptr || canvas == nullptr || out_logits == nullptr) {
         return dg::fail(DIFFGEMMA_ERR_INVALID_ARGUMENT, "diffgemma_decoder_logits: ctx, canvas and out_logits must not be NULL");
     }
     return dg::exclusive_call(ctx, dg::CallKind::kTouchesCache, [&] {
     dg::decoder_pass(ctx, canvas, sc_logits, 1.0f, out_logits);
-    });
-}
-
-int32_t diffgemma_set_images(diffgemma_context * ctx, const diffgemma_image * images, int32_t n_images) {
-    if (ctx == nullptr || n_images < 0 || (images == nullptr && n_images > 0)) {
-        return dg::fail(DIFFGEMMA_ERR_INVALID_ARGUMENT, "diffgemma_set_images: bad arguments (ctx NULL, n_images %d)", n_images);
-    }
-    return dg::exclusive_call(ctx, dg::CallKind::kTouchesCache, [&] {
-    std::vector<std::shared_ptr<const dg::PreparedImage>> prepared;
-    for (int32_t i = 0; i < n_images; ++i) {
-        try {
-            prepared.push_back(std::make_shared<const dg::PreparedImage>(dg::prepare_image(*ctx->model, images[i])));
-        } catch (dg::Error & e) {
-            e.message = dg::format("image %d: %s", i, e.message.c_str());
-            throw;
-        }
-    }
-    ctx->images = std::move(prepared);  // only when all of them are good
     });
 }
 

@@ -83,12 +83,10 @@ void compute_graph(diffgemma_context * c, ggml_cgraph * gf, const char * what);
 void set_graph_input(ggml_tensor * t, const void * data, size_t bytes);
 
 // Compute pieces shared by the C API entry points (context.cpp, generation.cpp). All throw dg::Error.
-// Encodes tokens at [n_past, n_past + n_tokens); `spans` (absolute positions inside that range) are its images.
+// Encodes tokens at [n_past, n_past + n_tokens); `spans` (absolute positions inside that range, features
+// computed: runtime/image_prompt.h) are its images.
 void encode_tokens(diffgemma_context * ctx, const int32_t * tokens, int32_t n_tokens,
                    const std::vector<ImageSpan> & spans = {});
-// The image spans of tokens to be placed at [base, base + n): the context's images, matched to the runs of
-// the model's image token (none when the model has no projector).
-std::vector<ImageSpan> prompt_image_spans(const diffgemma_context * ctx, const int32_t * tokens, int32_t n, int32_t base);
 // Drops every cached position >= n_keep. When a sliding layer's ring no longer holds the window at n_keep
 // (the cache was rewound by more than its slack), re-encodes the kept tokens from position 0.
 void rewind(diffgemma_context * ctx, int32_t n_keep);

@@ -4,6 +4,7 @@
 #include "core/errors.h"
 #include "runtime/context.h"
 #include "runtime/denoise.h"
+#include "runtime/image_prompt.h"
 #include "tokenizer/tokenizer.h"
 
 #include <algorithm>
@@ -53,6 +54,7 @@ void prefill(diffgemma_context * c, const int32_t * prompt, int32_t n_prompt) {
             rest.push_back(s);
         }
     }
+    compute_features(*c, rest);
     encode_tokens(c, prompt + c->n_past, n_prompt - c->n_past, rest);
 }
 

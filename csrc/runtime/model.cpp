@@ -160,8 +160,10 @@ int32_t diffgemma_model_load(const char * path, const diffgemma_model_params * p
             model->hp.image_token_id = diffgemma_vocab_find(model->vocab.get(), marker, std::strlen(marker));
         }
         if (model->hp.image_token_id >= model->hp.n_vocab) {
-            dg::raise(DIFFGEMMA_ERR_UNSUPPORTED_MODEL, "diffusion.image_token_id %d is outside the vocabulary [0, %d)",
-                      model->hp.image_token_id, model->hp.n_vocab);
+            // Text still works; prompts with images cannot (the id has no embedding row to stand in for).
+            dg::log(DIFFGEMMA_LOG_WARN, "diffusion.image_token_id %d is outside the vocabulary [0, %d): this model takes "
+                    "no images", model->hp.image_token_id, model->hp.n_vocab);
+            model->hp.image_token_id = -1;
         }
         if (model->vocab && model->vocab->n_tokens() != model->hp.n_vocab) {
             // The head and embeddings define the id space; a tokenizer beyond it would produce invalid ids.

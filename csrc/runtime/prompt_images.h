@@ -2,7 +2,7 @@
 // what the encoder needs of them (which positions, whose features, what the prefix cache may keep).
 #pragma once
 
-#include "runtime/vision.h"
+#include "runtime/prepared_image.h"
 
 #include <cstdint>
 #include <memory>
@@ -10,11 +10,13 @@
 
 namespace dg {
 
-// One image's soft tokens at positions [begin, end) of the cache.
+// One image's soft tokens at positions [begin, end) of the cache, and the projector's output for them once
+// computed (kept with the cached span, so re-encoding it after a deep rewind does not run the tower again).
 struct ImageSpan {
     int32_t begin = 0;
     int32_t end = 0;
     std::shared_ptr<const PreparedImage> image;
+    std::shared_ptr<const std::vector<float>> features;  // n_tokens * n_embd, or null until computed
 };
 
 // The image spans of tokens[0..n) placed at positions [base, base + n): the i-th run of `image_token` is
