@@ -559,7 +559,17 @@ CHAT_TEMPLATE = """\
 {%- endif -%}
 {%- for message in messages -%}
 {%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}
-{{- '<|turn>' + role + '\\n' + message['content'] | trim + '<turn|>\\n' -}}
+{%- if message['content'] is string -%}
+{%- set text = message['content'] -%}
+{%- else -%}
+{%- set parts = namespace(text='') -%}
+{%- for part in message['content'] -%}
+{%- if part['type'] == 'image' -%}{%- set parts.text = parts.text + '<|image|>' -%}
+{%- elif part['type'] == 'text' -%}{%- set parts.text = parts.text + part['text'] -%}{%- endif -%}
+{%- endfor -%}
+{%- set text = parts.text -%}
+{%- endif -%}
+{{- '<|turn>' + role + '\\n' + text | trim + '<turn|>\\n' -}}
 {%- endfor -%}
 {%- if add_generation_prompt -%}
 {{- '<|turn>model\\n' -}}
