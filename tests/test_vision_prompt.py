@@ -257,6 +257,9 @@ def test_image_errors_are_specific():
             m.encode(short, images=[img])
         m.reset()
         m.encode(prompt, images=[img])  # and the context still works
+    with Model(text, mmproj=mmproj, n_threads=1, n_ctx=len(prompt) + 4) as small:  # images count against n_ctx
+        with pytest.raises(errors.ContextOverflowError, match=f"prompt \\({len(prompt)} tokens\\)"):
+            list(small.generate_blocks(prompt, max_new_tokens=1, images=[img]))
     with Model(text, n_threads=1) as text_only:
         assert not text_only.has_vision
         with pytest.raises(errors.InvalidArgumentError, match="no vision projector"):
