@@ -36,6 +36,8 @@ SANITIZE_TESTS=(
   tests/test_malformed_gguf.py
   tests/test_runtime_hardening.py
   tests/test_tokenizer_c.py
+  # The image processor: resize passes and bands on every fixture, the argument checks (csrc/image/).
+  tests/test_image_preprocess.py
   "tests/test_fuzz_gguf.py::test_seed_corpus_loads"
   "tests/test_fuzz_gguf.py::test_mutation_fuzzer_smoke"
   "tests/test_engine_parity.py::test_f32_decoder_logits_match_hf"

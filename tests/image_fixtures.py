@@ -41,11 +41,31 @@ CASES = {
     "allbytes_336x480_B": ("allbytes", 336, 480, 8, "B"),  # 336 * 480 = 70 * 48^2: no resize
     "noise_280x392_C": ("noise", 280, 392, 9, "C"),  # 280 * 392 = 140 * 4 * 14^2: no resize
     "gradient_768x768_A": ("gradient", 768, 768, 10, "A"),  # a fixed point of the rule: no resize
+    "gradient_912x700_A": ("gradient", 912, 700, 16, "A"),  # -> 912 x 672: the height pass alone
+    "edges_950x672_A": ("edges", 950, 672, 17, "A"),  # -> 912 x 672: the width pass alone
     "blocks_2000x3_B": ("blocks", 2000, 3, 11, "B"),  # height rounds to 0
     "edges_5x2000_C": ("edges", 5, 2000, 12, "C"),  # width rounds to 0
     "edges_4000x3000_C": ("edges", 4000, 3000, 13, "C"),  # 12 MP, shrunk 13x: the widest filters
     "noise_4000x3000_B": ("noise", 4000, 3000, 14, "B"),
 }
+
+# HF's size rule (get_aspect_ratio_preserving_size) is recorded on many shapes for these settings; the last has
+# max_soft_tokens = 1, which HF's processor refuses but its size function takes: the only way to its 0 x 0 error.
+SIZE_RULE_SETTINGS = [(16, 3, 280), (16, 3, 70), (14, 2, 140), (16, 3, 1120), (14, 1, 560), (16, 4, 70), (1, 1, 70),
+                      (16, 3, 1)]
+MAX_PIXELS = 1 << 25  # DIFFGEMMA_IMAGE_MAX_PIXELS (the test checks that they agree)
+
+
+def size_rule_shapes() -> np.ndarray:
+    """(n, 2) (width, height): corners, strips whose short side rounds to 0, random shapes, small squares."""
+    rng = np.random.default_rng(0)
+    shapes = [(1, 1), (1, 2), (2, 1), (1, 5000), (5000, 1), (3, 2000), (2000, 3), (1, MAX_PIXELS), (MAX_PIXELS, 1),
+              (5792, 5792), (4096, 8192), (281 * 3, 3), (3, 281 * 3), (280 * 7, 7), (279 * 7 + 6, 7)]
+    shapes += [tuple(int(v) for v in rng.integers(1, 4000, 2)) for _ in range(300)]
+    shapes += [(int(w), int(rng.integers(1, 40))) for w in rng.integers(500, 40000, 60)]
+    shapes += [(s, s) for s in range(1, 100)]
+    return np.array([(w, h) for w, h in shapes if w * h <= MAX_PIXELS], np.int64)
+
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
@@ -162,6 +182,20 @@ def main() -> None:
         if resized:
             arrays[f"{name}/patch_bytes_delta"] = encode_patches(as_bytes)
     arrays["rescale_table"] = table
+    # HF's target (width, height) per setting and shape; (-1, -1) where it raised ValueError.
+    shapes = size_rule_shapes()
+    sizes = np.zeros((len(SIZE_RULE_SETTINGS), len(shapes), 2), np.int64)
+    for i, (patch, pooling, budget) in enumerate(SIZE_RULE_SETTINGS):
+        for j, (width, height) in enumerate(shapes):
+            try:
+                th, tw = get_aspect_ratio_preserving_size(int(height), int(width), patch, budget * pooling * pooling,
+                                                          pooling)
+                sizes[i, j] = (tw, th)
+            except ValueError:
+                sizes[i, j] = (-1, -1)
+    arrays["size_rule_settings"] = np.array(SIZE_RULE_SETTINGS, np.int64)
+    arrays["size_rule_shapes"] = shapes
+    arrays["size_rule_sizes"] = sizes
     arrays["meta_json"] = np.frombuffer(json.dumps(meta, indent=1).encode(), dtype=np.uint8)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(OUT, **arrays)

@@ -54,6 +54,17 @@ class AxisFilter {
     int precision() const { return precision_; }
     int64_t max_taps() const { return max_taps_; }
 
+    // The input samples [*first, *first + count) that output sample i reads; returns the count.
+    int64_t window(int64_t i, int64_t * first) const {
+        const double center = scale_ * (static_cast<double>(i) + 0.5);
+        // Truncation toward zero, as torch's int64 casts; a negative start is clamped to 0 either way.
+        const int64_t lo = std::max(static_cast<int64_t>(center - support_ + 0.5), int64_t{0});
+        const int64_t hi = std::min(static_cast<int64_t>(center + support_ + 0.5), in_size_);
+        *first = lo;
+        // Rounding can make the window one longer than max_taps_; torch clips it, so do we.
+        return std::clamp(hi - lo, int64_t{0}, max_taps_);
+    }
+
     // The int16 weights of output sample i into `weights` (room for max_taps()); sets *first, returns the count.
     int64_t taps(int64_t i, int16_t * weights, int64_t * first) {
         const int64_t n = float_taps(i, first);
@@ -69,11 +80,8 @@ class AxisFilter {
     // The normalised double weights of output sample i into scratch_; the first input sample in *first.
     int64_t float_taps(int64_t i, int64_t * first) {
         const double center = scale_ * (static_cast<double>(i) + 0.5);
-        // Truncation toward zero, as torch's int64 casts; a negative start is clamped to 0 either way.
-        const int64_t lo = std::max(static_cast<int64_t>(center - support_ + 0.5), int64_t{0});
-        const int64_t hi = std::min(static_cast<int64_t>(center + support_ + 0.5), in_size_);
-        // Rounding can make the window one longer than max_taps_; torch clips it, so do we.
-        const int64_t n = std::clamp(hi - lo, int64_t{0}, max_taps_);
+        const int64_t n = window(i, first);
+        const int64_t lo = *first;
         double total = 0.0;
         for (int64_t k = 0; k < n; ++k) {
             const double w = cubic((static_cast<double>(k + lo) - center + 0.5) * inv_scale_);
@@ -85,7 +93,6 @@ class AxisFilter {
                 scratch_[static_cast<size_t>(k)] /= total;
             }
         }
-        *first = lo;
         return n;
     }
 
@@ -98,56 +105,104 @@ class AxisFilter {
     std::vector<double> scratch_;
 };
 
-// Resamples one axis. The image is a set of `n_lines` lines of RGB samples: sample k of line l starts at
-// l * line_stride + k * sample_stride (in bytes), in `src` and `dst` alike with their own strides. The width pass
-// has lines = rows, the height pass lines = columns.
-struct AxisLayout {
-    int64_t n_lines;
-    int64_t src_line_stride, src_sample_stride;
-    int64_t dst_line_stride, dst_sample_stride;
-};
+// The integer sum of one output sample as a byte. Sums start at half a unit (1 << (shift - 1)), so the shift rounds
+// half up; >> on a negative sum floors, as torch's arithmetic shift does; then clamp. The sums fit int32 as torch's
+// do: the positive weights of a normalised kernel add up to at most ~1.09, so |sum| < 255 * 1.09 * 2^22 < 2^31.
+inline uint8_t to_byte(int32_t sum, int shift) {
+    return static_cast<uint8_t>(std::clamp(sum >> shift, 0, 255));
+}
 
-void resample_axis(const uint8_t * src, int64_t in_size, uint8_t * dst, int64_t out_size, const AxisLayout & at) {
-    AxisFilter filter(in_size, out_size);
+// The width pass over rows [y0, y1) of `src` (rows of in_w RGB pixels) into `dst` (rows of out_w, from row y0).
+// Output columns outermost, so each column's weights are computed once per call.
+void width_pass(AxisFilter & filter, const uint8_t * src, int64_t in_w, int64_t y0, int64_t y1, uint8_t * dst,
+                int64_t out_w) {
     std::vector<int16_t> weights(static_cast<size_t>(filter.max_taps()));
     const int shift = filter.precision();
-    const int64_t half = int64_t{1} << (shift - 1);  // adds 0.5 before the shift: round half up
-    for (int64_t i = 0; i < out_size; ++i) {
+    for (int64_t x = 0; x < out_w; ++x) {
         int64_t first = 0;
-        const int64_t n = filter.taps(i, weights.data(), &first);
-        for (int64_t l = 0; l < at.n_lines; ++l) {
-            const uint8_t * in = src + l * at.src_line_stride + first * at.src_sample_stride;
-            uint8_t * out = dst + l * at.dst_line_stride + i * at.dst_sample_stride;
-            for (int c = 0; c < 3; ++c) {
-                // torch sums in int32; int64 gives the same sums (they stay below 2^31: 255 * ~1.1 * 2^22 at most).
-                int64_t acc = half;
-                for (int64_t k = 0; k < n; ++k) {
-                    acc += static_cast<int64_t>(in[k * at.src_sample_stride + c]) * weights[static_cast<size_t>(k)];
-                }
-                // >> on a negative sum floors, as torch's arithmetic shift does; then clamp to a byte.
-                out[c] = static_cast<uint8_t>(std::clamp<int64_t>(acc >> shift, 0, 255));
+        const int64_t n = filter.taps(x, weights.data(), &first);
+        for (int64_t y = y0; y < y1; ++y) {
+            const uint8_t * in = src + (y * in_w + first) * 3;
+            int32_t r = 1 << (shift - 1), g = r, b = r;
+            for (int64_t k = 0; k < n; ++k) {
+                const int32_t w = weights[static_cast<size_t>(k)];
+                r += in[3 * k + 0] * w;
+                g += in[3 * k + 1] * w;
+                b += in[3 * k + 2] * w;
             }
+            uint8_t * out = dst + ((y - y0) * out_w + x) * 3;
+            out[0] = to_byte(r, shift);
+            out[1] = to_byte(g, shift);
+            out[2] = to_byte(b, shift);
         }
     }
 }
+
+// The height pass for output rows [y0, y1) into `dst` (rows of row_bytes, from row y0); `src` holds the input rows
+// from row src_first on. Each output row is a weighted sum of whole input rows, accumulated row by row: contiguous,
+// so it stays fast when a tall strip has thousands of taps per row.
+void height_pass(AxisFilter & filter, const uint8_t * src, int64_t src_first, int64_t y0, int64_t y1, uint8_t * dst,
+                 int64_t row_bytes) {
+    std::vector<int16_t> weights(static_cast<size_t>(filter.max_taps()));
+    std::vector<int32_t> sums(static_cast<size_t>(row_bytes));
+    const int shift = filter.precision();
+    for (int64_t y = y0; y < y1; ++y) {
+        int64_t first = 0;
+        const int64_t n = filter.taps(y, weights.data(), &first);
+        std::fill(sums.begin(), sums.end(), 1 << (shift - 1));
+        for (int64_t k = 0; k < n; ++k) {
+            const uint8_t * in = src + (first + k - src_first) * row_bytes;
+            const int32_t w = weights[static_cast<size_t>(k)];
+            for (int64_t i = 0; i < row_bytes; ++i) {
+                sums[static_cast<size_t>(i)] += in[i] * w;
+            }
+        }
+        uint8_t * out = dst + (y - y0) * row_bytes;
+        for (int64_t i = 0; i < row_bytes; ++i) {
+            out[i] = to_byte(sums[static_cast<size_t>(i)], shift);
+        }
+    }
+}
+
+// Output rows per band when both passes run (see resize_rgb_bicubic_aa).
+constexpr int64_t kBandRows = 64;
 
 }  // namespace
 
 std::vector<uint8_t> resize_rgb_bicubic_aa(const uint8_t * rgb, int64_t width, int64_t height, int64_t out_width,
                                            int64_t out_height) {
-    // Width first, as torch does: the order changes where the intermediate result is rounded to bytes.
-    std::vector<uint8_t> wide;
-    const uint8_t * src = rgb;
-    if (out_width != width) {
-        wide.resize(static_cast<size_t>(out_width * height * 3));
-        resample_axis(rgb, width, wide.data(), out_width, {height, width * 3, 3, out_width * 3, 3});
-        src = wide.data();
-    }
-    if (out_height == height) {
-        return wide.empty() ? std::vector<uint8_t>(rgb, rgb + width * height * 3) : wide;
-    }
     std::vector<uint8_t> out(static_cast<size_t>(out_width * out_height * 3));
-    resample_axis(src, height, out.data(), out_height, {out_width, 3, out_width * 3, 3, out_width * 3});
+    const int64_t row_bytes = out_width * 3;
+    // Each pass has one precision for all its outputs, so its filter covers the whole axis even when run by bands.
+    if (out_height == height) {
+        AxisFilter width_filter(width, out_width);
+        width_pass(width_filter, rgb, width, 0, height, out.data(), out_width);
+        return out;
+    }
+    AxisFilter height_filter(height, out_height);
+    if (out_width == width) {
+        height_pass(height_filter, rgb, 0, 0, out_height, out.data(), row_bytes);
+        return out;
+    }
+    // Width first, as torch does: the order changes where the intermediate result is rounded to bytes. torch keeps
+    // the whole intermediate (height x out_width); a tall strip widened to one patch row would make that gigabytes
+    // (1 x 2^25 -> 48 columns: 4.8 GB), so we make it band by band: the input rows that kBandRows output rows
+    // read, then those output rows. Rows at a band's edges are computed twice, identically.
+    AxisFilter width_filter(width, out_width);
+    std::vector<uint8_t> band;
+    for (int64_t y0 = 0; y0 < out_height; y0 += kBandRows) {
+        const int64_t y1 = std::min(y0 + kBandRows, out_height);
+        int64_t lo = height, hi = 0;  // the input rows the band reads
+        for (int64_t y = y0; y < y1; ++y) {
+            int64_t first = 0;
+            const int64_t n = height_filter.window(y, &first);
+            lo = std::min(lo, first);
+            hi = std::max(hi, first + n);
+        }
+        band.resize(static_cast<size_t>(std::max<int64_t>(hi - lo, 0) * row_bytes));
+        width_pass(width_filter, rgb, width, lo, hi, band.data(), out_width);
+        height_pass(height_filter, band.data(), lo, y0, y1, out.data() + y0 * row_bytes, row_bytes);
+    }
     return out;
 }
 
