@@ -310,3 +310,12 @@ def test_cli_flags_and_dry_run(vis, tmp_path, capsys):
     with pytest.raises(SystemExit):
         convert_cli.main([str(vis), "--mmproj", str(tmp_path / "x.gguf"), "--mmproj-outtype", "q4_k_m"])
     assert "invalid choice 'q4_k_m'" in capsys.readouterr().err
+
+
+def test_split_max_size_shards_the_text_file_only(vis, tmp_path):
+    paths = convert_checkpoint(vis, tmp_path / "t.gguf", "f32", mmproj=tmp_path / "m.gguf", split_max_size=60_000,
+                               progress=False, quiet=True)
+    names = [p.name for p in paths]
+    assert names[-1] == "m.gguf" and len(names) > 2 and all("-of-" in n for n in names[:-1])
+    assert sorted(_leftovers(tmp_path)) == sorted(names)
+    assert len(read_gguf(tmp_path / "m.gguf")[2]) == 31

@@ -173,8 +173,9 @@ def convert_checkpoint(hf_dir, outfile=None, outtype: str = "auto", *, tensor_ty
             paths = []
             for path, kv, ts, arch, what in jobs:
                 _emit(f"converting {hf_dir} -> {path} ({what}, {len(ts)} tensors)", quiet)
-                paths += write_gguf(path, kv, ts, split_max_size=split_max_size, threads=threads,
-                                    progress=progress, arch=arch, staging=staging)
+                # --split-max-size shards the text GGUF only: the projector is small and loaded as one file
+                paths += write_gguf(path, kv, ts, split_max_size=split_max_size if arch == names.ARCH else 0,
+                                    threads=threads, progress=progress, arch=arch, staging=staging)
             staging.publish()
             return paths
         finally:
