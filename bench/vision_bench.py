@@ -2,6 +2,7 @@
 
     python bench/vision_bench.py --outdir /tmp/vbench                 # F32 and F16 projectors, 2 threads
     python bench/vision_bench.py --outdir /tmp/vbench --types f16 --threads 4 --repeat 3
+    python bench/vision_bench.py --outdir /tmp/vbench --hf float32   # HF's tower too, same threads: the ratio
 
 Tower (model-spec.md section 9): hidden 1152, 27 layers, 16 heads x 72, MLP 4304 (gated), patch 16, pooling 3,
 projection to 2816; random weights (matrices std 1/sqrt(fan_in), norms 1, q/k norms 72^-1/4 so that q.k has std
@@ -124,16 +125,51 @@ def run_one(text: Path, mmproj: Path, threads: int, repeat: int) -> dict:
             "out_std": float(out.std())}
 
 
+def run_hf(dtype_name: str, threads: int, repeat: int) -> dict:
+    """HF transformers' Gemma4VisionModel + DiffusionGemma's embed_vision at the same shapes (random weights: only
+    the time matters), on the same patches count, `threads` torch threads: the baseline of the same run."""
+    import torch
+    from transformers.models.diffusion_gemma.modeling_diffusion_gemma import DiffusionGemmaMultimodalEmbedder
+    from transformers.models.gemma4.configuration_gemma4 import Gemma4TextConfig, Gemma4VisionConfig
+    from transformers.models.gemma4.modeling_gemma4 import Gemma4VisionModel
+
+    torch.set_num_threads(threads)
+    dtype = getattr(torch, dtype_name)
+    cfg = Gemma4VisionConfig(hidden_size=E, intermediate_size=F, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                             num_key_value_heads=HEADS, head_dim=HEAD_DIM, patch_size=PATCH, pooling_kernel_size=POOL,
+                             position_embedding_size=N_POS, standardize=True,
+                             rope_parameters={"rope_type": "axial", "rope_theta": 100.0})
+    tower = Gemma4VisionModel(cfg).to(dtype).eval()
+    embed = DiffusionGemmaMultimodalEmbedder(cfg, Gemma4TextConfig(hidden_size=TEXT_E)).to(dtype).eval()
+    gx, gy = 960 // PATCH, 672 // PATCH
+    positions = torch.stack(torch.meshgrid(torch.arange(gx), torch.arange(gy), indexing="xy"), -1).reshape(1, -1, 2)
+    pixels = torch.rand(1, gx * gy, 3 * PATCH * PATCH, dtype=dtype)
+    times = []
+    with torch.no_grad():
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            out = embed(tower(pixel_values=pixels, pixel_position_ids=positions).last_hidden_state)
+            times.append(time.perf_counter() - t0)
+    assert out.shape[-2:] == (280, TEXT_E)
+    return {"embed_s": times, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--outdir", required=True, type=Path, help="where the GGUFs go (kept for reruns)")
     ap.add_argument("--types", default="f32,f16", help="projector types, comma-separated (f32, f16)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=2, help="image_embed calls per type")
+    ap.add_argument("--hf", default=None, metavar="DTYPES",
+                    help="also time HF transformers' tower in these torch dtypes (e.g. float32,bfloat16)")
     ap.add_argument("--run-one", nargs=2, metavar=("TEXT", "MMPROJ"), help=argparse.SUPPRESS)
+    ap.add_argument("--run-hf", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.run_one:
         print(json.dumps(run_one(Path(args.run_one[0]), Path(args.run_one[1]), args.threads, args.repeat)))
+        return
+    if args.run_hf:
+        print(json.dumps(run_hf(args.run_hf, args.threads, args.repeat)))
         return
     args.outdir.mkdir(parents=True, exist_ok=True)
     text = args.outdir / "text-1layer.gguf"
@@ -141,6 +177,7 @@ def main() -> None:
         subprocess.run([sys.executable, str(HERE / "make_real_shape_gguf.py"), "-o", str(text), "--layers", "1",
                         "--vocab", "1024", "--outtype", "f16"], check=True)
     print(f"CPU: {cpu_name()}, {args.threads} threads; image 960x672 -> 2520 patches -> 280 tokens")
+    best: dict = {}
     for outtype in args.types.split(","):
         mmproj = args.outdir / f"mmproj-{outtype}.gguf"
         if not mmproj.exists():
@@ -153,6 +190,16 @@ def main() -> None:
         r = json.loads(res.stdout.strip().splitlines()[-1])
         embeds = ", ".join(f"{t:.1f}" for t in r["embed_s"])
         print(f"{outtype}: load {r['load_s']:.1f} s, image_embed {embeds} s, peak RSS {r['peak_rss_mib']:.0f} MiB")
+        best[outtype] = min(r["embed_s"])
+    for dtype_name in (args.hf.split(",") if args.hf else []):
+        res = subprocess.run([sys.executable, __file__, "--outdir", str(args.outdir), "--threads", str(args.threads),
+                              "--repeat", str(args.repeat), "--run-hf", dtype_name],
+                             check=True, capture_output=True, text=True, env=dict(os.environ))
+        r = json.loads(res.stdout.strip().splitlines()[-1])
+        hf_best = min(r["embed_s"])
+        ratios = ", ".join(f"ours {t} {hf_best / s:.2f}x" for t, s in best.items())
+        print(f"HF {dtype_name}: {', '.join(f'{t:.1f}' for t in r['embed_s'])} s, peak RSS {r['peak_rss_mib']:.0f} MiB"
+              f" (speed vs HF {dtype_name}: {ratios})")
 
 
 if __name__ == "__main__":

@@ -150,6 +150,13 @@ ggml_tensor * attend_heads(ggml_context * ctx, const KernelConfig & kernels, ggm
     }
     ggml_tensor * qp = ggml_permute(ctx, q, 0, 2, 1, 3);                  // [D, T, H]
     ggml_tensor * kp = ggml_permute(ctx, k, 0, 2, 1, 3);                  // [D, Nk, Hkv]
+    if (!on_gpu) {
+        // ggml's CPU mul_mat takes its blocked GEMM (llamafile sgemm) only for contiguous operands; on the
+        // permuted views it falls back to one dot product per output, ~4x slower for an image's 2520 x 2520
+        // scores per head (bench/README.md, "The vision tower").
+        qp = ggml_cont(ctx, qp);
+        kp = ggml_cont(ctx, kp);
+    }
     ggml_tensor * kq = gpu_mul_mat(ctx, kp, qp);                          // [Nk, T, H]; GQA by broadcast
     kq = ggml_soft_max_ext(ctx, kq, mask, 1.0f, 0.0f);                    // scale 1.0: q/k are normalised
     ggml_tensor * vt = ggml_cont(ctx, ggml_permute(ctx, v, 1, 2, 0, 3));  // [Nk, D, Hkv]
