@@ -246,6 +246,18 @@ def test_no_vision_config_is_a_clear_error(vis, tmp_path):
     assert _leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("field,value,message", [("hidden_activation", "relu", "gelu_pytorch_tanh only"),
+                                                  ("use_clipped_linears", True, "use_clipped_linears")])
+def test_vision_configs_the_engine_cannot_run_are_refused(vis, tmp_path, field, value, message):
+    src = _copy(vis, tmp_path)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["vision_config"][field] = value
+    (src / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UnsupportedModelError, match=message):
+        convert_checkpoint(src, tmp_path / "t.gguf", "f32", mmproj=tmp_path / "m.gguf", progress=False, quiet=True)
+    assert _leftovers(tmp_path) == []
+
+
 def test_no_vision_tensors_is_a_clear_error(vis, tmp_path):
     from safetensors.numpy import load_file, save_file
 

@@ -112,6 +112,12 @@ def load_vision_hparams(directory) -> VisionHParams | None:
     if vc.get("model_type", "gemma4_vision") != "gemma4_vision":
         raise UnsupportedModelError(f"config.json: vision_config.model_type {vc.get('model_type')!r}; only Gemma 4's "
                                     "vision tower (gemma4_vision) can be converted")
+    # The engine's tower computes HF's default MLP activation exactly (csrc/graph/vision_graph.cpp); another
+    # would convert fine and then compute the wrong function.
+    activation = vc.get("hidden_activation", "gelu_pytorch_tanh")
+    if activation != "gelu_pytorch_tanh":
+        raise UnsupportedModelError(f"config.json: vision_config.hidden_activation {activation!r}; the engine's tower "
+                                    "computes gelu_pytorch_tanh only")
     if vc.get("use_clipped_linears"):
         raise UnsupportedModelError("config.json: vision_config.use_clipped_linears is true; the projector converter "
                                     "supports only plain linears (the released DiffusionGemma has none clipped)")
