@@ -26,7 +26,7 @@ from ..errors import InvalidArgumentError, ModelFileError, UnsupportedModelError
 from .checkpoint import Checkpoint
 from .quant_formats import QuantScheme
 from .quant_rules import OUTTYPES, PROJECTOR_OUTTYPE_CHOICES, fits
-from .tensors import OutTensor, RowSource, _Resolver, _source
+from .tensors import OutTensor, RowSource, _Resolver, _source, raise_if_mismatched
 
 logger = logging.getLogger("diffgemma_cpp.convert")
 
@@ -237,15 +237,7 @@ def plan_mmproj_tensors(v: VisionHParams, ckpt: Checkpoint, scheme: QuantScheme 
         add("V_STD_SCALE", None, "std_scale", (E,), role="norm")
     add("MM_INPUT_PROJECTION", None, "embedding_projection.weight", (v.n_embd_text, E), prefix=EMBED_VISION)
 
-    problems = []
-    if res.missing:
-        problems.append(f"{len(res.missing)} missing tensor(s): " + "; ".join(res.missing[:20])
-                        + (" ..." if len(res.missing) > 20 else ""))
-    if res.misshapen:
-        problems.append(f"{len(res.misshapen)} misshapen tensor(s): " + "; ".join(res.misshapen[:20]))
-    if problems:
-        raise UnsupportedModelError("the vision tower does not match config.json's vision_config: "
-                                    + " | ".join(problems))
+    raise_if_mismatched(res, "the vision tower does not match config.json's vision_config")
     res.finder.mark_ignored()
     extra = [n for n in ckpt.names() if (n.startswith(VISION) or n.startswith(EMBED_VISION)) and n not in res.used]
     if extra:

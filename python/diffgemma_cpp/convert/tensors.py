@@ -249,6 +249,18 @@ class _Resolver:
         return None
 
 
+def raise_if_mismatched(res: "_Resolver", what: str) -> None:
+    """Every missing and misshapen tensor the resolver met, in one UnsupportedModelError that starts with `what`."""
+    problems = []
+    if res.missing:
+        problems.append(f"{len(res.missing)} missing tensor(s): " + "; ".join(res.missing[:20])
+                        + (" ..." if len(res.missing) > 20 else ""))
+    if res.misshapen:
+        problems.append(f"{len(res.misshapen)} misshapen tensor(s): " + "; ".join(res.misshapen[:20]))
+    if problems:
+        raise UnsupportedModelError(f"{what}: " + " | ".join(problems))
+
+
 def plan_tensors(hp: HParams, ckpt: Checkpoint, n_vocab_out: int, log=print, scheme: QuantScheme | None = None,
                  vision_converted: bool = False) -> list:
     """The output tensors in file order, each with its source. Raises UnsupportedModelError listing every missing
@@ -285,14 +297,7 @@ def plan_tensors(hp: HParams, ckpt: Checkpoint, n_vocab_out: int, log=print, sch
             out.append(OutTensor(names.layer_tensor("ENC_LAYER_OUTPUT_SCALE", il), (1,), "scalar", il,
                                  _source(entry), entry.name))
 
-    problems = []
-    if res.missing:
-        problems.append(f"{len(res.missing)} missing tensor(s): " + "; ".join(res.missing[:20])
-                        + (" ..." if len(res.missing) > 20 else ""))
-    if res.misshapen:
-        problems.append(f"{len(res.misshapen)} misshapen tensor(s): " + "; ".join(res.misshapen[:20]))
-    if problems:
-        raise UnsupportedModelError("checkpoint does not match its config.json: " + " | ".join(problems))
+    raise_if_mismatched(res, "checkpoint does not match its config.json")
 
     ignored = res.finder.mark_ignored()
     if ignored:
