@@ -12,6 +12,8 @@
  *         fprintf(stderr, "%s\n", diffgemma_last_error());
  *     }
  *     ... diffgemma_context_new(model, &cp, &ctx);
+ *     // with images (mp.mmproj_path set): the prompt holds one run of diffgemma_image_n_tokens(model, w, h)
+ *     // image tokens per image; diffgemma_image img = {rgb, w, h}; diffgemma_set_images(ctx, &img, 1);
  *     diffgemma_generate_begin(ctx, prompt, n_prompt, &sp, NULL);       // or diffgemma_generate(...): the whole loop
  *     for (diffgemma_canvas_info info = {0}; !info.done;) {
  *         if (diffgemma_generate_next(ctx, NULL, NULL, canvas, &info) != DIFFGEMMA_OK) break;
@@ -32,7 +34,8 @@
  *   - A diffgemma_context (KV cache, canvas, scratch) is used by one thread at a time. A second thread
  *     entering a busy context gets DIFFGEMMA_ERR_BUSY instead of undefined behaviour. While a generation is
  *     open (diffgemma_generate_begin until its last canvas or diffgemma_generate_end) the calls that change
- *     the cache (prefill, encode, decoder_logits, kv_truncate, another begin) get DIFFGEMMA_ERR_BUSY too.
+ *     the cache (prefill, encode, decoder_logits, kv_truncate, set_images, image_embed, another begin) get
+ *     DIFFGEMMA_ERR_BUSY too.
  *   - diffgemma_cancel() is the one call that may be made from any thread at any time.
  *
  * The part between cffi-begin and cffi-end is also fed verbatim (minus DIFFGEMMA_API) to cffi to build the
