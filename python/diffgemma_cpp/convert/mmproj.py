@@ -153,15 +153,21 @@ def load_vision_hparams(directory) -> VisionHParams | None:
         image_mean=[float(x) for x in mean], image_std=[float(x) for x in std])
 
 
-def text_vision_kv(directory) -> list:
+def text_vision_kv(directory, n_vocab: int, log=print) -> list:
     """The text GGUF's image keys (ours): the image soft-token id and whether an image's span attends
-    bidirectionally in the encoder. Only for a checkpoint with a vision tower (none otherwise)."""
+    bidirectionally in the encoder. Only for a checkpoint with a vision tower (none otherwise), and only when the
+    id is a token of the vocabulary (a text-only model whose class merely requires a stub tower, like the Sudoku
+    demo's, gets none)."""
     cfg = _load_json(Path(directory) / "config.json")
     if not cfg.get("vision_config"):
         return []
     token = cfg.get("image_token_id", 258880)  # DiffusionGemmaConfig's default
     if isinstance(token, bool) or not isinstance(token, int) or token < 0:
         raise UnsupportedModelError(f"config.json: image_token_id must be a non-negative integer, got {token!r}")
+    if token >= n_vocab:
+        log(f"image_token_id {token} is outside the vocabulary ({n_vocab} tokens): the model is written without "
+            "image keys (it takes no images)")
+        return []
     tc = cfg.get("text_config") or cfg
     return [(names.key("IMAGE_TOKEN_ID"), token, VT.UINT32, None),
             (names.key("VISION_BIDIRECTIONAL"), tc.get("use_bidirectional_attention") == "vision", VT.BOOL, None)]

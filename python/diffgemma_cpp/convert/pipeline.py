@@ -151,7 +151,7 @@ def convert_checkpoint(hf_dir, outfile=None, outtype: str = "auto", *, tensor_ty
                 outfile = hf_dir / f"{hp.name}-{name}.gguf"
             embd = next(t for t in tensors if t.role == "token_embd")
             kv = (model_kv(hp, int(file_type), size_label(tensors), embed_dtype=embd.source.dtype,
-                           extra=text_vision_kv(hf_dir)) + vocab_kv(vocab))
+                           extra=text_vision_kv(hf_dir, len(vocab), log=lambda m: _emit(m, quiet))) + vocab_kv(vocab))
             kept = (" (quantized weights keep their format: NVFP4 as NVFP4, FP8 / INT8 as Q8_0)"
                     if keep_native else "")
             jobs.append((Path(outfile), kv, tensors, names.ARCH, f"{ot.name}{kept}"))
