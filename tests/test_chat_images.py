@@ -33,6 +33,21 @@ def png_data_url(a) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def three_image_conversation(a, b, third) -> list:
+    """A system turn, a user turn with image a before its text, an answer, a user turn with text, image b and a
+    third image part `third` (HF's {"type": "image", "image": ...} form): the order and forms HF's processor
+    must agree with us on."""
+    return [
+        {"role": "system", "content": "You describe pictures."},
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": png_data_url(a)}},
+                                     {"type": "text", "text": "What is this?"}]},
+        {"role": "assistant", "content": "Noise."},
+        {"role": "user", "content": [{"type": "text", "text": "And these two?"},
+                                     {"type": "image_url", "image_url": {"url": png_data_url(b)}},
+                                     {"type": "image", "image": third}]},
+    ]
+
+
 def vision_model(**kw):
     return FakeModel("A cat.", chat_template=GEMMA4_STYLE, canvas_length=8, has_vision=True, **kw)
 
@@ -282,15 +297,7 @@ def test_prompt_ids_equal_hf_processor_on_the_release_template(real):
 
     model, tok, template = real
     a, b = pixels(120, 200, 3), pixels(500, 90, 4)
-    messages = [
-        {"role": "system", "content": "You describe pictures."},
-        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": png_data_url(a)}},
-                                     {"type": "text", "text": "What is this?"}]},
-        {"role": "assistant", "content": "Noise."},
-        {"role": "user", "content": [{"type": "text", "text": "And these two?"},
-                                     {"type": "image_url", "image_url": {"url": png_data_url(b)}},
-                                     {"type": "image", "image": a}]},
-    ]
+    messages = three_image_conversation(a, b, a)
     model.create_chat_completion(messages, max_tokens=8)
     ours = model.calls[-1]["prompt_ids"]
 

@@ -7,14 +7,12 @@ the default suite with HF's functions for each step and our tokenizer."""
 
 from __future__ import annotations
 
-import base64
-import io
 import pathlib
 
 import numpy as np
 import pytest
 
-from test_chat_images import RealVocabModel
+from test_chat_images import RealVocabModel, three_image_conversation
 
 pytestmark = pytest.mark.long
 
@@ -51,14 +49,6 @@ def processor():
         ProcessorMixin.check_argument_for_proper_class = check
 
 
-def png_data_url(a) -> str:
-    from PIL import Image as PILImage
-
-    buf = io.BytesIO()
-    PILImage.fromarray(a).save(buf, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
 def test_input_ids_equal_hf_gemma4_processor(processor):
     from PIL import Image as PILImage
 
@@ -67,15 +57,7 @@ def test_input_ids_equal_hf_gemma4_processor(processor):
     hf, template = processor
     rng = np.random.default_rng(9)
     a, b, c = (rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((120, 200, 3), (500, 90, 3), (33, 33, 3)))
-    messages = [
-        {"role": "system", "content": "You describe pictures."},
-        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": png_data_url(a)}},
-                                     {"type": "text", "text": "What is this?"}]},
-        {"role": "assistant", "content": "Noise."},
-        {"role": "user", "content": [{"type": "text", "text": "And these two?"},
-                                     {"type": "image_url", "image_url": {"url": png_data_url(b)}},
-                                     {"type": "image", "image": PILImage.fromarray(c)}]},
-    ]
+    messages = three_image_conversation(a, b, PILImage.fromarray(c))
     theirs = hf.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=True)
     with Tokenizer.from_gguf(REAL / "ggml-vocab-gemma-4.gguf") as tok:
         model = RealVocabModel(tok, template)

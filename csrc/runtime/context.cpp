@@ -169,7 +169,7 @@ void encode_tokens(diffgemma_context * c, const int32_t * tokens, int32_t n_toke
     }
     const int32_t first = c->n_past;
     for (int32_t start = 0; start < n_tokens;) {
-        const int32_t T = next_chunk_length(first + start, first + n_tokens, c->n_batch, spans) ;
+        const int32_t T = next_chunk_length(first + start, first + n_tokens, c->n_batch, spans);
         const int32_t chunk_begin = c->n_past;
         // The images of this chunk: their features stand in for the soft tokens' embeddings.
         std::vector<ImageSpan> chunk_spans;

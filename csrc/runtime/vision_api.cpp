@@ -21,14 +21,8 @@ extern "C" int32_t diffgemma_image_n_tokens(const diffgemma_model * model, int32
     if (model == nullptr) {
         return dg::fail(DIFFGEMMA_ERR_INVALID_ARGUMENT, "diffgemma_image_n_tokens: model must not be NULL");
     }
-    return dg::guard([&]() -> int32_t {
-        if (model->vision == nullptr) {
-            dg::raise(DIFFGEMMA_ERR_UNSUPPORTED_MODEL, "%s", dg::kNoProjector);
-        }
-        return dg::image_n_tokens(*model, width, height);
-    });
+    return dg::guard([&]() -> int32_t { return dg::image_n_tokens(*model, width, height); });  // checks the projector
 }
-
 
 extern "C" int32_t diffgemma_image_embed(diffgemma_context * ctx, const diffgemma_image * image, float * out,
                                          size_t capacity, int32_t * n_tokens) {

@@ -334,13 +334,11 @@ class Model(CompletionMixin, Closeable):
         """The projector's output for one image, [n_tokens, n_embd] float32 (what replaces its soft tokens)."""
         from .images import c_images
 
-        c_image, _keep = c_images(self._images([image]))
+        (img,) = self._images([image])
+        c_image, _keep = c_images([img])
+        out = np.empty((self.image_n_tokens(img.width, img.height), self.n_embd), dtype=np.float32)
         n = ffi.new("int32_t *")
         with self._using() as ctx:
-            status = lib.diffgemma_image_embed(ctx, c_image, ffi.NULL, 0, n)
-            if status != lib.DIFFGEMMA_ERR_BUFFER_TOO_SMALL:
-                check(status)
-            out = np.empty((n[0], self.n_embd), dtype=np.float32)
             check(lib.diffgemma_image_embed(ctx, c_image, ffi.from_buffer("float[]", out), out.size, n))
         return out
 
