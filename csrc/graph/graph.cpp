@@ -32,7 +32,7 @@ void fill_encoder_mask(float * mask, int32_t key_begin, int32_t n_past, int32_t 
     }
 }
 
-ggml_tensor * GraphBuilder::named(ggml_tensor * t, const char * name, int il) {
+ggml_tensor * named_node(ggml_tensor * t, const char * name, int il) {
     if (il >= 0) {
         ggml_format_name(t, "%s-%d", name, il);
     } else {
@@ -41,10 +41,14 @@ ggml_tensor * GraphBuilder::named(ggml_tensor * t, const char * name, int il) {
     return t;
 }
 
-ggml_tensor * GraphBuilder::rms(ggml_tensor * x, ggml_tensor * weight) {
-    ggml_tensor * y = ggml_rms_norm(ctx, x, hp.rms_eps);
+ggml_tensor * rms_norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * weight, float eps) {
+    ggml_tensor * y = ggml_rms_norm(ctx, x, eps);
     return weight != nullptr ? ggml_mul(ctx, y, weight) : y;
 }
+
+ggml_tensor * GraphBuilder::named(ggml_tensor * t, const char * name, int il) { return named_node(t, name, il); }
+
+ggml_tensor * GraphBuilder::rms(ggml_tensor * x, ggml_tensor * weight) { return rms_norm(ctx, x, weight, hp.rms_eps); }
 
 // A weight matrix times activations: our f32 GEMM (gemm_f32.h) where it applies, else ggml's mul_mat.
 // activations: how the GEMM may round x (gemm_f32.h); ggml's mul_mat rounds as its weight type dictates.

@@ -44,6 +44,11 @@ ggml_tensor * weight_matmul(ggml_context * ctx, const KernelConfig & kernels, gg
 ggml_tensor * gpu_mul_mat(ggml_context * ctx, ggml_tensor * a, ggml_tensor * b);
 // gelu_tanh(gate) * up, exact on every backend (ggml's CPU gelu reads an f16 table).
 ggml_tensor * geglu_tanh(ggml_context * ctx, ggml_tensor * gate, ggml_tensor * up, bool on_real_gpu, bool on_remote);
+// Names a node "name-il" (il >= 0) or "name", as HF's modules are named, for the tensor dump
+// (diffgemma_set_tensor_callback); returns it.
+ggml_tensor * named_node(ggml_tensor * t, const char * name, int il = -1);
+// RMSNorm, then times `weight` as is (Gemma's norms; nullptr: no weight).
+ggml_tensor * rms_norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * weight, float eps);
 // softmax(q k^T + mask) v per head, scale 1 (q and k are normalised), GQA by broadcast; q [D, H, T], k and v
 // [D, Hkv, Nk], mask [Nk, T] or nullptr: [D * H, T].
 ggml_tensor * attend_heads(ggml_context * ctx, const KernelConfig & kernels, ggml_tensor * q, ggml_tensor * k,

@@ -6,18 +6,10 @@
 
 namespace dg {
 
-ggml_tensor * VisionGraphBuilder::named(ggml_tensor * t, const char * name, int il) {
-    if (il >= 0) {
-        ggml_format_name(t, "%s-%d", name, il);
-    } else {
-        ggml_set_name(t, name);
-    }
-    return t;
-}
+ggml_tensor * VisionGraphBuilder::named(ggml_tensor * t, const char * name, int il) { return named_node(t, name, il); }
 
 ggml_tensor * VisionGraphBuilder::rms(ggml_tensor * x, ggml_tensor * weight) {
-    ggml_tensor * y = ggml_rms_norm(ctx, x, hp.eps);
-    return weight != nullptr ? ggml_mul(ctx, y, weight) : y;  // Gemma4RMSNorm: the weight as is (not 1 + w)
+    return rms_norm(ctx, x, weight, hp.eps);  // Gemma4RMSNorm: the weight as is (not 1 + w)
 }
 
 ggml_tensor * VisionGraphBuilder::matmul(ggml_tensor * weight, ggml_tensor * x) {
